@@ -1,0 +1,26 @@
+//! Generates the facevault.v1 gRPC code and its descriptor set (for reflection) into OUT_DIR.
+//! Uses the vendored protoc unless PROTOC names another one. Never writes into src/.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/facevault/v1/types.proto",
+        "proto/facevault/v1/user_service.proto",
+        "proto/facevault/v1/face_service.proto",
+    ];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded; nothing else reads the environment here.
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    let include = protoc_bin_vendored::include_path()?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("facevault_descriptor.bin"))
+        .compile_protos(&protos.map(PathBuf::from), &[PathBuf::from("proto"), include])?;
+    Ok(())
+}

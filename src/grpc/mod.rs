@@ -1,0 +1,95 @@
+//! The gRPC transport: generated code (`pb`), and `router()`, which assembles the facevault
+//! services, health, reflection (v1 and v1alpha) and message limits. No domain logic.
+
+mod convert;
+mod face_api;
+pub mod status;
+mod user_api;
+
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
+
+use std::sync::{Arc, OnceLock};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::error::Error;
+
+/// The application, once start-up has loaded it. Handlers answer UNAVAILABLE before that, while
+/// health already reports NOT_SERVING.
+#[derive(Debug, Clone, Default)]
+pub struct AppSlot(Arc<OnceLock<App>>);
+
+impl AppSlot {
+    /// Installs the loaded application; later calls are ignored.
+    pub fn set(&self, app: App) {
+        let _ = self.0.set(app);
+    }
+
+    /// The application, or UNAVAILABLE while the models are still loading.
+    pub fn get(&self) -> Result<&App, Error> {
+        self.0.get().ok_or_else(|| Error::Unavailable { message: "the models are still loading".into() })
+    }
+}
+
+/// Generated protobuf and gRPC code of facevault.v1.
+#[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_debug_implementations)]
+// Generated code: `#[expect]` would fire "unfulfilled" on lints it happens not to trip.
+pub mod pb {
+    tonic::include_proto!("facevault.v1");
+}
+
+/// Encoded descriptor set of facevault.v1 and its imports, for reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("facevault_descriptor");
+
+pub use face_api::FaceApi;
+pub use user_api::UserApi;
+
+/// The facevault services plus health and reflection, with message limits that fit the image
+/// limit. Returns the routes and the health reporter (the caller flips it to SERVING).
+pub async fn router(app: AppSlot, config: &Config) -> (Routes, HealthReporter) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<pb::face_service_server::FaceServiceServer<FaceApi>>().await;
+    health.set_not_serving::<pb::user_service_server::UserServiceServer<UserApi>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+
+    let limit = config.max_message_bytes();
+    let face = pb::face_service_server::FaceServiceServer::new(FaceApi::new(app.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    let user = pb::user_service_server::UserServiceServer::new(UserApi::new(app)).max_decoding_message_size(limit);
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid; this is a bug");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid; this is a bug");
+
+    let routes = Routes::new(health_service)
+        .add_service(face)
+        .add_service(user)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    (routes, health)
+}
+
+/// Marks every service SERVING (after the models are loaded, verified and warmed up).
+pub async fn set_serving(health: &HealthReporter) {
+    health.set_serving::<pb::face_service_server::FaceServiceServer<FaceApi>>().await;
+    health.set_serving::<pb::user_service_server::UserServiceServer<UserApi>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+}
+
+/// Marks every service NOT_SERVING (shutdown has begun).
+pub async fn set_not_serving(health: &HealthReporter) {
+    health.set_not_serving::<pb::face_service_server::FaceServiceServer<FaceApi>>().await;
+    health.set_not_serving::<pb::user_service_server::UserServiceServer<UserApi>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+}

@@ -1,0 +1,53 @@
+//! The only mapping from `Error` to `tonic::Status`: code, safe message, and the
+//! google.rpc details (ErrorInfo always; BadRequest for validation; RetryInfo for
+//! RESOURCE_EXHAUSTED). Internal errors are logged here and leave with a generic message.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::Error;
+
+/// ErrorInfo domain of every facevault error.
+pub const DOMAIN: &str = "facevault";
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let reason = err.reason().as_str();
+        match err {
+            Error::InvalidArgument { reason: _, field, message, metadata } => {
+                let meta: HashMap<String, String> = metadata.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                let mut details = ErrorDetails::with_error_info(reason, DOMAIN, meta);
+                if let Some(field) = field {
+                    details.add_bad_request_violation(field, message.clone());
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::Overloaded { retry_after } => {
+                let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, "the server is at capacity, retry later", details)
+            }
+            Error::Unavailable { message } => {
+                tracing::warn!(%message, "unavailable");
+                let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::Unavailable, "the service is not ready", details)
+            }
+            Error::Internal { context, source } => {
+                match &source {
+                    Some(source) => tracing::error!(context, error = %source, "internal error"),
+                    None => tracing::error!(context, "internal error"),
+                }
+                let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::Internal, "internal error", details)
+            }
+        }
+    }
+}
+
+/// UNIMPLEMENTED for an rpc declared in the API but not served by this build.
+pub fn unimplemented(rpc: &str) -> Status {
+    let details = ErrorDetails::with_error_info("UNIMPLEMENTED", DOMAIN, HashMap::new());
+    Status::with_error_details(Code::Unimplemented, format!("{rpc} is not implemented yet"), details)
+}

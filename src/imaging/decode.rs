@@ -1,0 +1,251 @@
+//! Bytes -> RGB8: format by content (JPEG, PNG, WebP), limits checked before any large
+//! allocation, EXIF orientation applied, alpha composited over white. Never resizes.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::error::{Error, Reason, Result};
+
+/// Limits on what an image may cost to decode.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Encoded size, bytes.
+    pub max_bytes: usize,
+    /// Width and height, pixels (after orientation either may be the long side).
+    pub max_dimension: u32,
+    /// Width x height, pixels.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_bytes: 2 * 1024 * 1024, max_dimension: 8192, max_pixels: 40_000_000 }
+    }
+}
+
+/// Container formats facevault accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+    WebP,
+}
+
+impl ImageFormat {
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Png => "image/png",
+            ImageFormat::WebP => "image/webp",
+        }
+    }
+}
+
+/// A decoded, upright RGB image.
+#[derive(Debug)]
+pub struct DecodedImage {
+    pub rgb: RgbImage,
+    pub format: ImageFormat,
+}
+
+const FIELD: &str = "image";
+
+/// Decodes `bytes` under `limits`. Every failure is an INVALID_ARGUMENT with an image reason.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
+    if bytes.is_empty() {
+        return Err(Error::invalid(Reason::ImageEmpty, FIELD, "the image is empty"));
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(Error::invalid(
+            Reason::ImageTooLarge,
+            FIELD,
+            format!("the image is {} bytes; the limit is {} bytes", bytes.len(), limits.max_bytes),
+        )
+        .with_meta("size_bytes", bytes.len())
+        .with_meta("max_bytes", limits.max_bytes));
+    }
+    let format = match image::guess_format(bytes) {
+        Ok(image::ImageFormat::Jpeg) => ImageFormat::Jpeg,
+        Ok(image::ImageFormat::Png) => ImageFormat::Png,
+        Ok(image::ImageFormat::WebP) => ImageFormat::WebP,
+        Ok(other) => {
+            return Err(undecodable(format!("{other:?} images are not accepted; send JPEG, PNG or WebP")));
+        }
+        Err(_) => return Err(undecodable("the bytes are not a JPEG, PNG or WebP image".to_owned())),
+    };
+    let mut reader = ImageReader::new(Cursor::new(bytes));
+    reader.set_format(match format {
+        ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+        ImageFormat::Png => image::ImageFormat::Png,
+        ImageFormat::WebP => image::ImageFormat::WebP,
+    });
+    let mut image_limits = image::Limits::default();
+    image_limits.max_image_width = Some(limits.max_dimension);
+    image_limits.max_image_height = Some(limits.max_dimension);
+    // Decoders may hold the image in a wider pixel type (16-bit RGBA is 8 bytes a pixel).
+    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
+    reader.limits(image_limits);
+
+    let mut decoder = reader.into_decoder().map_err(map_image_error)?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
+    let orientation = decoder.orientation().map_err(map_image_error)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    image.apply_orientation(orientation);
+    Ok(DecodedImage { rgb: into_rgb8(image), format })
+}
+
+fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<()> {
+    let pixels = u64::from(width) * u64::from(height);
+    if width == 0 || height == 0 {
+        return Err(undecodable("the image has no pixels".to_owned()));
+    }
+    if width > limits.max_dimension || height > limits.max_dimension || pixels > limits.max_pixels {
+        return Err(too_large(width, height, limits));
+    }
+    Ok(())
+}
+
+fn too_large(width: u32, height: u32, limits: &DecodeLimits) -> Error {
+    Error::invalid(
+        Reason::ImageDimensionsTooLarge,
+        FIELD,
+        format!(
+            "the image is {width}x{height}; the limits are {} pixels a side and {} pixels in all",
+            limits.max_dimension, limits.max_pixels
+        ),
+    )
+    .with_meta("width", width)
+    .with_meta("height", height)
+    .with_meta("max_dimension", limits.max_dimension)
+    .with_meta("max_pixels", limits.max_pixels)
+}
+
+fn undecodable(message: String) -> Error {
+    Error::invalid(Reason::ImageUndecodable, FIELD, message)
+}
+
+fn map_image_error(err: image::ImageError) -> Error {
+    match err {
+        image::ImageError::Limits(limit) => Error::invalid(
+            Reason::ImageDimensionsTooLarge,
+            FIELD,
+            format!("decoding the image would exceed the server's limits: {limit}"),
+        ),
+        image::ImageError::IoError(_)
+        | image::ImageError::Decoding(_)
+        | image::ImageError::Unsupported(_)
+        | image::ImageError::Encoding(_)
+        | image::ImageError::Parameter(_) => undecodable(format!("the image cannot be decoded: {err}")),
+    }
+}
+
+/// Converts any pixel layout to RGB8; transparent pixels are composited over white, so a
+/// cut-out portrait does not turn into a face on black.
+fn into_rgb8(image: DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba8();
+    let (width, height) = rgba.dimensions();
+    let mut out = RgbImage::new(width, height);
+    for (dst, src) in out.pixels_mut().zip(rgba.pixels()) {
+        let alpha = u32::from(src[3]);
+        for c in 0..3 {
+            let v = u32::from(src[c]) * alpha + 255 * (255 - alpha);
+            dst[c] = ((v + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, ImageEncoder, Luma, Rgba, RgbaImage};
+
+    fn png(image: &DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).expect("encode png");
+        out
+    }
+
+    #[test]
+    fn empty_and_garbage_have_their_own_reasons() {
+        let limits = DecodeLimits::default();
+        assert_eq!(decode(&[], &limits).unwrap_err().reason(), Reason::ImageEmpty);
+        assert_eq!(decode(b"not an image at all", &limits).unwrap_err().reason(), Reason::ImageUndecodable);
+        let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+        assert_eq!(decode(gif, &limits).unwrap_err().reason(), Reason::ImageUndecodable);
+    }
+
+    #[test]
+    fn byte_limit_is_checked_first() {
+        let limits = DecodeLimits { max_bytes: 10, ..DecodeLimits::default() };
+        let err = decode(&[0u8; 11], &limits).unwrap_err();
+        assert_eq!(err.reason(), Reason::ImageTooLarge);
+    }
+
+    #[test]
+    fn truncated_png_is_undecodable() {
+        let bytes = png(&DynamicImage::ImageRgb8(RgbImage::new(64, 64)));
+        let err = decode(&bytes[..bytes.len() / 2], &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err.reason(), Reason::ImageUndecodable);
+    }
+
+    #[test]
+    fn declared_dimensions_are_checked_before_decoding() {
+        // A PNG header declaring 100000 x 100000 followed by nothing: must fail on the header.
+        let mut bytes = png(&DynamicImage::ImageRgb8(RgbImage::new(1, 1)));
+        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let err = decode(&bytes, &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err.reason(), Reason::ImageDimensionsTooLarge);
+    }
+
+    #[test]
+    fn pixel_count_limit() {
+        let bytes = png(&DynamicImage::ImageRgb8(RgbImage::new(100, 100)));
+        let limits = DecodeLimits { max_pixels: 9_999, ..DecodeLimits::default() };
+        assert_eq!(decode(&bytes, &limits).unwrap_err().reason(), Reason::ImageDimensionsTooLarge);
+    }
+
+    #[test]
+    fn grayscale_sixteen_bit_and_alpha_become_rgb() {
+        let gray = DynamicImage::ImageLuma8(GrayImage::from_pixel(4, 3, Luma([90])));
+        let decoded = decode(&png(&gray), &DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.rgb.dimensions(), (4, 3));
+        assert_eq!(decoded.rgb.get_pixel(0, 0).0, [90, 90, 90]);
+        assert_eq!(decoded.format, ImageFormat::Png);
+
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(2, 2, image::Rgb([65535u16, 0, 32768])));
+        let decoded = decode(&png(&deep), &DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.rgb.get_pixel(1, 1).0, [255, 0, 128]);
+
+        let mut rgba = RgbaImage::from_pixel(2, 1, Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(1, 0, Rgba([10, 20, 30, 255]));
+        let decoded = decode(&png(&DynamicImage::ImageRgba8(rgba)), &DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.rgb.get_pixel(0, 0).0, [255, 255, 255], "transparent is white");
+        assert_eq!(decoded.rgb.get_pixel(1, 0).0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn jpeg_and_webp_decode_by_content() {
+        let rgb = RgbImage::from_fn(16, 8, |x, y| image::Rgb([(x * 15) as u8, (y * 30) as u8, 100]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .write_image(rgb.as_raw(), 16, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let decoded = decode(&jpeg, &DecodeLimits::default()).unwrap();
+        assert_eq!((decoded.format, decoded.rgb.dimensions()), (ImageFormat::Jpeg, (16, 8)));
+
+        let mut webp = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+            .write_image(rgb.as_raw(), 16, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let decoded = decode(&webp, &DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.format, ImageFormat::WebP);
+        assert_eq!(decoded.rgb, rgb, "lossless WebP round-trips");
+    }
+}

@@ -1,0 +1,76 @@
+//! ArcFace embedding: aligned 112x112 crops -> (N,3,112,112) tensor -> L2-normalised 512-d
+//! embeddings. All faces of one image go through in one `run`. No similarity search here.
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::domain::{EMBEDDING_DIM, Embedding};
+use crate::error::{Error, Result};
+use crate::imaging::align::ALIGNED_SIZE;
+use crate::inference::session::tensor_dims;
+
+const INPUT_MEAN: f32 = 127.5;
+const INPUT_STD: f32 = 127.5;
+
+/// The embedder model on one worker thread.
+#[derive(Debug)]
+pub struct Embedder {
+    session: Session,
+    tensor: Vec<f32>,
+}
+
+impl Embedder {
+    /// Wraps a loaded session after checking its signature: one (N,3,112,112) input and one
+    /// (N,512) output.
+    pub fn try_new(session: Session) -> Result<Self> {
+        let bad = |what: String| Error::Unavailable { message: format!("embedder model: {what}") };
+        let (inputs, outputs) = (session.inputs(), session.outputs());
+        if inputs.len() != 1 || outputs.len() != 1 {
+            return Err(bad(format!("expected 1 input and 1 output, found {} and {}", inputs.len(), outputs.len())));
+        }
+        let side = i64::from(ALIGNED_SIZE);
+        let dims = tensor_dims(inputs[0].dtype()).ok_or_else(|| bad("input is not a tensor".into()))?;
+        if dims.len() != 4 || dims[1] != 3 || dims[2] != side || dims[3] != side {
+            return Err(bad(format!("expected an (N,3,112,112) input, found {dims:?}")));
+        }
+        let dims = tensor_dims(outputs[0].dtype()).ok_or_else(|| bad("output is not a tensor".into()))?;
+        if dims.len() != 2 || dims[1] != EMBEDDING_DIM as i64 {
+            return Err(bad(format!("expected an (N,{EMBEDDING_DIM}) output, found {dims:?}")));
+        }
+        Ok(Embedder { session, tensor: Vec::new() })
+    }
+
+    /// Embeds aligned RGB crops (each 112*112*3 bytes, row-major) in one batch.
+    pub fn embed(&mut self, crops: &[&[u8]]) -> Result<Vec<Embedding>> {
+        if crops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plane = (ALIGNED_SIZE * ALIGNED_SIZE) as usize;
+        self.tensor.clear();
+        self.tensor.resize(crops.len() * 3 * plane, 0.0);
+        let inv_std = 1.0 / INPUT_STD;
+        for (crop, chw) in crops.iter().zip(self.tensor.chunks_exact_mut(3 * plane)) {
+            if crop.len() != 3 * plane {
+                return Err(Error::bug("aligned crop has the wrong size"));
+            }
+            let (r, rest) = chw.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            for (i, px) in crop.chunks_exact(3).enumerate() {
+                r[i] = (f32::from(px[0]) - INPUT_MEAN) * inv_std;
+                g[i] = (f32::from(px[1]) - INPUT_MEAN) * inv_std;
+                b[i] = (f32::from(px[2]) - INPUT_MEAN) * inv_std;
+            }
+        }
+        let side = ALIGNED_SIZE as usize;
+        let input = TensorRef::from_array_view(([crops.len(), 3, side, side], self.tensor.as_slice()))
+            .map_err(|e| Error::internal("embedder input tensor", e))?;
+        let outputs = self.session.run(ort::inputs![input]).map_err(|e| Error::internal("embedder inference", e))?;
+        let (_, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| Error::internal("embedder output", e))?;
+        if data.len() != crops.len() * EMBEDDING_DIM {
+            return Err(Error::bug("embedder output has the wrong size"));
+        }
+        data.chunks_exact(EMBEDDING_DIM)
+            .map(|row| Embedding::from_raw(row.to_vec()).ok_or_else(|| Error::bug("embedder produced a zero or non-finite vector")))
+            .collect()
+    }
+}

@@ -1,0 +1,125 @@
+//! `InferencePool`: the async face of the pipeline. Jobs go through a bounded queue to worker
+//! threads that each own a [`FacePipeline`] (their own ort sessions); replies come back on
+//! oneshot channels. ort never runs on a tokio thread.
+
+pub mod detector;
+pub mod embedder;
+pub mod nms;
+pub mod pipeline;
+pub mod quality;
+pub mod session;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+pub use detector::{Coverage, DetectorConfig};
+pub use pipeline::{AnalyzeOptions, Analysis, FacePipeline, FaceSelection, PipelineConfig, StageTimings};
+use session::{ModelSpec, SessionOptions};
+
+/// Everything needed to build pipelines.
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    /// Path of libonnxruntime.so.
+    pub runtime_library: PathBuf,
+    pub detector: ModelSpec,
+    pub embedder: ModelSpec,
+    pub detector_config: DetectorConfig,
+    pub pipeline: PipelineConfig,
+    /// Worker threads, each with its own sessions.
+    pub workers: usize,
+    /// ort intra-op threads per session.
+    pub intra_threads: usize,
+    /// Jobs waiting beyond those being worked on; a full queue answers OVERLOADED.
+    pub queue_capacity: usize,
+}
+
+/// Builds one pipeline: loads the runtime (once per process), opens and verifies both models.
+/// The sha256 of each model is checked by the caller once, not per worker.
+pub fn load_pipeline(config: &InferenceConfig) -> Result<FacePipeline> {
+    let env = session::environment(&config.runtime_library)?;
+    let options = SessionOptions { intra_threads: config.intra_threads };
+    let detector = detector::Detector::try_new(
+        session::open_session(&env, &config.detector, options, false)?,
+        config.detector_config,
+    )?;
+    let embedder = embedder::Embedder::try_new(session::open_session(&env, &config.embedder, options, true)?)?;
+    Ok(FacePipeline::new(detector, embedder, config.pipeline))
+}
+
+/// A request waiting for a worker.
+struct Job {
+    bytes: Vec<u8>,
+    options: AnalyzeOptions,
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<Analysis>>,
+}
+
+/// Cheap-to-clone handle on the worker threads.
+#[derive(Debug, Clone)]
+pub struct InferencePool {
+    queue: async_channel::Sender<Job>,
+    workers: usize,
+    rejected: Arc<AtomicU64>,
+}
+
+impl InferencePool {
+    /// Verifies the models, starts the workers and waits until every one has loaded and
+    /// warmed up its sessions. Blocking: call it from a blocking context.
+    pub fn start(config: &InferenceConfig) -> Result<Self> {
+        session::verify_model(&config.detector)?;
+        session::verify_model(&config.embedder)?;
+        let workers = config.workers.max(1);
+        let (queue, jobs) = async_channel::bounded(config.queue_capacity.max(1));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for id in 0..workers {
+            let (config, jobs, ready) = (config.clone(), jobs.clone(), ready_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("inference-{id}"))
+                .spawn(move || worker::run(id, &config, jobs, ready))
+                .map_err(|e| Error::internal("spawning an inference worker", e))?;
+        }
+        drop(ready_tx);
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(err),
+                Err(_) => return Err(Error::bug("an inference worker died during start-up")),
+            }
+        }
+        Ok(InferencePool { queue, workers, rejected: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// Runs the pipeline on `bytes`. Fails fast with OVERLOADED when the queue is full.
+    pub async fn analyze(&self, bytes: Vec<u8>, options: AnalyzeOptions) -> Result<Analysis> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { bytes, options, span: tracing::Span::current(), reply };
+        self.queue.try_send(job).map_err(|err| match err {
+            async_channel::TrySendError::Full(_) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                Error::Overloaded { retry_after: Duration::from_millis(200) }
+            }
+            async_channel::TrySendError::Closed(_) => Error::Unavailable { message: "the inference workers have stopped".into() },
+        })?;
+        answer.await.map_err(|_| Error::bug("an inference worker dropped a job; this is a bug"))?
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Requests refused because the queue was full, since start.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+}

@@ -1,0 +1,160 @@
+//! The whole face pipeline on one thread: decode -> detect -> align -> quality -> embed ->
+//! thumbnail. A [`FacePipeline`] owns its sessions and buffers; the pool gives one to each
+//! worker thread, and benches and tests can drive one directly.
+
+use std::time::{Duration, Instant};
+
+use fast_image_resize::Resizer;
+use image::RgbImage;
+
+use crate::domain::{AnalyzedFace, Detection, ImageAnalysis};
+use crate::error::Result;
+use crate::imaging::align::align_face;
+use crate::imaging::decode::{DecodeLimits, ImageFormat, decode};
+use crate::imaging::encode::{ThumbnailSpec, face_thumbnail};
+use crate::imaging::resize::Letterboxer;
+use crate::inference::detector::{Coverage, Detector};
+use crate::inference::embedder::Embedder;
+use crate::inference::quality::{QualityThresholds, assess};
+
+/// Which faces of an image get an embedding or a thumbnail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaceSelection {
+    None,
+    All,
+    /// The largest face (search, verify).
+    Largest,
+    /// The one face that passes the quality gate, and only when exactly one does
+    /// (enrollment).
+    SoleAcceptable,
+}
+
+impl FaceSelection {
+    fn picks(self, faces: &[AnalyzedFace]) -> Vec<usize> {
+        match self {
+            FaceSelection::None => Vec::new(),
+            FaceSelection::All => (0..faces.len()).collect(),
+            FaceSelection::Largest => (0..faces.len().min(1)).collect(),
+            FaceSelection::SoleAcceptable => {
+                let ok: Vec<usize> = (0..faces.len()).filter(|&i| faces[i].quality.acceptable()).collect();
+                if ok.len() == 1 { ok } else { Vec::new() }
+            }
+        }
+    }
+}
+
+/// What to compute for one image.
+#[derive(Debug, Clone, Copy)]
+pub struct AnalyzeOptions {
+    pub coverage: Coverage,
+    pub embeddings: FaceSelection,
+    pub thumbnails: FaceSelection,
+}
+
+/// Wall time of each stage, for metrics and benches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimings {
+    pub decode: Duration,
+    pub detect: Duration,
+    pub align: Duration,
+    pub embed: Duration,
+    pub thumbnail: Duration,
+}
+
+/// The result of [`FacePipeline::analyze`].
+#[derive(Debug)]
+pub struct Analysis {
+    pub image: ImageAnalysis,
+    pub format: ImageFormat,
+    pub timings: StageTimings,
+}
+
+/// Settings of the pipeline that are not model files.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipelineConfig {
+    pub decode: DecodeLimits,
+    pub quality: QualityThresholds,
+    pub thumbnail: ThumbnailSpec,
+}
+
+/// Detector, embedder and buffers of one thread.
+#[derive(Debug)]
+pub struct FacePipeline {
+    detector: Detector,
+    embedder: Embedder,
+    config: PipelineConfig,
+    letterbox: Letterboxer,
+    resizer: Resizer,
+}
+
+impl FacePipeline {
+    pub fn new(detector: Detector, embedder: Embedder, config: PipelineConfig) -> Self {
+        FacePipeline { detector, embedder, config, letterbox: Letterboxer::new(), resizer: Resizer::new() }
+    }
+
+    /// Runs the pipeline on encoded image bytes.
+    pub fn analyze(&mut self, bytes: &[u8], options: &AnalyzeOptions) -> Result<Analysis> {
+        let start = Instant::now();
+        let decoded = decode(bytes, &self.config.decode)?;
+        let decode_time = start.elapsed();
+        let (image, mut timings) = self.analyze_image(&decoded.rgb, options)?;
+        timings.decode = decode_time;
+        Ok(Analysis { image, format: decoded.format, timings })
+    }
+
+    /// Runs the pipeline on a decoded image.
+    pub fn analyze_image(&mut self, rgb: &RgbImage, options: &AnalyzeOptions) -> Result<(ImageAnalysis, StageTimings)> {
+        let mut timings = StageTimings::default();
+        let start = Instant::now();
+        let detections = self.detector.detect(rgb, options.coverage, &mut self.letterbox)?;
+        timings.detect = start.elapsed();
+
+        let start = Instant::now();
+        let mut crops = Vec::with_capacity(detections.len());
+        let mut faces = Vec::with_capacity(detections.len());
+        for detection in detections {
+            let mut crop = Vec::new();
+            align_face(rgb, &detection.landmarks, &mut crop);
+            let quality = assess(&detection, &crop, &self.config.quality);
+            faces.push(AnalyzedFace { detection, quality, embedding: None, thumbnail: None });
+            crops.push(crop);
+        }
+        // Largest first: what SearchFaces and VerifyFace use, and how DetectFaces lists faces.
+        let mut order: Vec<usize> = (0..faces.len()).collect();
+        order.sort_by(|&a, &b| faces[b].detection.bbox.area().total_cmp(&faces[a].detection.bbox.area()));
+        let mut faces: Vec<AnalyzedFace> = order.iter().map(|&i| faces[i].clone()).collect();
+        let crops: Vec<Vec<u8>> = order.iter().map(|&i| std::mem::take(&mut crops[i])).collect();
+        timings.align = start.elapsed();
+
+        let start = Instant::now();
+        let picked = options.embeddings.picks(&faces);
+        let batch: Vec<&[u8]> = picked.iter().map(|&i| crops[i].as_slice()).collect();
+        for (i, embedding) in picked.iter().zip(self.embedder.embed(&batch)?) {
+            faces[*i].embedding = Some(embedding);
+        }
+        timings.embed = start.elapsed();
+
+        let start = Instant::now();
+        for i in options.thumbnails.picks(&faces) {
+            let bbox = faces[i].detection.bbox;
+            faces[i].thumbnail = Some(face_thumbnail(rgb, &bbox, &self.config.thumbnail, &mut self.resizer)?);
+        }
+        timings.thumbnail = start.elapsed();
+        Ok((ImageAnalysis { width: rgb.width(), height: rgb.height(), faces }, timings))
+    }
+
+    /// One detector pass at a fixed canvas size (benches, the parity check against the
+    /// reference's single-scale runs).
+    pub fn detect_single_pass(&mut self, rgb: &RgbImage, canvas: u32) -> Result<Vec<Detection>> {
+        self.detector.detect_single_pass(rgb, canvas, &mut self.letterbox)
+    }
+
+    /// Embeds aligned crops directly (benches).
+    pub fn embed_crops(&mut self, crops: &[&[u8]]) -> Result<Vec<crate::domain::Embedding>> {
+        self.embedder.embed(crops)
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+}

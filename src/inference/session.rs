@@ -1,0 +1,125 @@
+//! ONNX Runtime setup: the process-wide environment (loaded from the configured
+//! libonnxruntime), and model sessions that are sha256-checked and shape-verified at load.
+//! No preprocessing here.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::logging::LogLevel;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::ValueType;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Where a model comes from and what it must look like.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub path: PathBuf,
+    /// Expected sha256 (hex); `None` skips the check (a drop-in model of the same shape).
+    pub sha256: Option<String>,
+}
+
+/// Settings shared by every session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Intra-op threads per session.
+    pub intra_threads: usize,
+}
+
+static ENVIRONMENT: OnceLock<(PathBuf, Environment)> = OnceLock::new();
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Loads libonnxruntime from `library` once per process and returns the environment. A second
+/// call with another path is an error: ONNX Runtime allows one environment per process.
+pub fn environment(library: &Path) -> Result<Environment> {
+    let _guard = INIT_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((loaded, env)) = ENVIRONMENT.get() {
+        if loaded != library {
+            return Err(Error::Unavailable {
+                message: format!(
+                    "ONNX Runtime is already loaded from {}; cannot load {}",
+                    loaded.display(),
+                    library.display()
+                ),
+            });
+        }
+        return Ok(env.clone());
+    }
+    if !library.is_file() {
+        return Err(Error::Unavailable {
+            message: format!("ONNX Runtime library not found at {} (run scripts/setup.sh)", library.display()),
+        });
+    }
+    let env = ort::init_from(library)
+        .map_err(|e| Error::Unavailable { message: format!("cannot load ONNX Runtime: {e}") })?
+        .with_name("facevault")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| Error::internal("building the ONNX Runtime environment", e))?;
+    let _ = ENVIRONMENT.set((library.to_path_buf(), env.clone()));
+    Ok(env)
+}
+
+/// sha256 of a file, hex.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks a model file against its pinned sha256 before anything parses it.
+pub fn verify_model(spec: &ModelSpec) -> Result<()> {
+    if !spec.path.is_file() {
+        return Err(Error::Unavailable {
+            message: format!("model not found at {} (run scripts/setup.sh)", spec.path.display()),
+        });
+    }
+    if let Some(want) = &spec.sha256 {
+        let got = file_sha256(&spec.path).map_err(|e| Error::internal("reading a model file", e))?;
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(Error::Unavailable {
+                message: format!("model {} has sha256 {got}, expected {want}", spec.path.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Opens one single-purpose session. `quiet` raises the session's log level to Error (the
+/// embedder warns on every batched run because its output is declared as (1, 512)).
+pub fn open_session(env: &Environment, spec: &ModelSpec, options: SessionOptions, quiet: bool) -> Result<Session> {
+    let load = |e: ort::Error| Error::Unavailable {
+        message: format!("cannot load model {}: {e}", spec.path.display()),
+    };
+    let mut builder = Session::builder(env)
+        .map_err(load)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| load(e.into()))?
+        .with_intra_threads(options.intra_threads)
+        .map_err(|e| load(e.into()))?
+        .with_inter_threads(1)
+        .map_err(|e| load(e.into()))?
+        .with_parallel_execution(false)
+        .map_err(|e| load(e.into()))?;
+    if quiet {
+        builder = builder.with_log_level(LogLevel::Error).map_err(|e| load(e.into()))?;
+    }
+    builder.commit_from_file(&spec.path).map_err(load)
+}
+
+/// Shape of a tensor input or output, with -1 for dynamic axes; `None` for a non-tensor.
+pub fn tensor_dims(value_type: &ValueType) -> Option<Vec<i64>> {
+    value_type.tensor_shape().map(|shape| shape.iter().copied().collect())
+}

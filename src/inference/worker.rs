@@ -1,0 +1,44 @@
+//! The worker loop: owns one `FacePipeline` (its sessions and buffers), takes jobs from the
+//! queue, enters each job's span, skips jobs whose caller has gone. Never shares a session.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::Sender;
+
+use image::RgbImage;
+
+use super::{InferenceConfig, Job, load_pipeline};
+use crate::error::{Error, Result};
+use crate::inference::{AnalyzeOptions, Coverage, FacePipeline, FaceSelection};
+
+pub(super) fn run(id: usize, config: &InferenceConfig, jobs: async_channel::Receiver<Job>, ready: Sender<Result<()>>) {
+    let mut pipeline = match load_pipeline(config).and_then(|mut p| warm_up(&mut p).map(|()| p)) {
+        Ok(pipeline) => pipeline,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    tracing::debug!(worker = id, "inference worker ready");
+    while let Ok(job) = jobs.recv_blocking() {
+        if job.reply.is_closed() {
+            continue; // the caller gave up (deadline, disconnect): do not spend the CPU
+        }
+        let _entered = job.span.enter();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| pipeline.analyze(&job.bytes, &job.options)))
+            .unwrap_or_else(|_| Err(Error::bug("the face pipeline panicked")));
+        let _ = job.reply.send(result);
+    }
+    tracing::debug!(worker = id, "inference worker stopped");
+}
+
+/// Runs every session once at every detector size so the first request is not slow.
+fn warm_up(pipeline: &mut FacePipeline) -> Result<()> {
+    let image = RgbImage::from_fn(480, 360, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let options = AnalyzeOptions { coverage: Coverage::All, embeddings: FaceSelection::All, thumbnails: FaceSelection::None };
+    pipeline.analyze_image(&image, &options)?;
+    let crop = vec![128u8; 112 * 112 * 3];
+    pipeline.embed_crops(&[&crop])?;
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Process start: parse the config, set up logging, run the server.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use facevault::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    facevault::telemetry::init(&config.log_format);
+    if let Err(message) = config.validate() {
+        eprintln!("facevault: invalid configuration: {message}");
+        return ExitCode::from(2);
+    }
+    match facevault::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, source = ?std::error::Error::source(&err), "facevault stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
