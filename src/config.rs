@@ -109,11 +109,11 @@ pub struct Config {
     pub min_sharpness: f32,
 
     /// Largest head yaw for enrollment, degrees (estimated from the landmarks).
-    #[arg(long, env = "FACEVAULT_MAX_YAW", default_value_t = 45.0)]
+    #[arg(long, env = "FACEVAULT_MAX_YAW", default_value_t = 55.0)]
     pub max_yaw: f32,
 
     /// Largest head pitch for enrollment, degrees (estimated from the landmarks).
-    #[arg(long, env = "FACEVAULT_MAX_PITCH", default_value_t = 40.0)]
+    #[arg(long, env = "FACEVAULT_MAX_PITCH", default_value_t = 45.0)]
     pub max_pitch: f32,
 
     /// Side of face thumbnails, pixels.
@@ -132,7 +132,9 @@ pub struct Config {
 impl Config {
     /// Checks the rules that span fields.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, size) in [("detect-coarse-size", self.detect_coarse_size), ("detect-fine-size", self.detect_fine_size)] {
+        for (name, size) in
+            [("detect-coarse-size", self.detect_coarse_size), ("detect-fine-size", self.detect_fine_size)]
+        {
             if size < 32 || size % 32 != 0 {
                 return Err(format!("--{name} must be a positive multiple of 32, got {size}"));
             }
@@ -197,7 +199,11 @@ impl Config {
                     max_pitch: self.max_pitch,
                     ..QualityThresholds::default()
                 },
-                thumbnail: ThumbnailSpec { size: self.thumbnail_size, margin: self.thumbnail_margin, ..ThumbnailSpec::default() },
+                thumbnail: ThumbnailSpec {
+                    size: self.thumbnail_size,
+                    margin: self.thumbnail_margin,
+                    ..ThumbnailSpec::default()
+                },
             },
             workers,
             intra_threads: self.intra_threads,

@@ -58,12 +58,7 @@ impl fmt::Display for Reason {
 pub enum Error {
     /// The request itself is wrong; `field` names the proto field when one is to blame.
     #[error("{message}")]
-    InvalidArgument {
-        reason: Reason,
-        field: Option<&'static str>,
-        message: String,
-        metadata: Metadata,
-    },
+    InvalidArgument { reason: Reason, field: Option<&'static str>, message: String, metadata: Metadata },
     /// The inference queue is full; the caller should retry after `retry_after`.
     #[error("the server is at capacity, retry later")]
     Overloaded { retry_after: Duration },

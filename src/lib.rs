@@ -29,7 +29,11 @@ pub async fn run(config: Config) -> Result<()> {
 /// Serves on `listener` until `shutdown` completes. Health reports NOT_SERVING until the models
 /// are loaded, verified and warmed up, then SERVING; on shutdown NOT_SERVING again, then the
 /// in-flight requests drain.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let slot = grpc::AppSlot::default();
     let (routes, health) = grpc::router(slot.clone(), &config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -58,10 +62,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
     grpc::set_serving(&health).await;
     tracing::info!("serving");
     stop.await;
-    server
-        .await
-        .map_err(|e| Error::internal("joining the server", e))?
-        .map_err(|e| Error::internal("serving", e))?;
+    server.await.map_err(|e| Error::internal("joining the server", e))?.map_err(|e| Error::internal("serving", e))?;
     tracing::info!("stopped");
     Ok(())
 }

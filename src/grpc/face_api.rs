@@ -2,10 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
+use super::AppSlot;
 use super::pb;
 use super::pb::face_service_server::FaceService;
 use super::status::unimplemented;
-use super::AppSlot;
 
 /// The FaceService implementation.
 #[derive(Debug, Clone)]
@@ -21,7 +21,10 @@ impl FaceApi {
 
 #[tonic::async_trait]
 impl FaceService for FaceApi {
-    async fn detect_faces(&self, request: Request<pb::DetectFacesRequest>) -> Result<Response<pb::DetectFacesResponse>, Status> {
+    async fn detect_faces(
+        &self,
+        request: Request<pb::DetectFacesRequest>,
+    ) -> Result<Response<pb::DetectFacesResponse>, Status> {
         let pb::DetectFacesRequest { image, include_embeddings, include_thumbnails } = request.into_inner();
         let analysis = self.app.get()?.detect_faces(image, include_embeddings, include_thumbnails).await?;
         Ok(Response::new(pb::DetectFacesResponse {
@@ -55,7 +58,10 @@ impl FaceService for FaceApi {
         Err(unimplemented("GetFaceImage"))
     }
 
-    async fn search_faces(&self, _: Request<pb::SearchFacesRequest>) -> Result<Response<pb::SearchFacesResponse>, Status> {
+    async fn search_faces(
+        &self,
+        _: Request<pb::SearchFacesRequest>,
+    ) -> Result<Response<pb::SearchFacesResponse>, Status> {
         Err(unimplemented("SearchFaces"))
     }
 

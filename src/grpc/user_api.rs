@@ -2,10 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
+use super::AppSlot;
 use super::pb;
 use super::pb::user_service_server::UserService;
 use super::status::unimplemented;
-use super::AppSlot;
 
 /// The UserService implementation.
 #[derive(Debug, Clone)]

@@ -10,13 +10,8 @@ use crate::domain::Landmarks;
 pub const ALIGNED_SIZE: u32 = 112;
 
 /// The ArcFace template (insightface `arcface_dst`) for a 112x112 crop.
-const ARCFACE_TEMPLATE: [[f64; 2]; 5] = [
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-];
+const ARCFACE_TEMPLATE: [[f64; 2]; 5] =
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
 /// A 2x3 affine matrix `[a, b, c; d, e, f]` mapping (x, y) to (a x + b y + c, d x + e y + f).
 #[derive(Debug, Clone, Copy, PartialEq)]

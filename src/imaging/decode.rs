@@ -74,6 +74,11 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
         }
         Err(_) => return Err(undecodable("the bytes are not a JPEG, PNG or WebP image".to_owned())),
     };
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // Decoders fill a cut-off JPEG with grey and succeed; a face service must not embed
+        // half a face, so a missing end-of-image marker is a decode error.
+        return Err(undecodable("the JPEG is truncated (no end-of-image marker after its last scan)".to_owned()));
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes));
     reader.set_format(match format {
         ImageFormat::Jpeg => image::ImageFormat::Jpeg,
@@ -94,6 +99,16 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
     let mut image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     image.apply_orientation(orientation);
     Ok(DecodedImage { rgb: into_rgb8(image), format })
+}
+
+/// True when an end-of-image marker (FF D9) follows the last start-of-scan marker (FF DA).
+/// Entropy-coded data stuffs every FF byte as FF 00, so both markers only appear as markers.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(start) => bytes[start..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<()> {
@@ -195,13 +210,66 @@ mod tests {
     }
 
     #[test]
+    fn truncated_jpeg_is_undecodable() {
+        let rgb = RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 7]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .write_image(rgb.as_raw(), 64, 64, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        assert!(decode(&jpeg, &DecodeLimits::default()).is_ok());
+        let err = decode(&jpeg[..jpeg.len() - 40], &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err.reason(), Reason::ImageUndecodable);
+    }
+
+    /// A PNG signature and a valid IHDR chunk declaring `width` x `height`, and no pixels.
+    pub(crate) fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+        fn crc32(data: &[u8]) -> u32 {
+            let mut crc = 0xFFFF_FFFFu32;
+            for &byte in data {
+                crc ^= u32::from(byte);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                }
+            }
+            !crc
+        }
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend_from_slice(&width.to_be_bytes());
+        chunk.extend_from_slice(&height.to_be_bytes());
+        chunk.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        out.extend_from_slice(&13u32.to_be_bytes());
+        out.extend_from_slice(&chunk);
+        out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+        out
+    }
+
+    /// A complete PNG of black pixels: deflate shrinks it about a thousandfold.
+    fn png_bomb(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new_with_quality(
+            &mut out,
+            image::codecs::png::CompressionType::Fast,
+            image::codecs::png::FilterType::NoFilter,
+        )
+        .write_image(&vec![0u8; (width * height) as usize], width, height, image::ExtendedColorType::L8)
+        .unwrap();
+        out
+    }
+
+    #[test]
     fn declared_dimensions_are_checked_before_decoding() {
-        // A PNG header declaring 100000 x 100000 followed by nothing: must fail on the header.
-        let mut bytes = png(&DynamicImage::ImageRgb8(RgbImage::new(1, 1)));
-        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
-        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        let err = decode(&bytes, &DecodeLimits::default()).unwrap_err();
-        assert_eq!(err.reason(), Reason::ImageDimensionsTooLarge);
+        let limits = DecodeLimits { max_dimension: 4000, max_pixels: 4_000_000, ..DecodeLimits::default() };
+        // Over the side limit, and over the pixel limit within the side limit.
+        for (w, h) in [(4100, 10), (2500, 2500)] {
+            let bomb = png_bomb(w, h);
+            assert!(bomb.len() < 64 * 1024, "{w}x{h} compresses to {} bytes", bomb.len());
+            let err = decode(&bomb, &limits).unwrap_err();
+            assert_eq!(err.reason(), Reason::ImageDimensionsTooLarge, "{w}x{h}");
+        }
+        // A valid header without pixel data is simply broken.
+        let err = decode(&png_header_only(100, 100), &limits).unwrap_err();
+        assert_eq!(err.reason(), Reason::ImageUndecodable);
     }
 
     #[test]

@@ -59,9 +59,12 @@ pub fn face_thumbnail(
     let src = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
         .map_err(|e| Error::internal("thumbnail source view", e))?;
     let mut part = Image::new(out_w, out_h, PixelType::U8x3);
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
-        .crop(x0, y0, (x1 - x0).max(1.0), (y1 - y0).max(1.0));
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom)).crop(
+        x0,
+        y0,
+        (x1 - x0).max(1.0),
+        (y1 - y0).max(1.0),
+    );
     resizer.resize(&src, &mut part, &options).map_err(|e| Error::internal("thumbnail resize", e))?;
 
     let mut canvas = vec![0u8; (spec.size * spec.size * 3) as usize];

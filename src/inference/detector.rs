@@ -42,7 +42,13 @@ pub struct DetectorConfig {
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        DetectorConfig { score_threshold: 0.5, nms_threshold: 0.4, coarse_size: 320, fine_size: 640, min_canvas_face: 16.0 }
+        DetectorConfig {
+            score_threshold: 0.5,
+            nms_threshold: 0.4,
+            coarse_size: 320,
+            fine_size: 640,
+            min_canvas_face: 16.0,
+        }
     }
 }
 
@@ -117,7 +123,9 @@ impl Detector {
         }
         for size in [config.coarse_size, config.fine_size] {
             if size == 0 || size % 32 != 0 {
-                return Err(Error::Unavailable { message: format!("detector input size {size} is not a multiple of 32") });
+                return Err(Error::Unavailable {
+                    message: format!("detector input size {size} is not a multiple of 32"),
+                });
             }
         }
         Ok(Detector { session, config, tensor: Vec::new() })
@@ -128,7 +136,12 @@ impl Detector {
     }
 
     /// Finds faces in `image` under `coverage`, merged across passes, sorted by score.
-    pub fn detect(&mut self, image: &RgbImage, coverage: Coverage, letterbox: &mut Letterboxer) -> Result<Vec<Detection>> {
+    pub fn detect(
+        &mut self,
+        image: &RgbImage,
+        coverage: Coverage,
+        letterbox: &mut Letterboxer,
+    ) -> Result<Vec<Detection>> {
         let passes = plan_passes(&self.config, image.width(), image.height(), coverage);
         let mut found = Vec::new();
         for &canvas in &passes {
@@ -141,7 +154,12 @@ impl Detector {
     }
 
     /// One detector run at one canvas size; returns detections in image pixels, not yet NMS'd.
-    pub fn detect_single_pass(&mut self, image: &RgbImage, canvas: u32, letterbox: &mut Letterboxer) -> Result<Vec<Detection>> {
+    pub fn detect_single_pass(
+        &mut self,
+        image: &RgbImage,
+        canvas: u32,
+        letterbox: &mut Letterboxer,
+    ) -> Result<Vec<Detection>> {
         let geometry = letterbox.to_tensor(image, canvas, INPUT_MEAN, INPUT_STD, &mut self.tensor)?;
         let mut found = self.run_pass(&geometry)?;
         found.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -153,15 +171,15 @@ impl Detector {
         let side = geometry.canvas as usize;
         let input = TensorRef::from_array_view(([1usize, 3, side, side], self.tensor.as_slice()))
             .map_err(|e| Error::internal("detector input tensor", e))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![input])
-            .map_err(|e| Error::internal("detector inference", e))?;
+        let outputs = self.session.run(ort::inputs![input]).map_err(|e| Error::internal("detector inference", e))?;
         let threshold = self.config.score_threshold;
         let mut detections = Vec::new();
         for (level, &stride) in STRIDES.iter().enumerate() {
             let extract = |i: usize| {
-                outputs[i].try_extract_tensor::<f32>().map(|(_, data)| data).map_err(|e| Error::internal("detector output", e))
+                outputs[i]
+                    .try_extract_tensor::<f32>()
+                    .map(|(_, data)| data)
+                    .map_err(|e| Error::internal("detector output", e))
             };
             let (scores, boxes, kps) = (extract(level)?, extract(level + 3)?, extract(level + 6)?);
             let grid = side / stride as usize;

@@ -70,7 +70,10 @@ impl Embedder {
             return Err(Error::bug("embedder output has the wrong size"));
         }
         data.chunks_exact(EMBEDDING_DIM)
-            .map(|row| Embedding::from_raw(row.to_vec()).ok_or_else(|| Error::bug("embedder produced a zero or non-finite vector")))
+            .map(|row| {
+                Embedding::from_raw(row.to_vec())
+                    .ok_or_else(|| Error::bug("embedder produced a zero or non-finite vector"))
+            })
             .collect()
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 pub use detector::{Coverage, DetectorConfig};
-pub use pipeline::{AnalyzeOptions, Analysis, FacePipeline, FaceSelection, PipelineConfig, StageTimings};
+pub use pipeline::{Analysis, AnalyzeOptions, FacePipeline, FaceSelection, PipelineConfig, StageTimings};
 use session::{ModelSpec, SessionOptions};
 
 /// Everything needed to build pipelines.
@@ -104,7 +104,9 @@ impl InferencePool {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 Error::Overloaded { retry_after: Duration::from_millis(200) }
             }
-            async_channel::TrySendError::Closed(_) => Error::Unavailable { message: "the inference workers have stopped".into() },
+            async_channel::TrySendError::Closed(_) => {
+                Error::Unavailable { message: "the inference workers have stopped".into() }
+            }
         })?;
         answer.await.map_err(|_| Error::bug("an inference worker dropped a job; this is a bug"))?
     }

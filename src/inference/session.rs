@@ -100,9 +100,8 @@ pub fn verify_model(spec: &ModelSpec) -> Result<()> {
 /// Opens one single-purpose session. `quiet` raises the session's log level to Error (the
 /// embedder warns on every batched run because its output is declared as (1, 512)).
 pub fn open_session(env: &Environment, spec: &ModelSpec, options: SessionOptions, quiet: bool) -> Result<Session> {
-    let load = |e: ort::Error| Error::Unavailable {
-        message: format!("cannot load model {}: {e}", spec.path.display()),
-    };
+    let load =
+        |e: ort::Error| Error::Unavailable { message: format!("cannot load model {}: {e}", spec.path.display()) };
     let mut builder = Session::builder(env)
         .map_err(load)?
         .with_optimization_level(GraphOptimizationLevel::All)

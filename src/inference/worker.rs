@@ -36,7 +36,8 @@ pub(super) fn run(id: usize, config: &InferenceConfig, jobs: async_channel::Rece
 /// Runs every session once at every detector size so the first request is not slow.
 fn warm_up(pipeline: &mut FacePipeline) -> Result<()> {
     let image = RgbImage::from_fn(480, 360, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
-    let options = AnalyzeOptions { coverage: Coverage::All, embeddings: FaceSelection::All, thumbnails: FaceSelection::None };
+    let options =
+        AnalyzeOptions { coverage: Coverage::All, embeddings: FaceSelection::All, thumbnails: FaceSelection::None };
     pipeline.analyze_image(&image, &options)?;
     let crop = vec![128u8; 112 * 112 * 3];
     pipeline.embed_crops(&[&crop])?;

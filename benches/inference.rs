@@ -1,0 +1,123 @@
+//! Inference with the real models on one thread (1 worker, 1 intra-op thread): one SCRFD pass at
+//! 320 and 640, ArcFace on batches of 1 and 4 aligned faces, and the whole pipeline per dev photo.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use facevault::imaging::align::align_face;
+use facevault::imaging::{DecodeLimits, decode};
+use facevault::inference::session::verify_model;
+use facevault::inference::{AnalyzeOptions, Coverage, FacePipeline, FaceSelection, InferenceConfig, load_pipeline};
+use image::RgbImage;
+
+/// The dev photos of tests/fixtures/images (fetched by scripts/setup.sh).
+const PHOTOS: [&str; 5] = ["gdp.jpg", "players.jpg", "t1.jpg", "yaoming.jpg", "Tom_Hanks_54745.png"];
+
+fn photo_bytes(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {} ({e}); run scripts/setup.sh", path.display()))
+}
+
+fn photo(name: &str) -> RgbImage {
+    decode(&photo_bytes(name), &DecodeLimits::default()).unwrap_or_else(|e| panic!("cannot decode {name}: {e}")).rgb
+}
+
+/// One pipeline with the shipped models, single-threaded so numbers are per core.
+fn pipeline() -> FacePipeline {
+    let mut config = facevault::Config::for_root(Path::new(env!("CARGO_MANIFEST_DIR")));
+    config.workers = 1;
+    config.intra_threads = 1;
+    let inference: InferenceConfig = config.inference();
+    for spec in [&inference.detector, &inference.embedder] {
+        verify_model(spec).unwrap_or_else(|e| panic!("{e}; run scripts/setup.sh"));
+    }
+    load_pipeline(&inference).unwrap_or_else(|e| panic!("cannot load the pipeline: {e}; run scripts/setup.sh"))
+}
+
+fn bench_detect(c: &mut Criterion, pipeline: &mut FacePipeline) {
+    let mut group = c.benchmark_group("detect");
+    for name in ["t1.jpg", "yaoming.jpg"] {
+        let rgb = photo(name);
+        for canvas in [320u32, 640] {
+            group.bench_function(format!("{canvas}/{name}"), |b| {
+                b.iter(|| pipeline.detect_single_pass(black_box(&rgb), canvas).expect("detector pass"));
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_embed(c: &mut Criterion, pipeline: &mut FacePipeline) {
+    let rgb = photo("t1.jpg");
+    let detections = pipeline.detect_single_pass(&rgb, 640).expect("detector pass on t1.jpg");
+    assert!(detections.len() >= 4, "t1.jpg should show at least 4 faces, found {}", detections.len());
+    let crops: Vec<Vec<u8>> = detections[..4]
+        .iter()
+        .map(|d| {
+            let mut crop = Vec::new();
+            align_face(&rgb, &d.landmarks, &mut crop);
+            crop
+        })
+        .collect();
+    let crops: Vec<&[u8]> = crops.iter().map(Vec::as_slice).collect();
+
+    let mut group = c.benchmark_group("embed");
+    for (n, label) in [(1usize, "1 face"), (4, "4 faces")] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(format!("{label}/t1.jpg"), |b| {
+            b.iter(|| pipeline.embed_crops(black_box(&crops[..n])).expect("embedding"));
+        });
+    }
+    group.finish();
+}
+
+fn bench_analyze(c: &mut Criterion, pipeline: &mut FacePipeline) {
+    let mut group = c.benchmark_group("analyze");
+    // DetectFaces with embeddings: both detector passes, every face embedded, no thumbnails.
+    let all =
+        AnalyzeOptions { coverage: Coverage::All, embeddings: FaceSelection::All, thumbnails: FaceSelection::None };
+    for name in PHOTOS {
+        let bytes = photo_bytes(name);
+        group.bench_function(format!("all faces/{name}"), |b| {
+            b.iter(|| pipeline.analyze(black_box(&bytes), &all).expect("analysis"));
+        });
+    }
+    // Enrollment: faces of 32 px and up, the sole acceptable face embedded and thumbnailed.
+    let enroll = AnalyzeOptions {
+        coverage: Coverage::MinFace(32.0),
+        embeddings: FaceSelection::SoleAcceptable,
+        thumbnails: FaceSelection::SoleAcceptable,
+    };
+    let bytes = photo_bytes("yaoming.jpg");
+    group.bench_function("enrollment/yaoming.jpg", |b| {
+        b.iter(|| pipeline.analyze(black_box(&bytes), &enroll).expect("analysis"));
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    // Loaded once: a session costs far more to open than to run.
+    let mut pipeline = pipeline();
+    for n in ["yaoming.jpg", "t1.jpg", "Tom_Hanks_54745.png"] {
+        for cv in [320u32, 640] {
+            let d = pipeline.detect_single_pass(&photo(n), cv).unwrap();
+            eprintln!("TMP {n} {cv} {} {:?}", d.len(), d.first());
+        }
+    }
+    bench_detect(c, &mut pipeline);
+    bench_embed(c, &mut pipeline);
+    bench_analyze(c, &mut pipeline);
+}
+
+fn config() -> Criterion {
+    Criterion::default().sample_size(20).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5))
+}
+
+criterion_group! {
+    name = inference;
+    config = config();
+    targets = benches
+}
+criterion_main!(inference);

@@ -1,0 +1,167 @@
+//! DetectFaces on the dev photos: face counts, no-face images, and invariance to mirroring,
+//! down-scaling and EXIF orientation.
+
+use facevault::grpc::pb::{DetectFacesRequest, DetectFacesResponse, DetectedFace};
+use image::imageops;
+
+use crate::common::{TestServer, bbox, cosine, fixture_bytes, fixture_rgb, iou, png};
+
+async fn detect(server: &TestServer, image: Vec<u8>, embeddings: bool) -> DetectFacesResponse {
+    let request = DetectFacesRequest { image, include_embeddings: embeddings, include_thumbnails: false };
+    server.faces().await.detect_faces(request).await.expect("DetectFaces").into_inner()
+}
+
+fn acceptable(faces: &[DetectedFace]) -> Vec<&DetectedFace> {
+    faces.iter().filter(|f| f.quality.as_ref().is_some_and(|q| q.issues.is_empty())).collect()
+}
+
+#[tokio::test]
+async fn face_counts_on_the_dev_photos() {
+    let server = TestServer::start().await;
+
+    let t1 = detect(&server, fixture_bytes("t1.jpg"), false).await;
+    assert_eq!((t1.image_width, t1.image_height), (1280, 886));
+    assert_eq!(t1.faces.len(), 6, "t1.jpg shows six people");
+    assert_eq!(acceptable(&t1.faces).len(), 6, "all six are enrollable");
+
+    let yao = detect(&server, fixture_bytes("yaoming.jpg"), false).await;
+    assert_eq!(yao.faces.len(), 1);
+
+    let tom = detect(&server, fixture_bytes("Tom_Hanks_54745.png"), false).await;
+    assert_eq!(tom.faces.len(), 1, "the 112x112 crop that the reference misses at 640");
+    assert!(tom.faces[0].score > 0.7, "score {}", tom.faces[0].score);
+
+    // gdp.jpg: the three players, plus two blurred spectators cut by the left edge that are
+    // found but flagged as too small for enrollment.
+    let gdp = detect(&server, fixture_bytes("gdp.jpg"), false).await;
+    let players = acceptable(&gdp.faces);
+    assert_eq!(players.len(), 3, "{:#?}", gdp.faces.iter().map(|f| f.quality.clone()).collect::<Vec<_>>());
+    assert!(players.iter().all(|f| bbox(f)[0] > 100.0), "the players, not the spectators at the edge");
+    let areas: Vec<f32> = gdp.faces.iter().map(|f| (bbox(f)[2] - bbox(f)[0]) * (bbox(f)[3] - bbox(f)[1])).collect();
+    assert!(areas.windows(2).all(|w| w[0] >= w[1]), "largest face first: {areas:?}");
+
+    // players.jpg: the five crouching players of the front row (their faces are below y=400).
+    let team = detect(&server, fixture_bytes("players.jpg"), false).await;
+    let front_row: Vec<&DetectedFace> = team.faces.iter().filter(|f| bbox(f)[1] > 400.0).collect();
+    assert_eq!(front_row.len(), 5, "front row: {:?}", front_row.iter().map(|f| bbox(f)).collect::<Vec<_>>());
+    assert!(front_row.iter().all(|f| f.score > 0.8));
+    assert!(team.faces.len() >= 15, "the standing row is found too: {}", team.faces.len());
+}
+
+#[tokio::test]
+async fn images_without_faces_give_no_faces() {
+    let server = TestServer::start().await;
+    // The court floor below the team, and a smooth synthetic gradient.
+    let team = fixture_rgb("players.jpg");
+    let floor = imageops::crop_imm(&team, 0, 720, team.width(), 80).to_image();
+    assert!(detect(&server, png(&floor), true).await.faces.is_empty());
+    let gradient = image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x / 3) as u8, (y / 2) as u8, 90]));
+    let reply = detect(&server, png(&gradient), true).await;
+    assert!(reply.faces.is_empty());
+    assert_eq!((reply.image_width, reply.image_height), (640, 480));
+}
+
+/// Pairs each face of `a` with the face of `b` whose box (mapped by `map`) overlaps most.
+fn assert_same_faces(a: &DetectFacesResponse, b: &DetectFacesResponse, map: impl Fn([f32; 4]) -> [f32; 4], what: &str) {
+    assert_eq!(a.faces.len(), b.faces.len(), "{what}: face count");
+    for face in &a.faces {
+        let target = map(bbox(face));
+        let (best, overlap) = b
+            .faces
+            .iter()
+            .map(|other| (other, iou(&target, &bbox(other))))
+            .max_by(|x, y| x.1.total_cmp(&y.1))
+            .expect("b has faces");
+        assert!(overlap > 0.6, "{what}: face at {:?} has no counterpart (best IoU {overlap})", bbox(face));
+        let similarity = cosine(&face.embedding, &best.embedding);
+        assert!(similarity >= 0.9, "{what}: face at {:?} has cosine {similarity}", bbox(face));
+    }
+}
+
+#[tokio::test]
+async fn mirrored_and_half_size_copies_give_the_same_faces() {
+    let server = TestServer::start().await;
+    for name in ["t1.jpg", "gdp.jpg", "yaoming.jpg"] {
+        let rgb = fixture_rgb(name);
+        let original = detect(&server, png(&rgb), true).await;
+        assert!(original.faces.iter().all(|f| f.embedding.len() == 512));
+
+        // Faces of enrollable size must agree; the blurred, cut spectators at the edge of
+        // gdp.jpg (24 px) are at the detector's limit and may come and go.
+        let sized = |reply: &DetectFacesResponse, min: f32| DetectFacesResponse {
+            faces: reply.faces.iter().filter(|f| bbox(f)[2] - bbox(f)[0] >= min).cloned().collect(),
+            ..reply.clone()
+        };
+        let mirrored = detect(&server, png(&imageops::flip_horizontal(&rgb)), true).await;
+        let w = rgb.width() as f32;
+        let map = |b: [f32; 4]| [w - b[2], b[1], w - b[0], b[3]];
+        assert_same_faces(&sized(&original, 40.0), &sized(&mirrored, 30.0), map, &format!("{name} mirrored"));
+
+        let half = imageops::resize(&rgb, rgb.width() / 2, rgb.height() / 2, imageops::FilterType::Triangle);
+        let small = detect(&server, png(&half), true).await;
+        assert_same_faces(
+            &sized(&original, 40.0),
+            &sized(&small, 15.0),
+            |b| b.map(|v| v / 2.0),
+            &format!("{name} half size"),
+        );
+    }
+}
+
+/// Inserts an EXIF APP1 segment with the given orientation right after the JPEG SOI marker.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = Vec::new();
+    tiff.extend_from_slice(b"MM\x00\x2a\x00\x00\x00\x08"); // big-endian TIFF, IFD at 8
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut app1 = b"Exif\x00\x00".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[tokio::test]
+async fn exif_orientation_is_applied() {
+    let server = TestServer::start().await;
+    let upright = fixture_rgb("yaoming.jpg");
+    let reference = detect(&server, png(&upright), true).await;
+    // Stored rotated 90 degrees counter-clockwise, tagged "rotate 90 CW to display" (6).
+    let stored = imageops::rotate270(&upright);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(&stored).expect("encode");
+    let reply = detect(&server, with_exif_orientation(&jpeg, 6), true).await;
+    assert_eq!((reply.image_width, reply.image_height), (upright.width() as i32, upright.height() as i32));
+    assert_eq!(reply.faces.len(), 1);
+    let similarity = cosine(&reply.faces[0].embedding, &reference.faces[0].embedding);
+    assert!(similarity > 0.95, "cosine {similarity}");
+    assert!(iou(&bbox(&reply.faces[0]), &bbox(&reference.faces[0])) > 0.8);
+}
+
+#[tokio::test]
+async fn thumbnails_are_square_jpegs_of_each_face() {
+    let server = TestServer::start().await;
+    let request =
+        DetectFacesRequest { image: fixture_bytes("t1.jpg"), include_embeddings: false, include_thumbnails: true };
+    let reply = server.faces().await.detect_faces(request).await.expect("DetectFaces").into_inner();
+    assert_eq!(reply.faces.len(), 6);
+    for face in &reply.faces {
+        assert_eq!(&face.thumbnail[..3], &[0xFF, 0xD8, 0xFF], "JPEG");
+        let thumb = image::load_from_memory(&face.thumbnail).expect("decodes").into_rgb8();
+        assert_eq!(thumb.dimensions(), (256, 256));
+        assert!(face.embedding.is_empty(), "not asked for");
+        // The zoomed face holds the face, in the middle.
+        let again = detect(&server, face.thumbnail.clone(), false).await;
+        let centre = bbox(&again.faces[0]);
+        let (cx, cy) = ((centre[0] + centre[2]) / 2.0, (centre[1] + centre[3]) / 2.0);
+        assert!((cx - 128.0).abs() < 40.0 && (cy - 128.0).abs() < 40.0, "face centre in thumbnail: {cx},{cy}");
+    }
+}
