@@ -19,8 +19,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let include = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Image fields are `bytes::Bytes`: the enrollment flow keeps the original without copying.
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("facevault_descriptor.bin"))
-        .compile_protos(&protos.map(PathBuf::from), &[PathBuf::from("proto"), include])?;
+        .bytes(".facevault.v1")
+        .compile_protos(&protos.map(PathBuf::from), &[PathBuf::from("proto"), include.clone()])?;
+    let records = "proto/facevault/storage/v1/records.proto";
+    println!("cargo:rerun-if-changed={records}");
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_protos(&[PathBuf::from(records)], &[PathBuf::from("proto"), include])?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use facevault::imaging::align::align_face;
 use facevault::imaging::{DecodeLimits, decode};
 use facevault::inference::session::verify_model;
@@ -38,6 +38,7 @@ fn pipeline() -> FacePipeline {
 
 fn bench_detect(c: &mut Criterion, pipeline: &mut FacePipeline) {
     let mut group = c.benchmark_group("detect");
+    group.sampling_mode(SamplingMode::Flat);
     for name in ["t1.jpg", "yaoming.jpg"] {
         let rgb = photo(name);
         for canvas in [320u32, 640] {
@@ -64,6 +65,7 @@ fn bench_embed(c: &mut Criterion, pipeline: &mut FacePipeline) {
     let crops: Vec<&[u8]> = crops.iter().map(Vec::as_slice).collect();
 
     let mut group = c.benchmark_group("embed");
+    group.sampling_mode(SamplingMode::Flat);
     for (n, label) in [(1usize, "1 face"), (4, "4 faces")] {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(format!("{label}/t1.jpg"), |b| {
@@ -75,6 +77,9 @@ fn bench_embed(c: &mut Criterion, pipeline: &mut FacePipeline) {
 
 fn bench_analyze(c: &mut Criterion, pipeline: &mut FacePipeline) {
     let mut group = c.benchmark_group("analyze");
+    // Up to 0.6 s an image (players.jpg): one run a sample, fewer samples, so the group ends in
+    // about a minute.
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).measurement_time(Duration::from_secs(8));
     // DetectFaces with embeddings: both detector passes, every face embedded, no thumbnails.
     let all =
         AnalyzeOptions { coverage: Coverage::All, embeddings: FaceSelection::All, thumbnails: FaceSelection::None };
@@ -100,12 +105,6 @@ fn bench_analyze(c: &mut Criterion, pipeline: &mut FacePipeline) {
 fn benches(c: &mut Criterion) {
     // Loaded once: a session costs far more to open than to run.
     let mut pipeline = pipeline();
-    for n in ["yaoming.jpg", "t1.jpg", "Tom_Hanks_54745.png"] {
-        for cv in [320u32, 640] {
-            let d = pipeline.detect_single_pass(&photo(n), cv).unwrap();
-            eprintln!("TMP {n} {cv} {} {:?}", d.len(), d.first());
-        }
-    }
     bench_detect(c, &mut pipeline);
     bench_embed(c, &mut pipeline);
     bench_analyze(c, &mut pipeline);

@@ -124,6 +124,33 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_THUMBNAIL_MARGIN", default_value_t = 0.4)]
     pub thumbnail_margin: f32,
 
+    /// API keys file (JSON: name, tenant, scopes and the sha256 of each secret; see README).
+    #[arg(long, env = "FACEVAULT_KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
+
+    /// Run without a keys file: every call acts as key "dev" of tenant "dev" with all scopes.
+    /// For a laptop only; the server says so loudly at start-up.
+    #[arg(long, env = "FACEVAULT_INSECURE_DEV_MODE", default_value_t = false)]
+    pub insecure_dev_mode: bool,
+
+    /// Cosine similarity at or above which two faces are the same person (MATCH, VerifyFace
+    /// match). Calibrated on labelled faces: see the README for its false-match rate.
+    #[arg(long, env = "FACEVAULT_MATCH_THRESHOLD", default_value_t = 0.40)]
+    pub match_threshold: f32,
+
+    /// Cosine similarity at or above which a face is reported as a POSSIBLE_MATCH duplicate, and
+    /// SearchFaces' default min_similarity.
+    #[arg(long, env = "FACEVAULT_POSSIBLE_MATCH_THRESHOLD", default_value_t = 0.30)]
+    pub possible_match_threshold: f32,
+
+    /// Most faces a user may have (FACE_LIMIT_REACHED beyond).
+    #[arg(long, env = "FACEVAULT_MAX_FACES_PER_USER", default_value_t = 5)]
+    pub max_faces_per_user: usize,
+
+    /// Lifetime of a re-enrollment token, seconds.
+    #[arg(long, env = "FACEVAULT_REENROLLMENT_TOKEN_TTL", default_value_t = 86_400)]
+    pub reenrollment_token_ttl: u64,
+
     /// Log format: text or json.
     #[arg(long, env = "FACEVAULT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -150,6 +177,20 @@ impl Config {
         }
         if self.thumbnail_size < 32 || self.thumbnail_size > 1024 {
             return Err("--thumbnail-size must be between 32 and 1024".into());
+        }
+        if self.keys_file.is_none() && !self.insecure_dev_mode {
+            return Err("give --keys-file, or --insecure-dev-mode to run without keys (development only)".into());
+        }
+        if self.keys_file.is_some() && self.insecure_dev_mode {
+            return Err("--keys-file and --insecure-dev-mode exclude each other".into());
+        }
+        if !(-1.0..=1.0).contains(&self.possible_match_threshold)
+            || self.possible_match_threshold > self.match_threshold
+        {
+            return Err("thresholds must satisfy -1 <= possible-match <= match <= 1".into());
+        }
+        if self.max_faces_per_user == 0 {
+            return Err("--max-faces-per-user must be at least 1".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("--log-format must be text or json".into());
@@ -211,13 +252,55 @@ impl Config {
         }
     }
 
-    /// Defaults with paths resolved against `root` (tests and benches run from anywhere).
+    /// Defaults with paths resolved against `root` (tests and benches run from anywhere), in
+    /// development mode.
     pub fn for_root(root: &std::path::Path) -> Self {
-        let mut config = Config::parse_from(["facevault"]);
+        let mut config = Config::parse_from(["facevault", "--insecure-dev-mode"]);
         config.onnxruntime = root.join(&config.onnxruntime);
         config.detector_model = root.join(&config.detector_model);
         config.embedder_model = root.join(&config.embedder_model);
         config.data_dir = root.join(&config.data_dir);
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::parse_from(["facevault", "--insecure-dev-mode"]);
+        config.validate().expect("defaults validate");
+        assert!(Config::parse_from(["facevault"]).validate().unwrap_err().contains("--keys-file"));
+        assert_eq!(config.max_message_bytes(), 2 * 1024 * 1024 + 64 * 1024);
+        assert_eq!(config.inference().queue_capacity, config.resolved_workers() * 4);
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let bad = Config::parse_from(["facevault", "--insecure-dev-mode", "--detect-fine-size", "300"]);
+        assert!(bad.validate().unwrap_err().contains("multiple of 32"));
+        let bad = Config::parse_from(["facevault", "--insecure-dev-mode", "--detect-coarse-size", "960"]);
+        assert!(bad.validate().is_err());
+        let bad = Config::parse_from(["facevault", "--insecure-dev-mode", "--log-format", "xml"]);
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn readme_documents_every_flag() {
+        let readme = include_str!("../README.md");
+        for arg in Config::command().get_arguments() {
+            if let Some(long) = arg.get_long() {
+                if long == "help" || long == "version" {
+                    continue;
+                }
+                assert!(
+                    readme.contains(&format!("| `--{long}` |")),
+                    "README's configuration table lacks --{long}: run scripts/config-table.py"
+                );
+            }
+        }
     }
 }

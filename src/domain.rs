@@ -118,6 +118,13 @@ impl Embedding {
         Some(Embedding(raw))
     }
 
+    /// Wraps stored values that were normalised when written; `None` when the length is
+    /// wrong or the norm is off by more than 1e-3 (corruption).
+    pub fn from_normalized(values: Vec<f32>) -> Option<Self> {
+        let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+        (values.len() == EMBEDDING_DIM && (norm - 1.0).abs() < 1e-3).then_some(Embedding(values))
+    }
+
     pub fn as_slice(&self) -> &[f32] {
         &self.0
     }
@@ -148,4 +155,159 @@ pub struct ImageAnalysis {
     pub width: u32,
     pub height: u32,
     pub faces: Vec<AnalyzedFace>,
+}
+
+/// A tenant's name, from the API key. 1-64 characters of `a-z A-Z 0-9 . _ -`, so it can
+/// prefix store keys unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tenant(String);
+
+impl Tenant {
+    /// `None` when the name is empty, too long or has other characters.
+    pub fn new(name: &str) -> Option<Self> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        ok.then(|| Tenant(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! id_type {
+    ($name:ident, $prefix:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u64);
+
+        impl $name {
+            /// Parses the wire form: the prefix and 16 lowercase hex digits.
+            pub fn parse(text: &str) -> Option<Self> {
+                let hex = text.strip_prefix($prefix)?;
+                if hex.len() != 16 || hex.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return None;
+                }
+                u64::from_str_radix(hex, 16).ok().map($name)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}{:016x}", $prefix, self.0)
+            }
+        }
+    };
+}
+
+id_type!(UserId, "usr_", "Server-assigned user id: random, rendered `usr_` + 16 hex digits.");
+id_type!(FaceId, "fce_", "Server-assigned face id: random, rendered `fce_` + 16 hex digits.");
+
+/// Where a user stands with face enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollmentStatus {
+    NotEnrolled,
+    Enrolled,
+    ReenrollmentRequired,
+}
+
+/// A user of a tenant as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: UserId,
+    pub external_id: String,
+    pub display_name: String,
+    pub email: String,
+    pub phone: String,
+    pub address: String,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub enrollment: EnrollmentStatus,
+    /// Oldest first.
+    pub face_ids: Vec<FaceId>,
+    pub create_time: std::time::SystemTime,
+    pub update_time: std::time::SystemTime,
+    /// Incremented on every write.
+    pub version: u64,
+}
+
+impl User {
+    /// The etag clients send back for optimistic concurrency.
+    pub fn etag(&self) -> String {
+        format!("v{}", self.version)
+    }
+}
+
+/// A stored face (its embedding, original and thumbnail are stored beside it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Face {
+    pub id: FaceId,
+    pub user_id: UserId,
+    pub detection: Detection,
+    pub quality: FaceQuality,
+    pub comment: String,
+    /// Name of the API key that uploaded it.
+    pub uploaded_by: String,
+    pub create_time: std::time::SystemTime,
+    /// Embedder id.
+    pub model: String,
+    pub mime_type: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// How close a face is to another user's, by the configured thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchDecision {
+    Match,
+    PossibleMatch,
+}
+
+/// A face of another user found close to a query face.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceMatch {
+    pub user_id: UserId,
+    pub external_id: String,
+    pub face_id: FaceId,
+    pub similarity: f32,
+    /// `None` below the possible-match threshold (a search with a lower `min_similarity`).
+    pub decision: Option<MatchDecision>,
+}
+
+/// Permissions an API key can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    UsersRead,
+    UsersWrite,
+    FacesRead,
+    FacesWrite,
+    FacesSearch,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 5] =
+        [Scope::UsersRead, Scope::UsersWrite, Scope::FacesRead, Scope::FacesWrite, Scope::FacesSearch];
+
+    /// The keys-file spelling, e.g. `faces:write`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::UsersRead => "users:read",
+            Scope::UsersWrite => "users:write",
+            Scope::FacesRead => "faces:read",
+            Scope::FacesWrite => "faces:write",
+            Scope::FacesSearch => "faces:search",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Who is calling: an API key's name, its tenant and scopes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub key_name: String,
+    pub tenant: Tenant,
+    pub scopes: Vec<Scope>,
 }

@@ -22,6 +22,31 @@ pub enum Reason {
     FaceTooSmall,
     LowFaceQuality,
     FieldInvalid,
+    ExternalIdInvalid,
+    EmailInvalid,
+    PhoneInvalid,
+    DisplayNameInvalid,
+    AddressTooLong,
+    MetadataInvalid,
+    UpdateMaskInvalid,
+    UserRefInvalid,
+    FaceIdInvalid,
+    PageSizeInvalid,
+    PageTokenInvalid,
+    TopKInvalid,
+    MinSimilarityInvalid,
+    CommentTooLong,
+    UserNotFound,
+    FaceNotFound,
+    ExternalIdTaken,
+    DuplicateFace,
+    FaceLimitReached,
+    NoEnrolledFace,
+    EtagMismatch,
+    ApiKeyMissing,
+    ApiKeyInvalid,
+    ReenrollmentTokenInvalid,
+    ScopeMissing,
     Overloaded,
     Unavailable,
     Internal,
@@ -40,6 +65,31 @@ impl Reason {
             Reason::FaceTooSmall => "FACE_TOO_SMALL",
             Reason::LowFaceQuality => "LOW_FACE_QUALITY",
             Reason::FieldInvalid => "FIELD_INVALID",
+            Reason::ExternalIdInvalid => "EXTERNAL_ID_INVALID",
+            Reason::EmailInvalid => "EMAIL_INVALID",
+            Reason::PhoneInvalid => "PHONE_INVALID",
+            Reason::DisplayNameInvalid => "DISPLAY_NAME_INVALID",
+            Reason::AddressTooLong => "ADDRESS_TOO_LONG",
+            Reason::MetadataInvalid => "METADATA_INVALID",
+            Reason::UpdateMaskInvalid => "UPDATE_MASK_INVALID",
+            Reason::UserRefInvalid => "USER_REF_INVALID",
+            Reason::FaceIdInvalid => "FACE_ID_INVALID",
+            Reason::PageSizeInvalid => "PAGE_SIZE_INVALID",
+            Reason::PageTokenInvalid => "PAGE_TOKEN_INVALID",
+            Reason::TopKInvalid => "TOP_K_INVALID",
+            Reason::MinSimilarityInvalid => "MIN_SIMILARITY_INVALID",
+            Reason::CommentTooLong => "COMMENT_TOO_LONG",
+            Reason::UserNotFound => "USER_NOT_FOUND",
+            Reason::FaceNotFound => "FACE_NOT_FOUND",
+            Reason::ExternalIdTaken => "EXTERNAL_ID_TAKEN",
+            Reason::DuplicateFace => "DUPLICATE_FACE",
+            Reason::FaceLimitReached => "FACE_LIMIT_REACHED",
+            Reason::NoEnrolledFace => "NO_ENROLLED_FACE",
+            Reason::EtagMismatch => "ETAG_MISMATCH",
+            Reason::ApiKeyMissing => "API_KEY_MISSING",
+            Reason::ApiKeyInvalid => "API_KEY_INVALID",
+            Reason::ReenrollmentTokenInvalid => "REENROLLMENT_TOKEN_INVALID",
+            Reason::ScopeMissing => "SCOPE_MISSING",
             Reason::Overloaded => "OVERLOADED",
             Reason::Unavailable => "UNAVAILABLE",
             Reason::Internal => "INTERNAL",
@@ -59,6 +109,24 @@ pub enum Error {
     /// The request itself is wrong; `field` names the proto field when one is to blame.
     #[error("{message}")]
     InvalidArgument { reason: Reason, field: Option<&'static str>, message: String, metadata: Metadata },
+    /// The addressed user or face does not exist (in the caller's tenant).
+    #[error("{message}")]
+    NotFound { reason: Reason, message: String, metadata: Metadata },
+    /// The thing to create exists already (external id, duplicate face).
+    #[error("{message}")]
+    AlreadyExists { reason: Reason, message: String, metadata: Metadata },
+    /// The request is valid but the state does not allow it (face limit, no enrolled face).
+    #[error("{message}")]
+    FailedPrecondition { reason: Reason, message: String, metadata: Metadata },
+    /// Optimistic concurrency failed (stale etag).
+    #[error("{message}")]
+    Aborted { reason: Reason, message: String, metadata: Metadata },
+    /// No credential, or an unknown one.
+    #[error("{message}")]
+    Unauthenticated { reason: Reason, message: String },
+    /// The credential lacks the scope the rpc needs.
+    #[error("{message}")]
+    PermissionDenied { reason: Reason, message: String, metadata: Metadata },
     /// The inference queue is full; the caller should retry after `retry_after`.
     #[error("the server is at capacity, retry later")]
     Overloaded { retry_after: Duration },
@@ -78,7 +146,13 @@ impl Error {
     /// The stable reason code of this error.
     pub fn reason(&self) -> Reason {
         match self {
-            Error::InvalidArgument { reason, .. } => *reason,
+            Error::InvalidArgument { reason, .. }
+            | Error::NotFound { reason, .. }
+            | Error::AlreadyExists { reason, .. }
+            | Error::FailedPrecondition { reason, .. }
+            | Error::Aborted { reason, .. }
+            | Error::Unauthenticated { reason, .. }
+            | Error::PermissionDenied { reason, .. } => *reason,
             Error::Overloaded { .. } => Reason::Overloaded,
             Error::Unavailable { .. } => Reason::Unavailable,
             Error::Internal { .. } => Reason::Internal,
@@ -90,13 +164,51 @@ impl Error {
         Error::InvalidArgument { reason, field: Some(field), message: message.into(), metadata: Vec::new() }
     }
 
-    /// Adds an explanatory key/value (ErrorInfo metadata) to an invalid-argument error.
+    /// Adds an explanatory key/value (ErrorInfo metadata) to an error that carries metadata.
     #[must_use]
     pub fn with_meta(mut self, key: &'static str, value: impl ToString) -> Self {
-        if let Error::InvalidArgument { metadata, .. } = &mut self {
-            metadata.push((key, value.to_string()));
+        match &mut self {
+            Error::InvalidArgument { metadata, .. }
+            | Error::NotFound { metadata, .. }
+            | Error::AlreadyExists { metadata, .. }
+            | Error::FailedPrecondition { metadata, .. }
+            | Error::Aborted { metadata, .. }
+            | Error::PermissionDenied { metadata, .. } => metadata.push((key, value.to_string())),
+            Error::Unauthenticated { .. }
+            | Error::Overloaded { .. }
+            | Error::Unavailable { .. }
+            | Error::Internal { .. } => {}
         }
         self
+    }
+
+    pub fn not_found(reason: Reason, message: impl Into<String>) -> Self {
+        Error::NotFound { reason, message: message.into(), metadata: Vec::new() }
+    }
+
+    pub fn already_exists(reason: Reason, message: impl Into<String>) -> Self {
+        Error::AlreadyExists { reason, message: message.into(), metadata: Vec::new() }
+    }
+
+    pub fn failed_precondition(reason: Reason, message: impl Into<String>) -> Self {
+        Error::FailedPrecondition { reason, message: message.into(), metadata: Vec::new() }
+    }
+
+    pub fn aborted(reason: Reason, message: impl Into<String>) -> Self {
+        Error::Aborted { reason, message: message.into(), metadata: Vec::new() }
+    }
+
+    pub fn unauthenticated(reason: Reason, message: impl Into<String>) -> Self {
+        Error::Unauthenticated { reason, message: message.into() }
+    }
+
+    /// USER_NOT_FOUND, worded as the seeds word it.
+    pub fn user_not_found() -> Self {
+        Error::not_found(Reason::UserNotFound, "user is not registered")
+    }
+
+    pub fn face_not_found() -> Self {
+        Error::not_found(Reason::FaceNotFound, "face not found")
     }
 
     /// An internal error with a loggable context and its cause.

@@ -8,7 +8,9 @@ pub mod error;
 pub mod grpc;
 pub mod imaging;
 pub mod inference;
+pub mod search;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 
 use std::future::Future;
@@ -34,8 +36,28 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let slot = grpc::AppSlot::default();
-    let (routes, health) = grpc::router(slot.clone(), &config).await;
+    serve_with_slot(config, listener, shutdown, grpc::AppSlot::default()).await
+}
+
+/// [`serve`], filling `slot` with the application once it is ready (tests inspect the store
+/// and the index through it).
+pub async fn serve_with_slot(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    slot: grpc::AppSlot,
+) -> Result<()> {
+    let keys = match &config.keys_file {
+        Some(path) => app::KeyRing::load(path)?,
+        None => {
+            tracing::warn!(
+                "INSECURE DEVELOPMENT MODE: no keys file; every call is accepted as key \"dev\" of tenant \"dev\" \
+                 with every scope. Never run like this outside a laptop."
+            );
+            app::KeyRing::development()
+        }
+    };
+    let (routes, health) = grpc::router(slot.clone(), keys, &config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
@@ -58,11 +80,13 @@ pub async fn serve(
                 .map_err(|e| Error::internal("serving", e));
         }
     };
-    slot.set(app);
+    slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");
     stop.await;
     server.await.map_err(|e| Error::internal("joining the server", e))?.map_err(|e| Error::internal("serving", e))?;
+    // Every acknowledged write was flushed already; this covers anything sled buffered since.
+    app.flush().await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,7 +7,7 @@ use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
 
 impl App {
     /// Finds every face of the image, largest first, with embeddings and thumbnails on request.
-    pub async fn detect_faces(&self, image: Vec<u8>, embeddings: bool, thumbnails: bool) -> Result<ImageAnalysis> {
+    pub async fn detect_faces(&self, image: bytes::Bytes, embeddings: bool, thumbnails: bool) -> Result<ImageAnalysis> {
         let pick = |on: bool| if on { FaceSelection::All } else { FaceSelection::None };
         let options =
             AnalyzeOptions { coverage: Coverage::All, embeddings: pick(embeddings), thumbnails: pick(thumbnails) };

@@ -1,33 +1,137 @@
-//! `App`: the cheap-to-clone facade the gRPC layer calls. It owns the inference pool (and,
-//! with the enrollment service, the store and the search index), start-up and readiness.
-//! Nothing here knows about gRPC.
+//! `App`: the cheap-to-clone facade the gRPC layer calls. It combines the store, the search
+//! index and the inference pool, owns start-up (models, store, index rebuild) and the settings
+//! of every flow. Nothing here knows about gRPC.
 
 mod detect;
+mod enroll;
+mod identify;
+pub mod keys;
+mod users;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
+use crate::domain::{Tenant, User};
 use crate::error::{Error, Result};
 use crate::inference::InferencePool;
+use crate::search::FaceIndex;
+use crate::search::similarity::Thresholds;
+use crate::storage::Store;
+
+pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
+pub use identify::{SearchOutcome, VerifyOutcome};
+pub use keys::KeyRing;
+pub use users::{NewUser, UserRef, UserUpdate, parse_etag};
+
+/// Settings of the flows, resolved from the config once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub thresholds: Thresholds,
+    pub max_faces_per_user: usize,
+    pub min_face_size: f32,
+    pub embedder_id: String,
+    pub token_ttl: Duration,
+    pub thumbnail_size: u32,
+}
 
 /// Application state shared by every request.
 #[derive(Debug, Clone)]
 pub struct App {
     pool: InferencePool,
+    store: Store,
+    index: FaceIndex,
+    settings: Arc<Settings>,
+    /// Serialises face writes: duplicate check, store transaction and index update happen as one
+    /// step, so the index always equals the store.
+    writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Runs blocking work (sled, hashing) off the async threads, inside the caller's span.
+pub async fn blocking<T, F>(work: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .map_err(|e| Error::internal("joining blocking work", e))?
 }
 
 impl App {
-    /// Loads, verifies and warms up the models. Blocking (minutes on a cold disk at worst):
-    /// call it before the server reports SERVING.
+    /// Opens the store, rebuilds the search index from it, and loads, verifies and warms up the
+    /// models. Call it before the server reports SERVING.
     pub async fn open(config: &Config) -> Result<Self> {
+        let data_dir = config.data_dir.clone();
+        let (store, index) = blocking(move || {
+            let store = Store::open(&data_dir)?;
+            let index = FaceIndex::new();
+            let mut faces = 0usize;
+            for entry in store.embeddings() {
+                let e = entry?;
+                index.insert(&e.tenant, e.face_id, e.user_id, &e.embedding);
+                faces += 1;
+            }
+            tracing::info!(faces, "search index rebuilt from the store");
+            Ok((store, index))
+        })
+        .await?;
         let inference = config.inference();
-        let pool = tokio::task::spawn_blocking(move || InferencePool::start(&inference))
-            .await
-            .map_err(|e| Error::internal("joining model start-up", e))??;
+        let pool = blocking(move || InferencePool::start(&inference)).await?;
         tracing::info!(workers = pool.workers(), "models loaded, verified and warmed up");
-        Ok(App { pool })
+        let settings = Settings {
+            thresholds: Thresholds { matched: config.match_threshold, possible: config.possible_match_threshold },
+            max_faces_per_user: config.max_faces_per_user,
+            min_face_size: config.min_face_size,
+            embedder_id: config.embedder_id.clone(),
+            token_ttl: Duration::from_secs(config.reenrollment_token_ttl),
+            thumbnail_size: config.thumbnail_size,
+        };
+        Ok(App { pool, store, index, settings: Arc::new(settings), writes: Arc::new(tokio::sync::Mutex::new(())) })
     }
 
     /// The inference pool (queue depth, rejections).
     pub fn pool(&self) -> &InferencePool {
         &self.pool
+    }
+
+    /// The store (tests compare it with the index).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The search index.
+    pub fn index(&self) -> &FaceIndex {
+        &self.index
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Flushes the store (shutdown).
+    pub async fn flush(&self) -> Result<()> {
+        let store = self.store.clone();
+        blocking(move || store.flush()).await
+    }
+
+    /// Resolves a user reference in the caller's tenant.
+    async fn resolve_user(&self, tenant: &Tenant, user: &UserRef) -> Result<User> {
+        let (store, tenant, user) = (self.store.clone(), tenant.clone(), user.clone());
+        blocking(move || {
+            let id = match &user {
+                UserRef::Id(id) => Some(*id),
+                UserRef::External(external) => store.user_id_by_external(&tenant, external)?,
+                UserRef::Malformed => None,
+            };
+            let found = match id {
+                Some(id) => store.get_user(&tenant, id)?,
+                None => None,
+            };
+            found.ok_or_else(Error::user_not_found)
+        })
+        .await
     }
 }

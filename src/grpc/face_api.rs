@@ -1,11 +1,14 @@
-//! `FaceService` handlers: convert, call `App`, convert back.
+//! `FaceService` handlers: authorise, convert, call `App`, convert back.
 
 use tonic::{Request, Response, Status};
 
 use super::AppSlot;
+use super::auth::{caller, update_credential};
+use super::convert;
 use super::pb;
 use super::pb::face_service_server::FaceService;
-use super::status::unimplemented;
+use crate::app::{FaceUpload, ImageKind};
+use crate::domain::Scope;
 
 /// The FaceService implementation.
 #[derive(Debug, Clone)]
@@ -19,12 +22,17 @@ impl FaceApi {
     }
 }
 
+fn reject(policy: i32) -> bool {
+    policy == pb::DuplicatePolicy::Reject as i32
+}
+
 #[tonic::async_trait]
 impl FaceService for FaceApi {
     async fn detect_faces(
         &self,
         request: Request<pb::DetectFacesRequest>,
     ) -> Result<Response<pb::DetectFacesResponse>, Status> {
+        caller(&request, Scope::FacesRead)?;
         let pb::DetectFacesRequest { image, include_embeddings, include_thumbnails } = request.into_inner();
         let analysis = self.app.get()?.detect_faces(image, include_embeddings, include_thumbnails).await?;
         Ok(Response::new(pb::DetectFacesResponse {
@@ -34,38 +42,114 @@ impl FaceService for FaceApi {
         }))
     }
 
-    async fn upload_face(&self, _: Request<pb::UploadFaceRequest>) -> Result<Response<pb::UploadFaceResponse>, Status> {
-        Err(unimplemented("UploadFace"))
+    async fn upload_face(
+        &self,
+        request: Request<pb::UploadFaceRequest>,
+    ) -> Result<Response<pb::UploadFaceResponse>, Status> {
+        let who = caller(&request, Scope::FacesWrite)?;
+        let pb::UploadFaceRequest { user, image, comment, duplicate_policy } = request.into_inner();
+        let upload = FaceUpload {
+            user: convert::user_ref(user, "user")?,
+            image,
+            comment,
+            reject_duplicates: reject(duplicate_policy),
+        };
+        let out = self.app.get()?.upload_face(&who, upload).await?;
+        Ok(Response::new(pb::UploadFaceResponse {
+            face: Some(out.face.into()),
+            duplicates: out.duplicates.into_iter().map(Into::into).collect(),
+            thumbnail: out.thumbnail.into(),
+            warnings: out.warnings,
+        }))
     }
 
-    async fn update_face(&self, _: Request<pb::UpdateFaceRequest>) -> Result<Response<pb::UpdateFaceResponse>, Status> {
-        Err(unimplemented("UpdateFace"))
+    async fn update_face(
+        &self,
+        request: Request<pb::UpdateFaceRequest>,
+    ) -> Result<Response<pb::UpdateFaceResponse>, Status> {
+        let credential = update_credential(&request)?;
+        let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy } = request.into_inner();
+        let upload = FaceUpload {
+            user: convert::user_ref(user, "user")?,
+            image,
+            comment,
+            reject_duplicates: reject(duplicate_policy),
+        };
+        let out = self.app.get()?.update_face(credential, upload, Some(&face_id)).await?;
+        Ok(Response::new(pb::UpdateFaceResponse {
+            enrollment_status: pb::EnrollmentStatus::from(out.user.enrollment) as i32,
+            face: Some(out.face.into()),
+            replaced_face_id: out.replaced.map(|f| f.to_string()).unwrap_or_default(),
+            duplicates: out.duplicates.into_iter().map(Into::into).collect(),
+            thumbnail: out.thumbnail.into(),
+            warnings: out.warnings,
+        }))
     }
 
-    async fn get_face(&self, _: Request<pb::GetFaceRequest>) -> Result<Response<pb::Face>, Status> {
-        Err(unimplemented("GetFace"))
+    async fn get_face(&self, request: Request<pb::GetFaceRequest>) -> Result<Response<pb::Face>, Status> {
+        let who = caller(&request, Scope::FacesRead)?;
+        let pb::GetFaceRequest { face_id } = request.into_inner();
+        Ok(Response::new(self.app.get()?.get_face(&who, &face_id).await?.into()))
     }
 
-    async fn list_faces(&self, _: Request<pb::ListFacesRequest>) -> Result<Response<pb::ListFacesResponse>, Status> {
-        Err(unimplemented("ListFaces"))
+    async fn list_faces(
+        &self,
+        request: Request<pb::ListFacesRequest>,
+    ) -> Result<Response<pb::ListFacesResponse>, Status> {
+        let who = caller(&request, Scope::FacesRead)?;
+        let pb::ListFacesRequest { user } = request.into_inner();
+        let faces = self.app.get()?.list_faces(&who, &convert::user_ref(user, "user")?).await?;
+        Ok(Response::new(pb::ListFacesResponse { faces: faces.into_iter().map(Into::into).collect() }))
     }
 
-    async fn delete_face(&self, _: Request<pb::DeleteFaceRequest>) -> Result<Response<pb::DeleteFaceResponse>, Status> {
-        Err(unimplemented("DeleteFace"))
+    async fn delete_face(
+        &self,
+        request: Request<pb::DeleteFaceRequest>,
+    ) -> Result<Response<pb::DeleteFaceResponse>, Status> {
+        let who = caller(&request, Scope::FacesWrite)?;
+        let pb::DeleteFaceRequest { face_id } = request.into_inner();
+        self.app.get()?.delete_face(&who, &face_id).await?;
+        Ok(Response::new(pb::DeleteFaceResponse {}))
     }
 
-    async fn get_face_image(&self, _: Request<pb::GetFaceImageRequest>) -> Result<Response<pb::FaceImage>, Status> {
-        Err(unimplemented("GetFaceImage"))
+    async fn get_face_image(
+        &self,
+        request: Request<pb::GetFaceImageRequest>,
+    ) -> Result<Response<pb::FaceImage>, Status> {
+        let who = caller(&request, Scope::FacesRead)?;
+        let pb::GetFaceImageRequest { face_id, kind } = request.into_inner();
+        let kind = if kind == pb::ImageKind::Thumbnail as i32 { ImageKind::Thumbnail } else { ImageKind::Original };
+        Ok(Response::new(self.app.get()?.face_image(&who, &face_id, kind).await?.into()))
     }
 
     async fn search_faces(
         &self,
-        _: Request<pb::SearchFacesRequest>,
+        request: Request<pb::SearchFacesRequest>,
     ) -> Result<Response<pb::SearchFacesResponse>, Status> {
-        Err(unimplemented("SearchFaces"))
+        let who = caller(&request, Scope::FacesSearch)?;
+        let pb::SearchFacesRequest { image, top_k, min_similarity } = request.into_inner();
+        let out = self.app.get()?.search_faces(&who, image, top_k, min_similarity).await?;
+        let mut query = out.query;
+        query.embedding = None; // the caller sent the image; the vector stays on the server
+        Ok(Response::new(pb::SearchFacesResponse {
+            query_face: Some(query.into()),
+            matches: out.matches.into_iter().map(Into::into).collect(),
+            other_faces: out.other_faces as i32,
+        }))
     }
 
-    async fn verify_face(&self, _: Request<pb::VerifyFaceRequest>) -> Result<Response<pb::VerifyFaceResponse>, Status> {
-        Err(unimplemented("VerifyFace"))
+    async fn verify_face(
+        &self,
+        request: Request<pb::VerifyFaceRequest>,
+    ) -> Result<Response<pb::VerifyFaceResponse>, Status> {
+        let who = caller(&request, Scope::FacesSearch)?;
+        let pb::VerifyFaceRequest { user, image } = request.into_inner();
+        let out = self.app.get()?.verify_face(&who, &convert::user_ref(user, "user")?, image).await?;
+        Ok(Response::new(pb::VerifyFaceResponse {
+            r#match: out.matched,
+            similarity: out.similarity,
+            threshold: out.threshold,
+            best_face_id: out.best_face.to_string(),
+        }))
     }
 }

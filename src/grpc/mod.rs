@@ -1,12 +1,14 @@
 //! The gRPC transport: generated code (`pb`), and `router()`, which assembles the facevault
 //! services, health, reflection (v1 and v1alpha) and message limits. No domain logic.
 
+mod auth;
 mod convert;
 mod face_api;
 pub mod status;
 mod user_api;
 
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
 use std::sync::{Arc, OnceLock};
@@ -47,17 +49,20 @@ pub use user_api::UserApi;
 
 /// The facevault services plus health and reflection, with message limits that fit the image
 /// limit. Returns the routes and the health reporter (the caller flips it to SERVING).
-pub async fn router(app: AppSlot, config: &Config) -> (Routes, HealthReporter) {
+pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) -> (Routes, HealthReporter) {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<pb::face_service_server::FaceServiceServer<FaceApi>>().await;
     health.set_not_serving::<pb::user_service_server::UserServiceServer<UserApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 
     let limit = config.max_message_bytes();
+    let auth = auth::Auth::new(keys);
     let face = pb::face_service_server::FaceServiceServer::new(FaceApi::new(app.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
     let user = pb::user_service_server::UserServiceServer::new(UserApi::new(app)).max_decoding_message_size(limit);
+    let face = InterceptedService::new(face, auth.clone());
+    let user = InterceptedService::new(user, auth);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

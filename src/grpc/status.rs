@@ -24,6 +24,18 @@ impl From<Error> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
+            Error::NotFound { reason: _, message, metadata } => plain(Code::NotFound, reason, message, metadata),
+            Error::AlreadyExists { reason: _, message, metadata } => {
+                plain(Code::AlreadyExists, reason, message, metadata)
+            }
+            Error::FailedPrecondition { reason: _, message, metadata } => {
+                plain(Code::FailedPrecondition, reason, message, metadata)
+            }
+            Error::Aborted { reason: _, message, metadata } => plain(Code::Aborted, reason, message, metadata),
+            Error::PermissionDenied { reason: _, message, metadata } => {
+                plain(Code::PermissionDenied, reason, message, metadata)
+            }
+            Error::Unauthenticated { reason: _, message } => plain(Code::Unauthenticated, reason, message, Vec::new()),
             Error::Overloaded { retry_after } => {
                 let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
                 details.set_retry_info(Some(retry_after));
@@ -44,6 +56,11 @@ impl From<Error> for Status {
             }
         }
     }
+}
+
+fn plain(code: Code, reason: &str, message: String, metadata: crate::error::Metadata) -> Status {
+    let meta: HashMap<String, String> = metadata.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, DOMAIN, meta))
 }
 
 /// UNIMPLEMENTED for an rpc declared in the API but not served by this build.

@@ -1,16 +1,18 @@
-//! `UserService` handlers: convert, call `App`, convert back.
+//! `UserService` handlers: authorise, convert, call `App`, convert back.
 
 use tonic::{Request, Response, Status};
 
 use super::AppSlot;
+use super::auth::caller;
+use super::convert;
 use super::pb;
 use super::pb::user_service_server::UserService;
-use super::status::unimplemented;
+use crate::app::parse_etag;
+use crate::domain::Scope;
 
 /// The UserService implementation.
 #[derive(Debug, Clone)]
 pub struct UserApi {
-    #[expect(dead_code, reason = "the user rpcs arrive with the enrollment service")]
     app: AppSlot,
 }
 
@@ -22,23 +24,55 @@ impl UserApi {
 
 #[tonic::async_trait]
 impl UserService for UserApi {
-    async fn create_user(&self, _: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
-        Err(unimplemented("CreateUser"))
+    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
+        let who = caller(&request, Scope::UsersWrite)?;
+        let pb::CreateUserRequest { user } = request.into_inner();
+        let user = self.app.get()?.create_user(&who, convert::new_user(user)).await?;
+        Ok(Response::new(user.into()))
     }
 
-    async fn get_user(&self, _: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
-        Err(unimplemented("GetUser"))
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+        let who = caller(&request, Scope::UsersRead)?;
+        let pb::GetUserRequest { user } = request.into_inner();
+        let user = self.app.get()?.get_user(&who, &convert::user_ref(user, "user")?).await?;
+        Ok(Response::new(user.into()))
     }
 
-    async fn update_user(&self, _: Request<pb::UpdateUserRequest>) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        Err(unimplemented("UpdateUser"))
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let who = caller(&request, Scope::UsersWrite)?;
+        let pb::UpdateUserRequest { user, user_update, update_mask, etag, require_face_reenrollment } =
+            request.into_inner();
+        let target = convert::user_ref(user, "user")?;
+        let mut update = convert::user_update(user_update, update_mask, require_face_reenrollment)?;
+        update.expected_version = parse_etag(&etag)?;
+        let (user, token) = self.app.get()?.update_user(&who, &target, update).await?;
+        Ok(Response::new(pb::UpdateUserResponse {
+            user: Some(user.into()),
+            reenrollment_token: token.unwrap_or_default(),
+        }))
     }
 
-    async fn delete_user(&self, _: Request<pb::DeleteUserRequest>) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        Err(unimplemented("DeleteUser"))
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let who = caller(&request, Scope::UsersWrite)?;
+        let pb::DeleteUserRequest { user, etag } = request.into_inner();
+        let target = convert::user_ref(user, "user")?;
+        self.app.get()?.delete_user(&who, &target, parse_etag(&etag)?).await?;
+        Ok(Response::new(pb::DeleteUserResponse {}))
     }
 
-    async fn list_users(&self, _: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
-        Err(unimplemented("ListUsers"))
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let who = caller(&request, Scope::UsersRead)?;
+        let pb::ListUsersRequest { page_size, page_token } = request.into_inner();
+        let (users, next_page_token) = self.app.get()?.list_users(&who, page_size, &page_token).await?;
+        Ok(Response::new(pb::ListUsersResponse { users: users.into_iter().map(Into::into).collect(), next_page_token }))
     }
 }

@@ -54,7 +54,7 @@ pub fn load_pipeline(config: &InferenceConfig) -> Result<FacePipeline> {
 
 /// A request waiting for a worker.
 struct Job {
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     options: AnalyzeOptions,
     span: tracing::Span,
     reply: oneshot::Sender<Result<Analysis>>,
@@ -96,7 +96,7 @@ impl InferencePool {
     }
 
     /// Runs the pipeline on `bytes`. Fails fast with OVERLOADED when the queue is full.
-    pub async fn analyze(&self, bytes: Vec<u8>, options: AnalyzeOptions) -> Result<Analysis> {
+    pub async fn analyze(&self, bytes: bytes::Bytes, options: AnalyzeOptions) -> Result<Analysis> {
         let (reply, answer) = oneshot::channel();
         let job = Job { bytes, options, span: tracing::Span::current(), reply };
         self.queue.try_send(job).map_err(|err| match err {

@@ -6,8 +6,8 @@ use image::imageops;
 
 use crate::common::{TestServer, bbox, cosine, fixture_bytes, fixture_rgb, iou, png};
 
-async fn detect(server: &TestServer, image: Vec<u8>, embeddings: bool) -> DetectFacesResponse {
-    let request = DetectFacesRequest { image, include_embeddings: embeddings, include_thumbnails: false };
+async fn detect(server: &TestServer, image: impl Into<bytes::Bytes>, embeddings: bool) -> DetectFacesResponse {
+    let request = DetectFacesRequest { image: image.into(), include_embeddings: embeddings, include_thumbnails: false };
     server.faces().await.detect_faces(request).await.expect("DetectFaces").into_inner()
 }
 
@@ -149,8 +149,11 @@ async fn exif_orientation_is_applied() {
 #[tokio::test]
 async fn thumbnails_are_square_jpegs_of_each_face() {
     let server = TestServer::start().await;
-    let request =
-        DetectFacesRequest { image: fixture_bytes("t1.jpg"), include_embeddings: false, include_thumbnails: true };
+    let request = DetectFacesRequest {
+        image: fixture_bytes("t1.jpg").into(),
+        include_embeddings: false,
+        include_thumbnails: true,
+    };
     let reply = server.faces().await.detect_faces(request).await.expect("DetectFaces").into_inner();
     assert_eq!(reply.faces.len(), 6);
     for face in &reply.faces {

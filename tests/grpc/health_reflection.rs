@@ -63,7 +63,7 @@ async fn reflection_v1_lists_services_and_describes_types() {
 async fn stop_drains_and_the_port_closes() {
     let server = TestServer::start().await;
     let mut client = server.faces().await;
-    let request = DetectFacesRequest { image: fixture_bytes("yaoming.jpg"), ..Default::default() };
+    let request = DetectFacesRequest { image: fixture_bytes("yaoming.jpg").into(), ..Default::default() };
     assert_eq!(client.detect_faces(request).await.expect("served").into_inner().faces.len(), 1);
     let addr = server.addr;
     server.stop().await;

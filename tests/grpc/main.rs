@@ -2,7 +2,10 @@
 
 mod common;
 mod detect;
+mod enroll;
 mod errors;
 mod grpcurl;
 mod health_reflection;
+mod identify;
 mod parity;
+mod users;

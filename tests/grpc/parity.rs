@@ -47,7 +47,7 @@ fn reference() -> Reference {
 }
 
 async fn detect(server: &TestServer, image: Vec<u8>) -> DetectFacesResponse {
-    let request = DetectFacesRequest { image, include_embeddings: true, include_thumbnails: false };
+    let request = DetectFacesRequest { image: image.into(), include_embeddings: true, include_thumbnails: false };
     server.faces().await.detect_faces(request).await.expect("DetectFaces").into_inner()
 }
 

@@ -6,10 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use facevault::Config;
+use facevault::grpc::AppSlot;
 use facevault::grpc::pb::face_service_client::FaceServiceClient;
+use facevault::grpc::pb::user_service_client::UserServiceClient;
 use image::RgbImage;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -58,17 +63,76 @@ pub(crate) fn bbox(face: &facevault::grpc::pb::DetectedFace) -> [f32; 4] {
     [b.x_min, b.y_min, b.x_max, b.y_max]
 }
 
+/// API keys of the keyed test servers: (name, tenant, scopes, secret).
+pub(crate) const KEYS: &[(&str, &str, &[&str], &str)] = &[
+    ("admin-a", "alpha", &["users:read", "users:write", "faces:read", "faces:write", "faces:search"], "secret-admin-a"),
+    ("admin-b", "beta", &["users:read", "users:write", "faces:read", "faces:write", "faces:search"], "secret-admin-b"),
+    ("reader-a", "alpha", &["users:read", "faces:read"], "secret-reader-a"),
+];
+
+fn write_keys_file(path: &Path) {
+    let keys: Vec<serde_json::Value> = KEYS
+        .iter()
+        .map(|(name, tenant, scopes, secret)| {
+            let hash: String = facevault::app::keys::hash_secret(secret).iter().map(|b| format!("{b:02x}")).collect();
+            serde_json::json!({ "name": name, "tenant": tenant, "scopes": scopes, "sha256": hash })
+        })
+        .collect();
+    std::fs::write(path, serde_json::json!({ "keys": keys }).to_string()).expect("write keys file");
+}
+
+/// Adds `x-api-key` (and optionally a bearer token) to every call of a client.
+#[derive(Clone)]
+pub(crate) struct Credentials {
+    key: Option<MetadataValue<Ascii>>,
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(key) = &self.key {
+            request.metadata_mut().insert("x-api-key", key.clone());
+        }
+        if let Some(bearer) = &self.bearer {
+            request.metadata_mut().insert("authorization", bearer.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub(crate) type Faces = FaceServiceClient<InterceptedService<Channel, Credentials>>;
+pub(crate) type Users = UserServiceClient<InterceptedService<Channel, Credentials>>;
+
 /// A running server.
 pub(crate) struct TestServer {
     pub(crate) addr: std::net::SocketAddr,
+    config: Config,
+    slot: AppSlot,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<facevault::Result<()>>>,
-    _data: tempfile::TempDir,
+    data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
+    /// A development-mode server (no keys file).
     pub(crate) async fn start() -> Self {
         Self::start_with(|_| {}).await
+    }
+
+    /// A server with the keys of [`KEYS`].
+    pub(crate) async fn start_keyed() -> Self {
+        Self::start_keyed_with(|_| {}).await
+    }
+
+    pub(crate) async fn start_keyed_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(|config| {
+            let keys = config.data_dir.with_file_name("keys.json");
+            write_keys_file(&keys);
+            config.keys_file = Some(keys);
+            config.insecure_dev_mode = false;
+            adjust(config);
+        })
+        .await
     }
 
     /// Starts a server whose config `adjust` may change (paths are already absolute).
@@ -79,15 +143,38 @@ impl TestServer {
         config.workers = 2;
         adjust(&mut config);
         config.validate().expect("test config is valid");
+        Self::launch(config, Some(data)).await
+    }
+
+    async fn launch(config: Config, data: Option<tempfile::TempDir>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(facevault::serve(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        let server = TestServer { addr, stop: Some(stop), task: Some(task), _data: data };
+        let slot = AppSlot::default();
+        let task = tokio::spawn(facevault::serve_with_slot(
+            config.clone(),
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            slot.clone(),
+        ));
+        let server = TestServer { addr, config, slot, stop: Some(stop), task: Some(task), data };
         server.wait_serving(Duration::from_secs(120)).await;
         server
+    }
+
+    /// Stops the server and starts a new one on the same data directory and keys.
+    pub(crate) async fn restart(mut self) -> Self {
+        let (config, data) = (self.config.clone(), self.data.take());
+        self.stop_inner().await;
+        drop(self); // releases the store (sled holds a lock on its directory)
+        Self::launch(config, data).await
+    }
+
+    /// The running application (store and index), for checks no rpc can make.
+    pub(crate) fn app(&self) -> &facevault::app::App {
+        self.slot.get().expect("the server is serving")
     }
 
     pub(crate) fn url(&self) -> String {
@@ -98,8 +185,26 @@ impl TestServer {
         Channel::from_shared(self.url()).expect("url").connect().await.expect("connect")
     }
 
-    pub(crate) async fn faces(&self) -> FaceServiceClient<Channel> {
-        FaceServiceClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    /// A FaceService client without credentials (development-mode servers accept it).
+    pub(crate) async fn faces(&self) -> Faces {
+        self.faces_as(None).await
+    }
+
+    pub(crate) async fn faces_as(&self, secret: Option<&str>) -> Faces {
+        self.faces_with(secret, None).await
+    }
+
+    pub(crate) async fn faces_with(&self, secret: Option<&str>, bearer: Option<&str>) -> Faces {
+        let credentials = Credentials {
+            key: secret.map(|s| s.parse().expect("ascii key")),
+            bearer: bearer.map(|t| format!("Bearer {t}").parse().expect("ascii token")),
+        };
+        FaceServiceClient::with_interceptor(self.channel().await, credentials).max_decoding_message_size(64 << 20)
+    }
+
+    pub(crate) async fn users_as(&self, secret: Option<&str>) -> Users {
+        let credentials = Credentials { key: secret.map(|s| s.parse().expect("ascii key")), bearer: None };
+        UserServiceClient::with_interceptor(self.channel().await, credentials)
     }
 
     async fn wait_serving(&self, timeout: Duration) {
@@ -118,14 +223,18 @@ impl TestServer {
         }
     }
 
-    /// Stops the server and waits for it to drain.
-    pub(crate) async fn stop(mut self) {
+    async fn stop_inner(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("server stopped cleanly");
         }
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub(crate) async fn stop(mut self) {
+        self.stop_inner().await;
     }
 }
 
@@ -142,3 +251,51 @@ pub(crate) fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default()
 }
+
+/// Face boxes of the reference at 640 (tests/fixtures/reference/insightface.json).
+pub(crate) fn reference_boxes(image: &str) -> Vec<[f32; 4]> {
+    let path = root().join("tests/fixtures/reference/insightface.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("reference")).expect("json");
+    json["images"][image]["det640"]
+        .as_array()
+        .expect("faces")
+        .iter()
+        .map(|f| {
+            let b: Vec<f32> =
+                f["bbox"].as_array().expect("bbox").iter().map(|v| v.as_f64().expect("num") as f32).collect();
+            [b[0], b[1], b[2], b[3]]
+        })
+        .collect()
+}
+
+/// A PNG of the region around `bbox` with `margin` (fraction of the box side) on each side.
+pub(crate) fn crop_png(image: &RgbImage, bbox: [f32; 4], margin: f32) -> Vec<u8> {
+    let (w, h) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
+    let x0 = (bbox[0] - margin * w).max(0.0) as u32;
+    let y0 = (bbox[1] - margin * h).max(0.0) as u32;
+    let x1 = ((bbox[2] + margin * w) as u32).min(image.width());
+    let y1 = ((bbox[3] + margin * h) as u32).min(image.height());
+    png(&image::imageops::crop_imm(image, x0, y0, x1 - x0, y1 - y0).to_image())
+}
+
+/// Single-face photos of nine different people (the six of t1.jpg, the three players of
+/// gdp.jpg), as PNG.
+pub(crate) fn people() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (name, count) in [("t1.jpg", 6), ("gdp.jpg", 3)] {
+        let rgb = fixture_rgb(name);
+        for bbox in reference_boxes(name).into_iter().take(count) {
+            out.push(crop_png(&rgb, bbox, 0.35));
+        }
+    }
+    out
+}
+
+/// Yao Ming's face in players.jpg (44 px, another photo than yaoming.jpg), as PNG.
+pub(crate) fn yao_in_players() -> Vec<u8> {
+    crop_png(&fixture_rgb("players.jpg"), reference_boxes("players.jpg")[3], 0.6)
+}
+
+pub(crate) const ADMIN_A: Option<&str> = Some("secret-admin-a");
+pub(crate) const ADMIN_B: Option<&str> = Some("secret-admin-b");
+pub(crate) const READER_A: Option<&str> = Some("secret-reader-a");

@@ -1,0 +1,345 @@
+//! The enroll flows: decode -> detect -> pick the one acceptable face -> embed -> duplicate
+//! check -> persist -> index -> thumbnail; and face reads and deletes. Never formats wire
+//! responses.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::users::hash_token;
+use super::{App, UserRef, blocking, validate};
+use crate::domain::{
+    AnalyzedFace, EnrollmentStatus, Face, FaceId, FaceMatch, ImageAnalysis, Principal, QualityIssue, Tenant, User,
+    UserId,
+};
+use crate::error::{Error, Reason, Result};
+use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
+use crate::storage::{NewFace, Replace};
+
+/// An UploadFace or UpdateFace request after conversion.
+#[derive(Debug, Clone)]
+pub struct FaceUpload {
+    pub user: UserRef,
+    pub image: Bytes,
+    pub comment: String,
+    /// REJECT: refuse the face when another user's face is a MATCH.
+    pub reject_duplicates: bool,
+}
+
+/// Who authorises an UpdateFace.
+#[derive(Debug, Clone)]
+pub enum UpdateCredential {
+    Key(Principal),
+    /// A re-enrollment token: good for one UpdateFace of its user.
+    Token(String),
+}
+
+/// What an enrollment stored and found.
+#[derive(Debug, Clone)]
+pub struct EnrollOutcome {
+    pub face: Face,
+    pub user: User,
+    pub replaced: Option<FaceId>,
+    pub duplicates: Vec<FaceMatch>,
+    pub thumbnail: Vec<u8>,
+    pub warnings: Vec<String>,
+}
+
+/// Which stored image GetFaceImage returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    Original,
+    Thumbnail,
+}
+
+/// A stored image with its type and size.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    pub data: Vec<u8>,
+    pub mime_type: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The warning when a user's new face matches none of its other faces.
+pub const SELF_MISMATCH: &str = "SELF_MISMATCH";
+
+/// Picks the one face that passes the quality gate, or explains why there is none.
+fn sole_face(analysis: &ImageAnalysis, min_face_size: f32) -> Result<&AnalyzedFace> {
+    let acceptable: Vec<&AnalyzedFace> = analysis.faces.iter().filter(|f| f.quality.acceptable()).collect();
+    match acceptable.as_slice() {
+        [face] => Ok(face),
+        [] => {
+            let Some(best) = analysis.faces.first() else {
+                return Err(Error::invalid(Reason::NoFaceDetected, "image", "no face was found in the image"));
+            };
+            let q = &best.quality;
+            if q.issues.contains(&QualityIssue::TooSmall) {
+                return Err(Error::invalid(
+                    Reason::FaceTooSmall,
+                    "image",
+                    format!("the face is {:.0} px; at least {min_face_size:.0} px are needed", q.face_size),
+                )
+                .with_meta("face_size", format!("{:.1}", q.face_size))
+                .with_meta("min_face_size", format!("{min_face_size:.1}")));
+            }
+            let issues: Vec<&str> = q.issues.iter().map(|i| issue_name(*i)).collect();
+            Err(Error::invalid(
+                Reason::LowFaceQuality,
+                "image",
+                format!("the face is not good enough to enroll: {}", issues.join(", ")),
+            )
+            .with_meta("issues", issues.join(","))
+            .with_meta("detector_score", format!("{:.3}", best.detection.score))
+            .with_meta("sharpness", format!("{:.1}", q.sharpness))
+            .with_meta("brightness", format!("{:.1}", q.brightness))
+            .with_meta("yaw", format!("{:.1}", q.yaw))
+            .with_meta("pitch", format!("{:.1}", q.pitch)))
+        }
+        many => Err(Error::invalid(
+            Reason::MultipleFacesDetected,
+            "image",
+            format!("{} faces were found; an enrollment photo must show exactly one", many.len()),
+        )
+        .with_meta("face_count", many.len())),
+    }
+}
+
+fn issue_name(issue: QualityIssue) -> &'static str {
+    match issue {
+        QualityIssue::TooSmall => "TOO_SMALL",
+        QualityIssue::LowConfidence => "LOW_CONFIDENCE",
+        QualityIssue::Blurry => "BLURRY",
+        QualityIssue::TooDark => "TOO_DARK",
+        QualityIssue::TooBright => "TOO_BRIGHT",
+        QualityIssue::Pose => "POSE",
+    }
+}
+
+impl App {
+    /// Runs the enrollment analysis: faces down to the minimum enrollable size, embedding and
+    /// thumbnail of the one acceptable face.
+    async fn analyze_for_enrollment(&self, image: Bytes) -> Result<(crate::inference::Analysis, usize)> {
+        let options = AnalyzeOptions {
+            coverage: Coverage::MinFace(self.settings.min_face_size),
+            embeddings: FaceSelection::SoleAcceptable,
+            thumbnails: FaceSelection::SoleAcceptable,
+        };
+        let analysis = self.pool.analyze(image, options).await?;
+        let index = {
+            let face = sole_face(&analysis.image, self.settings.min_face_size)?;
+            analysis.image.faces.iter().position(|f| std::ptr::eq(f, face)).expect("the face is in the list")
+        };
+        Ok((analysis, index))
+    }
+
+    /// UploadFace: adds a face to an existing user.
+    pub async fn upload_face(&self, caller: &Principal, upload: FaceUpload) -> Result<EnrollOutcome> {
+        validate::comment(&upload.comment, "comment")?;
+        let user = self.resolve_user(&caller.tenant, &upload.user).await?;
+        if user.face_ids.len() >= self.settings.max_faces_per_user {
+            // Checked again inside the store transaction; this only saves the inference.
+            return Err(limit_reached(user.face_ids.len(), self.settings.max_faces_per_user));
+        }
+        self.enroll(&caller.tenant, &caller.key_name, user.id, upload, Replace::Nothing, None).await
+    }
+
+    /// UpdateFace: replaces a face (or the oldest, or enrolls the first), authorised by an API
+    /// key of the tenant or by the user's re-enrollment token.
+    pub async fn update_face(
+        &self,
+        credential: UpdateCredential,
+        upload: FaceUpload,
+        face_id: Option<&str>,
+    ) -> Result<EnrollOutcome> {
+        validate::comment(&upload.comment, "comment")?;
+        let (tenant, uploaded_by, token_hash) = match &credential {
+            UpdateCredential::Key(caller) => (caller.tenant.clone(), caller.key_name.clone(), None),
+            UpdateCredential::Token(token) => {
+                let hash = hash_token(token);
+                let store = self.store.clone();
+                let owner = blocking(move || store.token_user(&hash)).await?;
+                let Some((tenant, _)) = owner else { return Err(invalid_token()) };
+                (tenant, "reenrollment-token".to_owned(), Some(hash))
+            }
+        };
+        let user = self.resolve_user(&tenant, &upload.user).await.map_err(|e| match (&token_hash, e.reason()) {
+            // A token holder learns nothing about other users.
+            (Some(_), Reason::UserNotFound) => invalid_token(),
+            _ => e,
+        })?;
+        let replace = match face_id {
+            None | Some("") => Replace::Oldest,
+            Some(text) => {
+                let id = FaceId::parse(text).ok_or_else(|| Error::face_not_found().with_meta("face_id", text))?;
+                if !user.face_ids.contains(&id) {
+                    return Err(Error::face_not_found().with_meta("face_id", text));
+                }
+                Replace::Face(id)
+            }
+        };
+        self.enroll(&tenant, &uploaded_by, user.id, upload, replace, token_hash).await
+    }
+
+    async fn enroll(
+        &self,
+        tenant: &Tenant,
+        uploaded_by: &str,
+        user_id: UserId,
+        upload: FaceUpload,
+        replace: Replace,
+        token: Option<[u8; 32]>,
+    ) -> Result<EnrollOutcome> {
+        let (analysis, picked) = self.analyze_for_enrollment(upload.image.clone()).await?;
+        let width = analysis.image.width;
+        let height = analysis.image.height;
+        let mime = analysis.format.mime_type();
+        let mut faces = analysis.image.faces;
+        let chosen = faces.swap_remove(picked);
+        let embedding = chosen.embedding.ok_or_else(|| Error::bug("the enrolled face was not embedded"))?;
+        let thumbnail = chosen.thumbnail.ok_or_else(|| Error::bug("the enrolled face has no thumbnail"))?;
+
+        let _writes = self.writes.lock().await;
+        let thresholds = self.settings.thresholds;
+        // Duplicates among the other users of the tenant, best first.
+        let hits = self.index.search(tenant, &embedding, 20, thresholds.possible, Some(user_id));
+        let duplicates = self.describe_hits(tenant, &hits).await?;
+        if upload.reject_duplicates
+            && let Some(first) = duplicates.iter().find(|d| d.decision == Some(crate::domain::MatchDecision::Match))
+        {
+            return Err(Error::already_exists(Reason::DuplicateFace, "the face matches another user's face")
+                .with_meta("user_id", first.user_id)
+                .with_meta("external_id", &first.external_id)
+                .with_meta("face_id", first.face_id)
+                .with_meta("similarity", format!("{:.4}", first.similarity)));
+        }
+        // The user's own other faces (those that stay).
+        let store = self.store.clone();
+        let (tenant_c, uid) = (tenant.clone(), user_id);
+        let current = blocking(move || store.get_user(&tenant_c, uid)).await?.ok_or_else(Error::user_not_found)?;
+        let staying: Vec<FaceId> = current
+            .face_ids
+            .iter()
+            .copied()
+            .filter(|f| match replace {
+                Replace::Face(old) => *f != old,
+                Replace::Oldest => Some(*f) != current.face_ids.first().copied(),
+                Replace::Nothing => true,
+            })
+            .collect();
+        let own = self.index.similarities(tenant, &staying, &embedding);
+        let mut warnings = Vec::new();
+        if !own.is_empty() && own.iter().all(|(_, s)| *s < thresholds.matched) {
+            warnings.push(SELF_MISMATCH.to_owned());
+        }
+
+        let face = Face {
+            id: FaceId(crate::storage::random_id()?),
+            user_id,
+            detection: chosen.detection,
+            quality: chosen.quality,
+            comment: upload.comment,
+            uploaded_by: uploaded_by.to_owned(),
+            create_time: SystemTime::now(),
+            model: self.settings.embedder_id.clone(),
+            mime_type: mime.to_owned(),
+            width,
+            height,
+        };
+        let new = NewFace {
+            face: face.clone(),
+            embedding: embedding.clone(),
+            original: upload.image.to_vec(),
+            thumbnail: thumbnail.clone(),
+        };
+        let (store, tenant_c, max) = (self.store.clone(), tenant.clone(), self.settings.max_faces_per_user);
+        let (user, replaced) = blocking(move || store.put_face(&tenant_c, &new, replace, max, token)).await?;
+        self.index.replace(tenant, replaced, face.id, user_id, &embedding);
+        Ok(EnrollOutcome { face, user, replaced, duplicates, thumbnail, warnings })
+    }
+
+    /// Search hits with each user's external id and the decision band.
+    pub(super) async fn describe_hits(&self, tenant: &Tenant, hits: &[crate::search::Hit]) -> Result<Vec<FaceMatch>> {
+        let (store, tenant, hits, thresholds) =
+            (self.store.clone(), tenant.clone(), hits.to_vec(), self.settings.thresholds);
+        blocking(move || {
+            let mut out = Vec::with_capacity(hits.len());
+            for hit in hits {
+                let external_id = store.get_user(&tenant, hit.user_id)?.map(|u| u.external_id).unwrap_or_default();
+                out.push(FaceMatch {
+                    user_id: hit.user_id,
+                    external_id,
+                    face_id: hit.face_id,
+                    similarity: hit.similarity,
+                    decision: thresholds.decide(hit.similarity),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn get_face(&self, caller: &Principal, face_id: &str) -> Result<Face> {
+        let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
+        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        blocking(move || store.get_face(&tenant, id)).await?.ok_or_else(Error::face_not_found)
+    }
+
+    /// The user's faces, oldest first.
+    pub async fn list_faces(&self, caller: &Principal, user: &UserRef) -> Result<Vec<Face>> {
+        let user = self.resolve_user(&caller.tenant, user).await?;
+        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        blocking(move || {
+            let mut faces = Vec::with_capacity(user.face_ids.len());
+            for id in user.face_ids {
+                faces.push(store.get_face(&tenant, id)?.ok_or_else(|| Error::bug("a user lists a missing face"))?);
+            }
+            Ok(faces)
+        })
+        .await
+    }
+
+    /// Deletes a face (store first, then index); returns the user afterwards.
+    pub async fn delete_face(&self, caller: &Principal, face_id: &str) -> Result<User> {
+        let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
+        let _writes = self.writes.lock().await;
+        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let user = blocking(move || store.delete_face(&tenant, id)).await?;
+        self.index.remove(&caller.tenant, id);
+        if user.enrollment == EnrollmentStatus::NotEnrolled {
+            tracing::debug!("the user has no face left");
+        }
+        Ok(user)
+    }
+
+    /// The stored original or thumbnail of a face.
+    pub async fn face_image(&self, caller: &Principal, face_id: &str, kind: ImageKind) -> Result<StoredImage> {
+        let face = self.get_face(caller, face_id).await?;
+        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let thumbnail = kind == ImageKind::Thumbnail;
+        let data =
+            blocking(move || store.face_image(&tenant, face.id, thumbnail)).await?.ok_or_else(Error::face_not_found)?;
+        Ok(match kind {
+            ImageKind::Original => {
+                StoredImage { data, mime_type: face.mime_type, width: face.width, height: face.height }
+            }
+            ImageKind::Thumbnail => {
+                let side = self.settings.thumbnail_size;
+                StoredImage { data, mime_type: "image/jpeg".into(), width: side, height: side }
+            }
+        })
+    }
+}
+
+fn limit_reached(count: usize, max: usize) -> Error {
+    Error::failed_precondition(Reason::FaceLimitReached, "the user has the maximum number of faces")
+        .with_meta("face_count", count)
+        .with_meta("max_faces", max)
+}
+
+fn invalid_token() -> Error {
+    Error::unauthenticated(
+        Reason::ReenrollmentTokenInvalid,
+        "the re-enrollment token is unknown, used, expired or for another user",
+    )
+}

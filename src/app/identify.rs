@@ -1,0 +1,95 @@
+//! 1:N identify (SearchFaces) and 1:1 verify (VerifyFace), with thresholds from the config.
+//! Never scans sled for embeddings: similarities come from the FaceIndex.
+
+use bytes::Bytes;
+
+use super::{App, UserRef};
+use crate::domain::{AnalyzedFace, FaceId, FaceMatch, Principal};
+use crate::error::{Error, Reason, Result};
+use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
+
+/// Most users a search may return.
+pub(super) const MAX_TOP_K: i32 = 100;
+/// Users a search returns when the request says 0.
+pub(super) const DEFAULT_TOP_K: i32 = 5;
+
+/// What SearchFaces found.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub query: AnalyzedFace,
+    pub matches: Vec<FaceMatch>,
+    pub other_faces: usize,
+}
+
+/// What VerifyFace found.
+#[derive(Debug, Clone)]
+pub struct VerifyOutcome {
+    pub matched: bool,
+    pub similarity: f32,
+    pub threshold: f32,
+    pub best_face: FaceId,
+}
+
+impl App {
+    /// The largest face of the image with its embedding, and how many other faces there were.
+    async fn largest_face(&self, image: Bytes) -> Result<(AnalyzedFace, usize)> {
+        let options = AnalyzeOptions {
+            coverage: Coverage::MinFace(self.settings.min_face_size),
+            embeddings: FaceSelection::Largest,
+            thumbnails: FaceSelection::None,
+        };
+        let mut faces = self.pool.analyze(image, options).await?.image.faces;
+        if faces.is_empty() {
+            return Err(Error::invalid(Reason::NoFaceDetected, "image", "no face was found in the image"));
+        }
+        let others = faces.len() - 1;
+        Ok((faces.swap_remove(0), others))
+    }
+
+    pub async fn search_faces(
+        &self,
+        caller: &Principal,
+        image: Bytes,
+        top_k: i32,
+        min_similarity: f32,
+    ) -> Result<SearchOutcome> {
+        let k = match top_k {
+            0 => DEFAULT_TOP_K,
+            1..=MAX_TOP_K => top_k,
+            _ => {
+                return Err(Error::invalid(Reason::TopKInvalid, "top_k", format!("top_k must be 0 to {MAX_TOP_K}"))
+                    .with_meta("top_k", top_k));
+            }
+        };
+        if !(-1.0..=1.0).contains(&min_similarity) {
+            return Err(Error::invalid(
+                Reason::MinSimilarityInvalid,
+                "min_similarity",
+                "min_similarity must be -1 to 1",
+            )
+            .with_meta("min_similarity", min_similarity));
+        }
+        let min = if min_similarity == 0.0 { self.settings.thresholds.possible } else { min_similarity };
+        let (query, other_faces) = self.largest_face(image).await?;
+        let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
+        let hits = self.index.search(&caller.tenant, embedding, k as usize, min, None);
+        let matches = self.describe_hits(&caller.tenant, &hits).await?;
+        Ok(SearchOutcome { query, matches, other_faces })
+    }
+
+    pub async fn verify_face(&self, caller: &Principal, user: &UserRef, image: Bytes) -> Result<VerifyOutcome> {
+        let user = self.resolve_user(&caller.tenant, user).await?;
+        if user.face_ids.is_empty() {
+            return Err(Error::failed_precondition(Reason::NoEnrolledFace, "the user has no enrolled face"));
+        }
+        let (query, _) = self.largest_face(image).await?;
+        let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
+        let scores = self.index.similarities(&caller.tenant, &user.face_ids, embedding);
+        let (best_face, similarity) = scores
+            .into_iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .ok_or_else(|| Error::bug("the user's faces are missing from the index"))?;
+        let threshold = self.settings.thresholds.matched;
+        Ok(VerifyOutcome { matched: similarity >= threshold, similarity, threshold, best_face })
+    }
+}

@@ -1,0 +1,178 @@
+//! API keys: loaded from the keys file (JSON), held as sha256 hashes, matched in constant time.
+//! Also the development mode that runs without a keys file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{Principal, Scope, Tenant};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    keys: Vec<KeyEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    name: String,
+    tenant: String,
+    scopes: Vec<String>,
+    /// Hex sha256 of the secret; the secret itself is never stored.
+    sha256: String,
+    /// Marks a key published for development (README); the server warns loudly.
+    #[serde(default)]
+    development: bool,
+}
+
+#[derive(Debug)]
+struct Key {
+    hash: [u8; 32],
+    principal: Arc<Principal>,
+}
+
+/// The keys the server accepts.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    keys: Arc<Vec<Key>>,
+    /// Development mode: every call is this principal, with or without a key.
+    dev: Option<Arc<Principal>>,
+}
+
+/// sha256 of a secret, as stored in the keys file.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl KeyRing {
+    /// Loads and checks the keys file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bad = |message: String| Error::Unavailable { message: format!("keys file {}: {message}", path.display()) };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let file: KeysFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut keys = Vec::new();
+        for entry in file.keys {
+            let tenant = Tenant::new(&entry.tenant)
+                .ok_or_else(|| bad(format!("key {:?}: tenant must be 1-64 of A-Z a-z 0-9 . _ -", entry.name)))?;
+            let scopes = entry
+                .scopes
+                .iter()
+                .map(|s| Scope::parse(s).ok_or_else(|| bad(format!("key {:?}: unknown scope {s:?}", entry.name))))
+                .collect::<Result<Vec<_>>>()?;
+            let hash = parse_hex32(&entry.sha256.to_ascii_lowercase())
+                .ok_or_else(|| bad(format!("key {:?}: sha256 must be 64 hex digits", entry.name)))?;
+            if keys.iter().any(|k: &Key| k.principal.key_name == entry.name) {
+                return Err(bad(format!("key name {:?} appears twice", entry.name)));
+            }
+            if entry.development {
+                tracing::warn!(
+                    key = %entry.name,
+                    tenant = %tenant.as_str(),
+                    "DEVELOPMENT KEY LOADED: its secret is published in the README; never use this keys file in production"
+                );
+            }
+            keys.push(Key { hash, principal: Arc::new(Principal { key_name: entry.name, tenant, scopes }) });
+        }
+        if keys.is_empty() {
+            return Err(bad("no keys".into()));
+        }
+        Ok(KeyRing { keys: Arc::new(keys), dev: None })
+    }
+
+    /// Development mode: no keys file; every call acts as key "dev" of tenant "dev" with every
+    /// scope. The caller must announce it loudly.
+    pub fn development() -> Self {
+        let principal = Principal {
+            key_name: "dev".into(),
+            tenant: Tenant::new("dev").expect("valid tenant name"),
+            scopes: Scope::ALL.to_vec(),
+        };
+        KeyRing { keys: Arc::new(Vec::new()), dev: Some(Arc::new(principal)) }
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.dev.is_some()
+    }
+
+    /// The principal of a presented secret; `None` when no key matches. Every stored hash is
+    /// compared, in constant time, whichever matches.
+    pub fn authenticate(&self, secret: Option<&str>) -> Option<Arc<Principal>> {
+        if let Some(dev) = &self.dev {
+            return Some(dev.clone());
+        }
+        let presented = hash_secret(secret?);
+        let mut found = None;
+        for key in self.keys.iter() {
+            if constant_time_eq(&key.hash, &presented) {
+                found = Some(key.principal.clone());
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8; 32]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn loads_keys_and_matches_only_the_right_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let body = format!(
+            r#"{{"keys": [{{"name": "a", "tenant": "t1", "scopes": ["faces:read"], "sha256": "{}"}},
+                          {{"name": "b", "tenant": "t2", "scopes": [], "sha256": "{}"}}]}}"#,
+            hex(&hash_secret("secret-a")),
+            hex(&hash_secret("secret-b"))
+        );
+        std::fs::write(&path, body).unwrap();
+        let ring = KeyRing::load(&path).unwrap();
+        let a = ring.authenticate(Some("secret-a")).unwrap();
+        assert_eq!((a.key_name.as_str(), a.tenant.as_str()), ("a", "t1"));
+        assert_eq!(a.scopes, vec![Scope::FacesRead]);
+        assert_eq!(ring.authenticate(Some("secret-b")).unwrap().tenant.as_str(), "t2");
+        assert!(ring.authenticate(Some("secret-c")).is_none());
+        assert!(ring.authenticate(None).is_none());
+        assert!(!ring.is_development());
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        for body in [
+            r#"{"keys": []}"#,
+            r#"{"keys": [{"name": "a", "tenant": "bad tenant", "scopes": [], "sha256": "00"}]}"#,
+            r#"{"keys": [{"name": "a", "tenant": "t", "scopes": ["root"], "sha256": "00"}]}"#,
+            r#"{"keys": [{"name": "a", "tenant": "t", "scopes": [], "sha256": "xyz"}]}"#,
+            r#"{"keys": [{"name": "a", "tenant": "t", "scopes": [], "sha256": "00", "secret": "plain"}]}"#,
+        ] {
+            std::fs::write(&path, body).unwrap();
+            assert!(KeyRing::load(&path).is_err(), "{body}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! User CRUD orchestration: validation, store calls, re-enrollment tokens, and cascading face
+//! removal from the index (store first, then index). Never touches tensors.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use super::{App, blocking, validate};
+use crate::domain::{EnrollmentStatus, Principal, User, UserId};
+use crate::error::{Error, Reason, Result};
+use crate::storage::{TokenGrant, UserPatch};
+
+/// A user reference from a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    Id(UserId),
+    External(String),
+    /// A user_id that is not in the server's format: no such user can exist.
+    Malformed,
+}
+
+/// The fields of CreateUser.
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub external_id: String,
+    pub display_name: String,
+    pub email: String,
+    pub phone: String,
+    pub address: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An UpdateUser request after mask resolution: `None` fields are not in the mask.
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    pub external_id: Option<String>,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub require_face_reenrollment: bool,
+    /// The version the caller read (from its etag), if it sent one.
+    pub expected_version: Option<u64>,
+}
+
+/// Parses an etag ("v7") into the user version it names; `None` for an empty etag.
+pub fn parse_etag(etag: &str) -> Result<Option<u64>> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.strip_prefix('v').and_then(|v| v.parse().ok()).map(Some).ok_or_else(|| {
+        Error::aborted(Reason::EtagMismatch, "the etag does not belong to this user; read it again")
+            .with_meta("etag", etag)
+    })
+}
+
+fn validate_fields(prefix: &'static str, u: &UserUpdate) -> Result<()> {
+    // Field paths as the caller sent them, for BadRequest.
+    let f = |name: &'static str| -> &'static str {
+        match (prefix, name) {
+            ("user", "external_id") => "user.external_id",
+            ("user", "display_name") => "user.display_name",
+            ("user", "email") => "user.email",
+            ("user", "phone") => "user.phone",
+            ("user", "address") => "user.address",
+            ("user", _) => "user.metadata",
+            (_, "external_id") => "user_update.external_id",
+            (_, "display_name") => "user_update.display_name",
+            (_, "email") => "user_update.email",
+            (_, "phone") => "user_update.phone",
+            (_, "address") => "user_update.address",
+            (_, _) => "user_update.metadata",
+        }
+    };
+    if let Some(v) = &u.external_id {
+        validate::external_id(v, f("external_id"))?;
+    }
+    if let Some(v) = &u.display_name {
+        validate::display_name(v, f("display_name"))?;
+    }
+    if let Some(v) = &u.email {
+        validate::email(v, f("email"))?;
+    }
+    if let Some(v) = &u.phone {
+        validate::phone(v, f("phone"))?;
+    }
+    if let Some(v) = &u.address {
+        validate::address(v, f("address"))?;
+    }
+    if let Some(v) = &u.metadata {
+        validate::metadata(v, f("metadata"))?;
+    }
+    Ok(())
+}
+
+/// A fresh single-use token and its stored hash.
+fn new_token() -> Result<(String, [u8; 32])> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::internal("random token", std::io::Error::other(e.to_string())))?;
+    let token: String = std::iter::once("rt_".to_owned()).chain(bytes.iter().map(|b| format!("{b:02x}"))).collect();
+    Ok((token.clone(), hash_token(&token)))
+}
+
+/// sha256 of a re-enrollment token, as stored.
+pub(super) fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl App {
+    pub async fn create_user(&self, caller: &Principal, new: NewUser) -> Result<User> {
+        let as_update = UserUpdate {
+            external_id: Some(new.external_id.clone()),
+            display_name: Some(new.display_name.clone()),
+            email: Some(new.email.clone()),
+            phone: Some(new.phone.clone()),
+            address: Some(new.address.clone()),
+            metadata: Some(new.metadata.clone()),
+            ..UserUpdate::default()
+        };
+        validate_fields("user", &as_update)?;
+        let now = SystemTime::now();
+        let user = User {
+            id: UserId(0),
+            external_id: new.external_id,
+            display_name: new.display_name,
+            email: new.email,
+            phone: new.phone,
+            address: new.address,
+            metadata: new.metadata,
+            enrollment: EnrollmentStatus::NotEnrolled,
+            face_ids: Vec::new(),
+            create_time: now,
+            update_time: now,
+            version: 1,
+        };
+        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        blocking(move || store.create_user(&tenant, user)).await
+    }
+
+    pub async fn get_user(&self, caller: &Principal, user: &UserRef) -> Result<User> {
+        self.resolve_user(&caller.tenant, user).await
+    }
+
+    /// Applies a partial update; returns the user and, when asked for, a re-enrollment token.
+    pub async fn update_user(
+        &self,
+        caller: &Principal,
+        user: &UserRef,
+        update: UserUpdate,
+    ) -> Result<(User, Option<String>)> {
+        validate_fields("user_update", &update)?;
+        let current = self.resolve_user(&caller.tenant, user).await?;
+        let token = if update.require_face_reenrollment { Some(new_token()?) } else { None };
+        let patch = UserPatch {
+            external_id: update.external_id,
+            display_name: update.display_name,
+            email: update.email,
+            phone: update.phone,
+            address: update.address,
+            metadata: update.metadata,
+            reenrollment: token
+                .as_ref()
+                .map(|(_, hash)| TokenGrant { hash: *hash, expires_at: SystemTime::now() + self.settings.token_ttl }),
+        };
+        let (store, tenant, expected) = (self.store.clone(), caller.tenant.clone(), update.expected_version);
+        let updated = blocking(move || store.update_user(&tenant, current.id, expected, &patch)).await?;
+        Ok((updated, token.map(|(t, _)| t)))
+    }
+
+    /// Erases the user with all faces; the index follows the store.
+    pub async fn delete_user(&self, caller: &Principal, user: &UserRef, expected_version: Option<u64>) -> Result<()> {
+        let current = self.resolve_user(&caller.tenant, user).await?;
+        let _writes = self.writes.lock().await;
+        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let removed = blocking(move || store.delete_user(&tenant, current.id, expected_version)).await?;
+        for face in removed {
+            self.index.remove(&caller.tenant, face);
+        }
+        Ok(())
+    }
+
+    /// A page of users in id order, and the token of the next page.
+    pub async fn list_users(
+        &self,
+        caller: &Principal,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<User>, String)> {
+        let size = match page_size {
+            0 => 50,
+            1..=1000 => page_size as usize,
+            _ => {
+                return Err(Error::invalid(Reason::PageSizeInvalid, "page_size", "page_size must be 0 to 1000")
+                    .with_meta("page_size", page_size));
+            }
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(UserId::parse(page_token).ok_or_else(|| {
+                Error::invalid(Reason::PageTokenInvalid, "page_token", "page_token is not one this server issued")
+            })?)
+        };
+        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let mut users = blocking(move || store.list_users(&tenant, after, size + 1)).await?;
+        let next = if users.len() > size {
+            users.truncate(size);
+            users.last().map(|u| u.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((users, next))
+    }
+}

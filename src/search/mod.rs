@@ -1,0 +1,6 @@
+//! 1:N search over the faces of a tenant: an in-memory index rebuilt from the store.
+
+pub mod index;
+pub mod similarity;
+
+pub use index::{FaceIndex, Hit};

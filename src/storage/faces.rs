@@ -1,0 +1,234 @@
+//! Face records with their embeddings, originals and thumbnails. Adding, replacing and deleting
+//! a face changes the face trees and the user's face list, count, status and version in one
+//! transaction. No similarity search here.
+
+use std::time::SystemTime;
+
+use prost::Message;
+use sled::Transactional;
+
+use super::records::{self, pb};
+use super::users::{abort, tx_decode, tx_error, tx_user};
+use super::{Store, db_error, decode, keys};
+use crate::domain::{EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, Tenant, User, UserId};
+use crate::error::{Error, Reason, Result};
+
+/// A face to store, with everything kept beside it.
+#[derive(Debug, Clone)]
+pub struct NewFace {
+    pub face: Face,
+    pub embedding: Embedding,
+    pub original: Vec<u8>,
+    pub thumbnail: Vec<u8>,
+}
+
+/// Which face a new one replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// None: the face is added (UploadFace), within the per-user limit.
+    Nothing,
+    /// This face of the user (UpdateFace with a face_id).
+    Face(FaceId),
+    /// The user's oldest face, or nothing when the user has none (UpdateFace without one).
+    Oldest,
+}
+
+/// An embedding as stored, for rebuilding the search index.
+#[derive(Debug, Clone)]
+pub struct StoredEmbedding {
+    pub tenant: Tenant,
+    pub face_id: FaceId,
+    pub user_id: UserId,
+    pub embedding: Embedding,
+}
+
+/// `user_id ‖ model length ‖ model ‖ 512 x f32 little-endian`.
+fn encode_embedding(user: UserId, model: &str, embedding: &Embedding) -> Vec<u8> {
+    let model = &model.as_bytes()[..model.len().min(255)];
+    let mut out = Vec::with_capacity(9 + model.len() + EMBEDDING_DIM * 4);
+    out.extend_from_slice(&user.0.to_be_bytes());
+    out.push(model.len() as u8);
+    out.extend_from_slice(model);
+    for v in embedding.as_slice() {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn decode_embedding(bytes: &[u8]) -> Option<(UserId, Embedding)> {
+    let user = UserId(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?));
+    let model_len = usize::from(*bytes.get(8)?);
+    let floats = bytes.get(9 + model_len..)?;
+    if floats.len() != EMBEDDING_DIM * 4 {
+        return None;
+    }
+    let values = floats.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Some((user, Embedding::from_normalized(values)?))
+}
+
+impl Store {
+    /// Stores `new` for its user, replacing per `replace`, consuming the re-enrollment token
+    /// `token` if given (it must belong to this user). Returns the updated user and the face
+    /// that was replaced.
+    pub fn put_face(
+        &self,
+        tenant: &Tenant,
+        new: &NewFace,
+        replace: Replace,
+        max_faces: usize,
+        token: Option<[u8; 32]>,
+    ) -> Result<(User, Option<FaceId>)> {
+        let user_id = new.face.user_id;
+        let trees = (&self.users, &self.faces, &self.embeddings, &self.images, &self.thumbnails, &self.tokens);
+        let result = trees.transaction(|(users, faces, embeddings, images, thumbnails, tokens)| {
+            let Some(record) = tx_user(users, tenant, user_id)? else { return abort(Error::user_not_found()) };
+            let mut token_hash = record.reenrollment_token_hash.clone();
+            let mut user = records::user_from_record(record);
+            if let Some(hash) = token {
+                let valid = match tokens.get(&hash[..])? {
+                    Some(bytes) => {
+                        let t: pb::TokenRecord = tx_decode(&bytes, "decoding a token record")?;
+                        t.tenant == tenant.as_str()
+                            && t.user_id == user_id.0
+                            && records::from_nanos(t.expires_at_ns) > SystemTime::now()
+                    }
+                    None => false,
+                };
+                if !valid {
+                    return abort(Error::unauthenticated(
+                        Reason::ReenrollmentTokenInvalid,
+                        "the re-enrollment token is unknown, used, expired or for another user",
+                    ));
+                }
+            }
+            let removed = match replace {
+                Replace::Nothing => {
+                    if user.face_ids.len() >= max_faces {
+                        return abort(
+                            Error::failed_precondition(
+                                Reason::FaceLimitReached,
+                                "the user has the maximum number of faces",
+                            )
+                            .with_meta("face_count", user.face_ids.len())
+                            .with_meta("max_faces", max_faces),
+                        );
+                    }
+                    None
+                }
+                Replace::Face(id) => {
+                    if !user.face_ids.contains(&id) {
+                        return abort(Error::face_not_found().with_meta("face_id", id));
+                    }
+                    Some(id)
+                }
+                Replace::Oldest => user.face_ids.first().copied(),
+            };
+            if let Some(old) = removed {
+                let key = keys::face_key(tenant, old);
+                for tree in [faces, embeddings, images, thumbnails] {
+                    tree.remove(key.as_slice())?;
+                }
+                user.face_ids.retain(|&f| f != old);
+            }
+            let key = keys::face_key(tenant, new.face.id);
+            faces.insert(key.as_slice(), records::face_to_record(&new.face).encode_to_vec())?;
+            embeddings.insert(key.as_slice(), encode_embedding(user_id, &new.face.model, &new.embedding))?;
+            images.insert(key.as_slice(), new.original.as_slice())?;
+            thumbnails.insert(key.as_slice(), new.thumbnail.as_slice())?;
+            user.face_ids.push(new.face.id);
+            let updating = replace != Replace::Nothing;
+            if updating || user.enrollment == EnrollmentStatus::NotEnrolled {
+                user.enrollment = EnrollmentStatus::Enrolled;
+            }
+            if updating && !token_hash.is_empty() {
+                // The re-enrollment is done: the outstanding token, used or not, is spent.
+                tokens.remove(token_hash.as_slice())?;
+                token_hash.clear();
+            }
+            user.version += 1;
+            user.update_time = SystemTime::now();
+            users
+                .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
+            Ok((user, removed))
+        });
+        let out = result.map_err(tx_error)?;
+        self.flush()?;
+        Ok(out)
+    }
+
+    pub fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
+        match self.faces.get(keys::face_key(tenant, id)).map_err(db_error)? {
+            Some(bytes) => Ok(Some(records::face_from_record(decode(&bytes, "decoding a face record")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored embedding of a face.
+    pub fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
+        let bytes = self.embeddings.get(keys::face_key(tenant, id)).map_err(db_error)?;
+        Ok(bytes.and_then(|b| decode_embedding(&b)).map(|(_, e)| e))
+    }
+
+    /// The original image or the thumbnail of a face.
+    pub fn face_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<Vec<u8>>> {
+        let tree = if thumbnail { &self.thumbnails } else { &self.images };
+        Ok(tree.get(keys::face_key(tenant, id)).map_err(db_error)?.map(|v| v.to_vec()))
+    }
+
+    /// Deletes one face and everything stored with it; returns the updated user.
+    pub fn delete_face(&self, tenant: &Tenant, id: FaceId) -> Result<User> {
+        let trees = (&self.users, &self.faces, &self.embeddings, &self.images, &self.thumbnails);
+        let result = trees.transaction(|(users, faces, embeddings, images, thumbnails)| {
+            let key = keys::face_key(tenant, id);
+            let Some(bytes) = faces.get(key.as_slice())? else { return abort(Error::face_not_found()) };
+            let face: pb::FaceRecord = tx_decode(&bytes, "decoding a face record")?;
+            for tree in [faces, embeddings, images, thumbnails] {
+                tree.remove(key.as_slice())?;
+            }
+            let user_id = UserId(face.user_id);
+            let Some(record) = tx_user(users, tenant, user_id)? else {
+                return abort(Error::bug("a face points to a missing user"));
+            };
+            let token_hash = record.reenrollment_token_hash.clone();
+            let mut user = records::user_from_record(record);
+            user.face_ids.retain(|&f| f != id);
+            if user.face_ids.is_empty() && user.enrollment == EnrollmentStatus::Enrolled {
+                user.enrollment = EnrollmentStatus::NotEnrolled;
+            }
+            user.version += 1;
+            user.update_time = SystemTime::now();
+            users
+                .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
+            Ok(user)
+        });
+        let user = result.map_err(tx_error)?;
+        self.flush()?;
+        Ok(user)
+    }
+
+    /// Every stored embedding of every tenant (start-up index rebuild).
+    pub fn embeddings(&self) -> impl Iterator<Item = Result<StoredEmbedding>> + '_ {
+        self.embeddings.iter().map(|entry| {
+            let (key, value) = entry.map_err(db_error)?;
+            let (tenant, face) = keys::split_id_key(&key).ok_or_else(|| Error::bug("malformed embedding key"))?;
+            let (user_id, embedding) = decode_embedding(&value).ok_or_else(|| Error::bug("malformed embedding"))?;
+            Ok(StoredEmbedding { tenant, face_id: FaceId(face), user_id, embedding })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedding_bytes_round_trip() {
+        let raw: Vec<f32> = (0..EMBEDDING_DIM).map(|i| (i as f32).sin()).collect();
+        let e = Embedding::from_raw(raw).unwrap();
+        let bytes = encode_embedding(UserId(7), "w600k_mbf", &e);
+        let (user, back) = decode_embedding(&bytes).unwrap();
+        assert_eq!(user, UserId(7));
+        assert_eq!(back, e);
+        assert!(decode_embedding(&bytes[..bytes.len() - 1]).is_none());
+    }
+}

@@ -1,0 +1,139 @@
+//! Conversions between domain types and the on-disk protobuf records
+//! (proto/facevault/storage/v1/records.proto).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::domain::{BoundingBox, Detection, EnrollmentStatus, Face, FaceId, FaceQuality, Point, User, UserId};
+
+#[allow(clippy::all, clippy::pedantic, unreachable_pub, missing_debug_implementations)]
+// Generated code: `#[expect]` would fire "unfulfilled" on lints it happens not to trip.
+pub(crate) mod pb {
+    include!(concat!(env!("OUT_DIR"), "/facevault.storage.v1.rs"));
+}
+
+pub(crate) fn to_nanos(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn from_nanos(nanos: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+}
+
+fn status_to_i32(status: EnrollmentStatus) -> i32 {
+    match status {
+        EnrollmentStatus::NotEnrolled => 1,
+        EnrollmentStatus::Enrolled => 2,
+        EnrollmentStatus::ReenrollmentRequired => 3,
+    }
+}
+
+fn status_from_i32(value: i32) -> EnrollmentStatus {
+    match value {
+        2 => EnrollmentStatus::Enrolled,
+        3 => EnrollmentStatus::ReenrollmentRequired,
+        _ => EnrollmentStatus::NotEnrolled,
+    }
+}
+
+pub(crate) fn user_to_record(user: &User, token_hash: Vec<u8>) -> pb::UserRecord {
+    pb::UserRecord {
+        id: user.id.0,
+        external_id: user.external_id.clone(),
+        display_name: user.display_name.clone(),
+        email: user.email.clone(),
+        phone: user.phone.clone(),
+        address: user.address.clone(),
+        metadata: user.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        enrollment_status: status_to_i32(user.enrollment),
+        face_ids: user.face_ids.iter().map(|f| f.0).collect(),
+        create_time_ns: to_nanos(user.create_time),
+        update_time_ns: to_nanos(user.update_time),
+        version: user.version,
+        reenrollment_token_hash: token_hash,
+    }
+}
+
+pub(crate) fn user_from_record(r: pb::UserRecord) -> User {
+    User {
+        id: UserId(r.id),
+        external_id: r.external_id,
+        display_name: r.display_name,
+        email: r.email,
+        phone: r.phone,
+        address: r.address,
+        metadata: r.metadata.into_iter().collect(),
+        enrollment: status_from_i32(r.enrollment_status),
+        face_ids: r.face_ids.into_iter().map(FaceId).collect(),
+        create_time: from_nanos(r.create_time_ns),
+        update_time: from_nanos(r.update_time_ns),
+        version: r.version,
+    }
+}
+
+pub(crate) fn face_to_record(face: &Face) -> pb::FaceRecord {
+    let d = &face.detection;
+    let q = &face.quality;
+    pb::FaceRecord {
+        id: face.id.0,
+        user_id: face.user_id.0,
+        bbox: vec![d.bbox.x_min, d.bbox.y_min, d.bbox.x_max, d.bbox.y_max],
+        score: d.score,
+        landmarks: d.landmarks.iter().flat_map(|p| [p.x, p.y]).collect(),
+        quality: Some(pb::QualityRecord {
+            face_size: q.face_size,
+            interocular_distance: q.interocular_distance,
+            sharpness: q.sharpness,
+            brightness: q.brightness,
+            yaw: q.yaw,
+            pitch: q.pitch,
+            roll: q.roll,
+            score: q.score,
+        }),
+        comment: face.comment.clone(),
+        uploaded_by: face.uploaded_by.clone(),
+        create_time_ns: to_nanos(face.create_time),
+        model: face.model.clone(),
+        mime_type: face.mime_type.clone(),
+        width: face.width,
+        height: face.height,
+    }
+}
+
+pub(crate) fn face_from_record(r: pb::FaceRecord) -> Face {
+    let b = |i: usize| r.bbox.get(i).copied().unwrap_or(0.0);
+    let mut landmarks = [Point::default(); 5];
+    for (i, p) in landmarks.iter_mut().enumerate() {
+        *p = Point {
+            x: r.landmarks.get(2 * i).copied().unwrap_or(0.0),
+            y: r.landmarks.get(2 * i + 1).copied().unwrap_or(0.0),
+        };
+    }
+    let q = r.quality.unwrap_or_default();
+    Face {
+        id: FaceId(r.id),
+        user_id: UserId(r.user_id),
+        detection: Detection {
+            bbox: BoundingBox { x_min: b(0), y_min: b(1), x_max: b(2), y_max: b(3) },
+            score: r.score,
+            landmarks,
+        },
+        quality: FaceQuality {
+            face_size: q.face_size,
+            interocular_distance: q.interocular_distance,
+            sharpness: q.sharpness,
+            brightness: q.brightness,
+            yaw: q.yaw,
+            pitch: q.pitch,
+            roll: q.roll,
+            issues: Vec::new(),
+            score: q.score,
+        },
+        comment: r.comment,
+        uploaded_by: r.uploaded_by,
+        create_time: from_nanos(r.create_time_ns),
+        model: r.model,
+        mime_type: r.mime_type,
+        width: r.width,
+        height: r.height,
+    }
+}

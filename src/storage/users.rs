@@ -1,0 +1,233 @@
+//! User records: create, read, partial update (with external-id index and re-enrollment
+//! token in the same transaction), delete with everything of the user, list by id.
+
+use std::time::SystemTime;
+
+use prost::Message;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::records::{self, pb};
+use super::{Store, db_error, decode, keys, random_u64};
+use crate::domain::{EnrollmentStatus, FaceId, Tenant, User, UserId};
+use crate::error::{Error, Reason, Result};
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+
+pub(crate) fn abort<T>(err: Error) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(err))
+}
+
+pub(crate) fn tx_error(err: TransactionError<Error>) -> Error {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => db_error(err),
+    }
+}
+
+pub(crate) fn tx_decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> TxResult<M> {
+    decode(bytes, what).map_err(ConflictableTransactionError::Abort)
+}
+
+/// Reads a user record inside a transaction.
+pub(crate) fn tx_user(users: &TransactionalTree, tenant: &Tenant, id: UserId) -> TxResult<Option<pb::UserRecord>> {
+    match users.get(keys::user_key(tenant, id))? {
+        Some(bytes) => Ok(Some(tx_decode(&bytes, "decoding a user record")?)),
+        None => Ok(None),
+    }
+}
+
+/// What an UpdateUser changes; `None` fields stay as they are.
+#[derive(Debug, Default, Clone)]
+pub struct UserPatch {
+    pub external_id: Option<String>,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
+    /// Sets REENROLLMENT_REQUIRED and stores this token (hash, expiry in ns since the epoch),
+    /// replacing any outstanding one.
+    pub reenrollment: Option<TokenGrant>,
+}
+
+/// A re-enrollment token as stored: only its sha256.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub hash: [u8; 32],
+    pub expires_at: SystemTime,
+}
+
+fn check_version(user: &pb::UserRecord, expected: Option<u64>) -> TxResult<()> {
+    match expected {
+        Some(v) if v != user.version => abort(
+            Error::aborted(Reason::EtagMismatch, "the user changed since it was read; read it again")
+                .with_meta("etag", format!("v{}", user.version)),
+        ),
+        Some(_) | None => Ok(()),
+    }
+}
+
+fn taken(external_id: &str) -> Error {
+    Error::already_exists(Reason::ExternalIdTaken, "another user of this tenant has that external_id")
+        .with_meta("external_id", external_id)
+}
+
+impl Store {
+    /// Stores a new user under a fresh random id; the external id must be free.
+    pub fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
+        let result = (&self.users, &self.external_ids).transaction(|(users, external)| {
+            let ext_key = keys::external_key(tenant, &user.external_id);
+            if external.get(&ext_key)?.is_some() {
+                return abort(taken(&user.external_id));
+            }
+            let mut id = UserId(random_u64().map_err(ConflictableTransactionError::Abort)?);
+            while users.get(keys::user_key(tenant, id))?.is_some() {
+                id = UserId(random_u64().map_err(ConflictableTransactionError::Abort)?);
+            }
+            let user = User { id, ..user.clone() };
+            users.insert(keys::user_key(tenant, id), records::user_to_record(&user, Vec::new()).encode_to_vec())?;
+            external.insert(ext_key, &id.0.to_be_bytes())?;
+            Ok(user)
+        });
+        let user = result.map_err(tx_error)?;
+        self.flush()?;
+        Ok(user)
+    }
+
+    pub fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>> {
+        match self.users.get(keys::user_key(tenant, id)).map_err(db_error)? {
+            Some(bytes) => Ok(Some(records::user_from_record(decode(&bytes, "decoding a user record")?))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn user_id_by_external(&self, tenant: &Tenant, external_id: &str) -> Result<Option<UserId>> {
+        let value = self.external_ids.get(keys::external_key(tenant, external_id)).map_err(db_error)?;
+        Ok(value.and_then(|v| v.as_ref().try_into().ok().map(|b| UserId(u64::from_be_bytes(b)))))
+    }
+
+    /// Applies `patch` if the user's version is `expected_version` (when given).
+    pub fn update_user(
+        &self,
+        tenant: &Tenant,
+        id: UserId,
+        expected_version: Option<u64>,
+        patch: &UserPatch,
+    ) -> Result<User> {
+        let result = (&self.users, &self.external_ids, &self.tokens).transaction(|(users, external, tokens)| {
+            let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
+            check_version(&record, expected_version)?;
+            let mut token_hash = record.reenrollment_token_hash.clone();
+            let mut user = records::user_from_record(record);
+            if let Some(new_ext) = &patch.external_id
+                && *new_ext != user.external_id
+            {
+                let new_key = keys::external_key(tenant, new_ext);
+                if external.get(&new_key)?.is_some() {
+                    return abort(taken(new_ext));
+                }
+                external.remove(keys::external_key(tenant, &user.external_id))?;
+                external.insert(new_key, &id.0.to_be_bytes())?;
+                user.external_id.clone_from(new_ext);
+            }
+            let set = |field: &mut String, value: &Option<String>| {
+                if let Some(v) = value {
+                    field.clone_from(v);
+                }
+            };
+            set(&mut user.display_name, &patch.display_name);
+            set(&mut user.email, &patch.email);
+            set(&mut user.phone, &patch.phone);
+            set(&mut user.address, &patch.address);
+            if let Some(metadata) = &patch.metadata {
+                user.metadata.clone_from(metadata);
+            }
+            if let Some(grant) = &patch.reenrollment {
+                if !token_hash.is_empty() {
+                    tokens.remove(token_hash.as_slice())?;
+                }
+                let token = pb::TokenRecord {
+                    tenant: tenant.as_str().to_owned(),
+                    user_id: id.0,
+                    expires_at_ns: records::to_nanos(grant.expires_at),
+                };
+                tokens.insert(&grant.hash[..], token.encode_to_vec())?;
+                token_hash = grant.hash.to_vec();
+                user.enrollment = EnrollmentStatus::ReenrollmentRequired;
+            }
+            user.version += 1;
+            user.update_time = SystemTime::now();
+            users.insert(keys::user_key(tenant, id), records::user_to_record(&user, token_hash).encode_to_vec())?;
+            Ok(user)
+        });
+        let user = result.map_err(tx_error)?;
+        self.flush()?;
+        Ok(user)
+    }
+
+    /// Erases the user and every face, embedding, original, thumbnail and token of it, in one
+    /// transaction. Returns the erased face ids (for the search index).
+    pub fn delete_user(&self, tenant: &Tenant, id: UserId, expected_version: Option<u64>) -> Result<Vec<FaceId>> {
+        let trees = (
+            &self.users,
+            &self.external_ids,
+            &self.faces,
+            &self.embeddings,
+            &self.images,
+            &self.thumbnails,
+            &self.tokens,
+        );
+        let result = trees.transaction(|(users, external, faces, embeddings, images, thumbnails, tokens)| {
+            let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
+            check_version(&record, expected_version)?;
+            users.remove(keys::user_key(tenant, id))?;
+            external.remove(keys::external_key(tenant, &record.external_id))?;
+            if !record.reenrollment_token_hash.is_empty() {
+                tokens.remove(record.reenrollment_token_hash.as_slice())?;
+            }
+            for &face in &record.face_ids {
+                let key = keys::face_key(tenant, FaceId(face));
+                for tree in [faces, embeddings, images, thumbnails] {
+                    tree.remove(key.as_slice())?;
+                }
+            }
+            Ok(record.face_ids.iter().copied().map(FaceId).collect::<Vec<_>>())
+        });
+        let removed = result.map_err(tx_error)?;
+        self.flush()?;
+        Ok(removed)
+    }
+
+    /// Up to `limit` users with ids above `after`, in id order.
+    pub fn list_users(&self, tenant: &Tenant, after: Option<UserId>, limit: usize) -> Result<Vec<User>> {
+        let prefix = keys::tenant_prefix(tenant);
+        let start = match after {
+            Some(id) => {
+                let mut key = keys::user_key(tenant, id);
+                key.push(0); // strictly after
+                key
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for entry in self.users.range(start..) {
+            let (key, value) = entry.map_err(db_error)?;
+            if !key.starts_with(&prefix) || out.len() == limit {
+                break;
+            }
+            out.push(records::user_from_record(decode(&value, "decoding a user record")?));
+        }
+        Ok(out)
+    }
+
+    /// The tenant and user a token hash was issued for, if it exists and has not expired.
+    pub fn token_user(&self, hash: &[u8; 32]) -> Result<Option<(Tenant, UserId)>> {
+        let Some(bytes) = self.tokens.get(&hash[..]).map_err(db_error)? else { return Ok(None) };
+        let token: pb::TokenRecord = decode(&bytes, "decoding a token record")?;
+        if records::from_nanos(token.expires_at_ns) <= SystemTime::now() {
+            return Ok(None);
+        }
+        Ok(Tenant::new(&token.tenant).map(|t| (t, UserId(token.user_id))))
+    }
+}

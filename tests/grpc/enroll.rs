@@ -1,0 +1,356 @@
+//! FaceService enrollment through the real server: upload, the quality gate, the per-user
+//! limit under concurrency, duplicates, UpdateFace (with re-enrollment tokens), reads, deletes,
+//! and the store and index staying equal.
+
+use std::collections::BTreeSet;
+
+use facevault::domain::{FaceId, Tenant, UserId};
+use facevault::grpc::pb::{
+    DeleteFaceRequest, DeleteUserRequest, GetFaceImageRequest, GetFaceRequest, GetUserRequest, ImageKind,
+    ListFacesRequest, UpdateFaceRequest, UpdateUserRequest, UploadFaceRequest, UploadFaceResponse,
+};
+use image::imageops;
+use tonic::Code;
+
+use crate::common::{
+    ADMIN_A, ADMIN_B, Faces, TestServer, fixture_bytes, fixture_rgb, people, png, reason, yao_in_players,
+};
+use crate::users::{by_external, by_id, create};
+
+pub(crate) async fn upload(faces: &mut Faces, user: &str, image: Vec<u8>) -> Result<UploadFaceResponse, tonic::Status> {
+    let request = UploadFaceRequest { user: by_external(user), image: image.into(), ..UploadFaceRequest::default() };
+    faces.upload_face(request).await.map(tonic::Response::into_inner)
+}
+
+/// The index of `tenant` equals the faces the store holds for it.
+pub(crate) fn assert_index_equals_store(server: &TestServer, tenant: &str) {
+    let app = server.app();
+    let tenant = Tenant::new(tenant).expect("tenant");
+    let prefix = facevault::storage::keys::tenant_prefix(&tenant);
+    let stored: BTreeSet<FaceId> = app
+        .store()
+        .raw_entries("embeddings")
+        .expect("scan")
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| FaceId(u64::from_be_bytes(k[prefix.len()..].try_into().expect("8 bytes"))))
+        .collect();
+    let indexed: BTreeSet<FaceId> = app.index().entries(&tenant).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(stored, indexed, "index and store disagree");
+    for tree in ["faces", "images", "thumbnails"] {
+        let n = app.store().raw_entries(tree).expect("scan").iter().filter(|(k, _)| k.starts_with(&prefix)).count();
+        assert_eq!(n, stored.len(), "{tree} has {n} entries for {} embeddings", stored.len());
+    }
+}
+
+#[tokio::test]
+async fn upload_read_and_delete_a_face() {
+    let server = TestServer::start_keyed().await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let user = create(&mut users, "yao").await;
+    let original = fixture_bytes("yaoming.jpg");
+    let reply = upload(&mut faces, "yao", original.clone()).await.expect("upload");
+    let face = reply.face.expect("face");
+    assert!(face.face_id.starts_with("fce_"));
+    assert_eq!(face.user_id, user.user_id);
+    assert_eq!(face.uploaded_by, "admin-a");
+    assert_eq!(face.model, "w600k_mbf");
+    let detection = face.detection.clone().expect("detection");
+    assert!(detection.embedding.is_empty(), "embeddings never leave the server in Face");
+    assert_eq!(detection.landmarks.len(), 5);
+    assert!(reply.duplicates.is_empty() && reply.warnings.is_empty());
+    let thumb = image::load_from_memory(&reply.thumbnail).expect("thumbnail decodes").into_rgb8();
+    assert_eq!(thumb.dimensions(), (256, 256));
+
+    let now = users.get_user(GetUserRequest { user: by_id(&user.user_id) }).await.expect("get").into_inner();
+    assert_eq!((now.face_count, now.enrollment_status), (1, 2), "ENROLLED with one face");
+    assert_ne!(now.etag, user.etag);
+
+    let got = faces.get_face(GetFaceRequest { face_id: face.face_id.clone() }).await.expect("get face").into_inner();
+    assert_eq!(got, face);
+    let listed = faces.list_faces(ListFacesRequest { user: by_external("yao") }).await.expect("list").into_inner();
+    assert_eq!(listed.faces, vec![face.clone()]);
+    let image = faces
+        .get_face_image(GetFaceImageRequest { face_id: face.face_id.clone(), kind: ImageKind::Original as i32 })
+        .await
+        .expect("original")
+        .into_inner();
+    assert_eq!(image.data.as_ref(), original.as_slice(), "the original is stored byte for byte");
+    assert_eq!((image.mime_type.as_str(), image.width, image.height), ("image/jpeg", 233, 287));
+    let image = faces
+        .get_face_image(GetFaceImageRequest { face_id: face.face_id.clone(), kind: ImageKind::Thumbnail as i32 })
+        .await
+        .expect("thumbnail")
+        .into_inner();
+    assert_eq!(image.data, reply.thumbnail);
+
+    // Another tenant sees nothing of it.
+    let mut other = server.faces_as(ADMIN_B).await;
+    let err = other.get_face(GetFaceRequest { face_id: face.face_id.clone() }).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::NotFound, "FACE_NOT_FOUND"));
+    let err = other.delete_face(DeleteFaceRequest { face_id: face.face_id.clone() }).await.unwrap_err();
+    assert_eq!(reason(&err), "FACE_NOT_FOUND");
+
+    faces.delete_face(DeleteFaceRequest { face_id: face.face_id.clone() }).await.expect("delete");
+    let err = faces.get_face(GetFaceRequest { face_id: face.face_id }).await.unwrap_err();
+    assert_eq!(reason(&err), "FACE_NOT_FOUND");
+    let now = users.get_user(GetUserRequest { user: by_id(&user.user_id) }).await.expect("get").into_inner();
+    assert_eq!((now.face_count, now.enrollment_status), (0, 1), "NOT_ENROLLED again");
+    assert_index_equals_store(&server, "alpha");
+}
+
+#[tokio::test]
+async fn the_quality_gate_explains_refusals() {
+    let server = TestServer::start_keyed().await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    create(&mut users, "gate").await;
+
+    let gradient = image::RgbImage::from_fn(400, 300, |x, y| image::Rgb([(x / 2) as u8, (y / 2) as u8, 60]));
+    let err = upload(&mut faces, "gate", png(&gradient)).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::InvalidArgument, "NO_FACE_DETECTED"));
+
+    let err = upload(&mut faces, "gate", fixture_bytes("t1.jpg")).await.unwrap_err();
+    assert_eq!(reason(&err), "MULTIPLE_FACES_DETECTED");
+    use tonic_types::StatusExt;
+    let info = err.get_error_details().error_info().cloned().expect("ErrorInfo");
+    assert_eq!(info.metadata.get("face_count").map(String::as_str), Some("6"));
+
+    // yaoming.jpg at a fifth of its size: a 21 px face, below the 32 px minimum.
+    let yao = fixture_rgb("yaoming.jpg");
+    let tiny = imageops::resize(&yao, yao.width() / 5, yao.height() / 5, imageops::FilterType::Triangle);
+    let err = upload(&mut faces, "gate", png(&tiny)).await.unwrap_err();
+    assert_eq!(reason(&err), "FACE_TOO_SMALL", "{err:?}");
+    let info = err.get_error_details().error_info().cloned().expect("ErrorInfo");
+    assert_eq!(info.metadata.get("min_face_size").map(String::as_str), Some("32.0"));
+
+    // Heavily blurred: still a face, but not one to enroll.
+    let blurred = imageops::blur(&yao, 4.0);
+    let err = upload(&mut faces, "gate", png(&blurred)).await.unwrap_err();
+    assert_eq!(reason(&err), "LOW_FACE_QUALITY", "{err:?}");
+    let info = err.get_error_details().error_info().cloned().expect("ErrorInfo");
+    assert!(info.metadata.get("issues").is_some_and(|i| i.contains("BLURRY")), "{info:?}");
+
+    let err = upload(&mut faces, "nobody", fixture_bytes("yaoming.jpg")).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::NotFound, "USER_NOT_FOUND"));
+    assert_eq!(err.message(), "user is not registered");
+    let err = upload(&mut faces, "gate", Vec::new()).await.unwrap_err();
+    assert_eq!(reason(&err), "IMAGE_EMPTY");
+    let request = UploadFaceRequest {
+        user: by_external("gate"),
+        image: fixture_bytes("yaoming.jpg").into(),
+        comment: "c".repeat(501),
+        ..UploadFaceRequest::default()
+    };
+    assert_eq!(reason(&faces.upload_face(request).await.unwrap_err()), "COMMENT_TOO_LONG");
+    assert_index_equals_store(&server, "alpha");
+}
+
+#[tokio::test]
+async fn five_faces_per_user_even_when_twenty_uploads_race() {
+    let server = TestServer::start_keyed_with(|c| c.queue_capacity = 64).await;
+    create(&mut server.users_as(ADMIN_A).await, "racer").await;
+    let image = fixture_bytes("yaoming.jpg");
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let mut faces = server.faces_as(ADMIN_A).await;
+        let image = image.clone();
+        calls.push(tokio::spawn(async move { upload(&mut faces, "racer", image).await }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(err) => {
+                assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "FACE_LIMIT_REACHED"));
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!((ok, limited), (5, 15));
+    let mut faces = server.faces_as(ADMIN_A).await;
+    assert_eq!(
+        faces.list_faces(ListFacesRequest { user: by_external("racer") }).await.expect("list").into_inner().faces.len(),
+        5
+    );
+    assert_index_equals_store(&server, "alpha");
+}
+
+#[tokio::test]
+async fn duplicates_across_users_are_reported_or_rejected() {
+    let server = TestServer::start_keyed().await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let yao = create(&mut users, "yao-1").await;
+    create(&mut users, "yao-2").await;
+    create(&mut users, "yao-3").await;
+    upload(&mut faces, "yao-1", fixture_bytes("yaoming.jpg")).await.expect("first");
+
+    // The same person, another photo, another user: REPORT (default) stores it and says so.
+    let reply = upload(&mut faces, "yao-2", yao_in_players()).await.expect("stored under REPORT");
+    assert_eq!(reply.duplicates.len(), 1, "{:?}", reply.duplicates);
+    let dup = &reply.duplicates[0];
+    assert_eq!((dup.user_id.as_str(), dup.external_id.as_str()), (yao.user_id.as_str(), "yao-1"));
+    assert_eq!(dup.decision, 1, "MATCH: similarity {}", dup.similarity);
+
+    // REJECT refuses it and stores nothing.
+    let request = UploadFaceRequest {
+        user: by_external("yao-3"),
+        image: fixture_bytes("yaoming.jpg").into(),
+        duplicate_policy: facevault::grpc::pb::DuplicatePolicy::Reject as i32,
+        ..UploadFaceRequest::default()
+    };
+    let err = faces.upload_face(request).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::AlreadyExists, "DUPLICATE_FACE"));
+    let three = users.get_user(crate::users::get(by_external("yao-3"))).await.expect("get").into_inner();
+    assert_eq!(three.face_count, 0);
+
+    // Somebody else under REJECT goes through; a second, different face of a user warns.
+    let people = people();
+    let reply = upload(&mut faces, "yao-3", people[0].clone()).await.expect("a different person");
+    assert!(reply.duplicates.is_empty(), "{:?}", reply.duplicates);
+    let reply = upload(&mut faces, "yao-1", people[1].clone()).await.expect("stored");
+    assert_eq!(reply.warnings, vec!["SELF_MISMATCH".to_owned()]);
+    // Tenant B never matches tenant A's faces.
+    create(&mut server.users_as(ADMIN_B).await, "yao-b").await;
+    let reply = upload(&mut server.faces_as(ADMIN_B).await, "yao-b", fixture_bytes("yaoming.jpg")).await.expect("b");
+    assert!(reply.duplicates.is_empty());
+    assert_index_equals_store(&server, "alpha");
+    assert_index_equals_store(&server, "beta");
+}
+
+#[tokio::test]
+async fn update_face_replaces_atomically_and_honours_tokens() {
+    let server = TestServer::start_keyed().await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let user = create(&mut users, "upd").await;
+    let people = people();
+
+    // No face yet: UpdateFace enrolls.
+    let update = |image: Vec<u8>, face_id: &str| UpdateFaceRequest {
+        user: by_id(&user.user_id),
+        face_id: face_id.to_owned(),
+        image: image.into(),
+        ..UpdateFaceRequest::default()
+    };
+    let first = faces.update_face(update(people[2].clone(), "")).await.expect("enroll").into_inner();
+    assert!(first.replaced_face_id.is_empty());
+    assert_eq!(first.enrollment_status, 2);
+    let first_id = first.face.expect("face").face_id;
+    let second = upload(&mut faces, "upd", people[2].clone()).await.expect("second").face.expect("face").face_id;
+
+    // Replace a given face, then the oldest.
+    let reply = faces.update_face(update(people[2].clone(), &second)).await.expect("replace given").into_inner();
+    assert_eq!(reply.replaced_face_id, second);
+    let third = reply.face.expect("face").face_id;
+    let reply = faces.update_face(update(people[2].clone(), "")).await.expect("replace oldest").into_inner();
+    assert_eq!(reply.replaced_face_id, first_id);
+    let listed: Vec<String> = faces
+        .list_faces(ListFacesRequest { user: by_id(&user.user_id) })
+        .await
+        .expect("list")
+        .into_inner()
+        .faces
+        .into_iter()
+        .map(|f| f.face_id)
+        .collect();
+    assert_eq!(listed, vec![third.clone(), reply.face.expect("face").face_id]);
+
+    let err = faces.update_face(update(people[2].clone(), &second)).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::NotFound, "FACE_NOT_FOUND"));
+    let missing = UpdateFaceRequest {
+        user: by_external("ghost"),
+        image: people[2].clone().into(),
+        ..UpdateFaceRequest::default()
+    };
+    let err = faces.update_face(missing).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str(), err.message()),
+        (Code::NotFound, "USER_NOT_FOUND", "user is not registered")
+    );
+
+    // Two concurrent replacements of one face: one wins, the other finds it gone.
+    let (mut f1, mut f2) = (server.faces_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let (r1, r2) = tokio::join!(
+        f1.update_face(update(people[2].clone(), &third)),
+        f2.update_face(update(people[2].clone(), &third))
+    );
+    let outcomes = [r1.is_ok(), r2.is_ok()];
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{r1:?} {r2:?}");
+    let loser = r1.err().or(r2.err()).expect("one failed");
+    assert_eq!(reason(&loser), "FACE_NOT_FOUND");
+    assert_index_equals_store(&server, "alpha");
+
+    // A re-enrollment token authorises one UpdateFace of its user, without an API key.
+    let token = users
+        .update_user(UpdateUserRequest {
+            user: by_id(&user.user_id),
+            require_face_reenrollment: true,
+            ..UpdateUserRequest::default()
+        })
+        .await
+        .expect("require re-enrollment")
+        .into_inner()
+        .reenrollment_token;
+    let other = create(&mut users, "someone-else").await;
+    let mut with_token = server.faces_with(None, Some(&token)).await;
+    let wrong_user = UpdateFaceRequest {
+        user: by_id(&other.user_id),
+        image: people[3].clone().into(),
+        ..UpdateFaceRequest::default()
+    };
+    let err = with_token.update_face(wrong_user).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "REENROLLMENT_TOKEN_INVALID"));
+    let err = with_token.get_face(GetFaceRequest { face_id: third.clone() }).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "API_KEY_MISSING"));
+    let reply = with_token.update_face(update(people[2].clone(), "")).await.expect("token works once").into_inner();
+    assert_eq!(reply.enrollment_status, 2, "ENROLLED");
+    assert_eq!(reply.face.expect("face").uploaded_by, "reenrollment-token");
+    let err = with_token.update_face(update(people[2].clone(), "")).await.unwrap_err();
+    assert_eq!(reason(&err), "REENROLLMENT_TOKEN_INVALID", "single use");
+    let err =
+        server.faces_with(None, Some("rt_forged")).await.update_face(update(people[2].clone(), "")).await.unwrap_err();
+    assert_eq!(reason(&err), "REENROLLMENT_TOKEN_INVALID");
+    assert_index_equals_store(&server, "alpha");
+}
+
+#[tokio::test]
+async fn delete_user_leaves_no_trace() {
+    let server = TestServer::start_keyed().await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let keep = create(&mut users, "keep").await;
+    upload(&mut faces, "keep", fixture_bytes("yaoming.jpg")).await.expect("keep's face");
+    let gone = create(&mut users, "gone").await;
+    let people = people();
+    let mut face_ids = Vec::new();
+    for person in &people[4..6] {
+        face_ids.push(upload(&mut faces, "gone", person.clone()).await.expect("upload").face.expect("face").face_id);
+    }
+    users
+        .update_user(UpdateUserRequest {
+            user: by_id(&gone.user_id),
+            require_face_reenrollment: true,
+            ..UpdateUserRequest::default()
+        })
+        .await
+        .expect("token");
+    users.delete_user(DeleteUserRequest { user: by_id(&gone.user_id), etag: String::new() }).await.expect("delete");
+
+    let app = server.app();
+    let uid = UserId::parse(&gone.user_id).expect("id").0.to_be_bytes();
+    let fids: Vec<[u8; 8]> = face_ids.iter().map(|f| FaceId::parse(f).expect("id").0.to_be_bytes()).collect();
+    for (tree, _) in app.store().tree_sizes() {
+        for (key, value) in app.store().raw_entries(tree).expect("scan") {
+            for needle in std::iter::once(&uid).chain(fids.iter()) {
+                assert!(!key.windows(8).any(|w| w == needle), "{tree} still has a key of the deleted user");
+            }
+            assert!(!value.windows(4).any(|w| w == b"gone"), "{tree} still mentions the external id");
+        }
+    }
+    let sizes: std::collections::BTreeMap<_, _> = app.store().tree_sizes().into_iter().collect();
+    assert_eq!(sizes["users"], 1);
+    assert_eq!(sizes["faces"], 1);
+    assert_eq!(sizes["reenrollment_tokens"], 0, "the outstanding token went with the user");
+    let alpha = Tenant::new("alpha").expect("tenant");
+    assert_eq!(app.index().entries(&alpha).len(), 1, "only keep's face is indexed");
+    assert!(app.index().entries(&alpha).iter().all(|(_, u)| u.to_string() == keep.user_id));
+    assert_index_equals_store(&server, "alpha");
+}
