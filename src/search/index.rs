@@ -147,7 +147,9 @@ mod tests {
     use super::*;
 
     fn unit(seed: u32) -> Embedding {
-        let raw = (0..EMBEDDING_DIM).map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 - 500.0).collect();
+        let raw = (0..EMBEDDING_DIM)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 - 500.0)
+            .collect();
         Embedding::from_raw(raw).unwrap()
     }
 

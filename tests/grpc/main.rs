@@ -1,6 +1,7 @@
 //! Integration tests: the real server over gRPC, with the real models and photos.
 
 mod common;
+mod cookbook;
 mod detect;
 mod enroll;
 mod errors;
