@@ -354,3 +354,52 @@ async fn delete_user_leaves_no_trace() {
     assert!(app.index().entries(&alpha).iter().all(|(_, u)| u.to_string() == keep.user_id));
     assert_index_equals_store(&server, "alpha");
 }
+
+#[tokio::test]
+async fn remaining_reason_codes_of_the_face_and_user_rpcs() {
+    use facevault::grpc::pb::{SearchFacesRequest, VerifyFaceRequest};
+    let server = TestServer::start_keyed().await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let user = create(&mut users, "codes").await;
+    upload(&mut faces, "codes", fixture_bytes("yaoming.jpg")).await.expect("upload");
+
+    let stale = DeleteUserRequest { user: by_id(&user.user_id), etag: user.etag.clone() };
+    let err = users.delete_user(stale).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::Aborted, "ETAG_MISMATCH"), "the upload moved the etag");
+    let missing = UpdateUserRequest {
+        user: by_external("ghost"),
+        require_face_reenrollment: true,
+        ..UpdateUserRequest::default()
+    };
+    assert_eq!(reason(&users.update_user(missing).await.unwrap_err()), "USER_NOT_FOUND");
+
+    let no_ref =
+        UploadFaceRequest { user: None, image: fixture_bytes("yaoming.jpg").into(), ..UploadFaceRequest::default() };
+    assert_eq!(reason(&faces.upload_face(no_ref).await.unwrap_err()), "USER_REF_INVALID");
+    let err = faces.list_faces(ListFacesRequest { user: by_external("ghost") }).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::NotFound, "USER_NOT_FOUND"));
+    let image = GetFaceImageRequest { face_id: "fce_0000000000000001".into(), kind: ImageKind::Original as i32 };
+    assert_eq!(reason(&faces.get_face_image(image).await.unwrap_err()), "FACE_NOT_FOUND");
+
+    let gradient = png(&image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 90])));
+    let search = SearchFacesRequest { image: gradient.clone().into(), top_k: 1, min_similarity: 0.0 };
+    assert_eq!(reason(&faces.search_faces(search).await.unwrap_err()), "NO_FACE_DETECTED");
+    let verify = VerifyFaceRequest { user: by_external("codes"), image: gradient.into() };
+    assert_eq!(reason(&faces.verify_face(verify).await.unwrap_err()), "NO_FACE_DETECTED");
+
+    // faces:read is not faces:write nor faces:search.
+    let mut reader = server.faces_as(crate::common::READER_A).await;
+    let err = upload(&mut reader, "codes", fixture_bytes("yaoming.jpg")).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::PermissionDenied, "SCOPE_MISSING"));
+    let update = UpdateFaceRequest {
+        user: by_external("codes"),
+        image: fixture_bytes("yaoming.jpg").into(),
+        ..UpdateFaceRequest::default()
+    };
+    assert_eq!(reason(&reader.update_face(update).await.unwrap_err()), "SCOPE_MISSING");
+    let search = SearchFacesRequest { image: fixture_bytes("yaoming.jpg").into(), top_k: 1, min_similarity: 0.0 };
+    assert_eq!(reason(&reader.search_faces(search).await.unwrap_err()), "SCOPE_MISSING");
+    let listed = reader.list_faces(ListFacesRequest { user: by_external("codes") }).await.expect("faces:read lists");
+    assert_eq!(listed.into_inner().faces.len(), 1);
+    assert_index_equals_store(&server, "alpha");
+}
