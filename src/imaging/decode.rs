@@ -298,6 +298,53 @@ mod tests {
         assert_eq!(decoded.rgb.get_pixel(1, 0).0, [10, 20, 30]);
     }
 
+    /// Inserts an EXIF APP1 segment with the given orientation after the JPEG SOI marker.
+    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\x00\x00".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn all_eight_exif_orientations() {
+        // Stored: 32x16, left half red, right half blue.
+        let stored =
+            RgbImage::from_fn(32, 16, |x, _| if x < 16 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 100)
+            .write_image(stored.as_raw(), 32, 16, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        for orientation in 1..=8u16 {
+            let rgb = decode(&with_orientation(&jpeg, orientation), &DecodeLimits::default()).unwrap().rgb;
+            let swapped = orientation >= 5;
+            assert_eq!(rgb.dimensions(), if swapped { (16, 32) } else { (32, 16) }, "orientation {orientation}");
+            let first = rgb.get_pixel(0, 0).0;
+            // Which stored half lands at the top-left corner after the transform.
+            let red_first = matches!(orientation, 1 | 4 | 5 | 6);
+            assert_eq!(first[0] > 128, red_first, "orientation {orientation}: top-left {first:?}");
+        }
+    }
+
+    #[test]
+    fn cmyk_jpeg_becomes_the_right_rgb() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/synthetic/");
+        let cmyk = std::fs::read(format!("{dir}cmyk.jpg")).unwrap();
+        let want = image::open(format!("{dir}rgb_reference.png")).unwrap().into_rgb8();
+        let got = decode(&cmyk, &DecodeLimits::default()).unwrap().rgb;
+        assert_eq!(got.dimensions(), want.dimensions());
+        let diff: u64 = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| u64::from(a.abs_diff(*b))).sum();
+        let mean = diff as f64 / got.as_raw().len() as f64;
+        assert!(mean < 8.0, "mean absolute difference {mean}");
+    }
+
     #[test]
     fn jpeg_and_webp_decode_by_content() {
         let rgb = RgbImage::from_fn(16, 8, |x, y| image::Rgb([(x * 15) as u8, (y * 30) as u8, 100]));
