@@ -9,8 +9,7 @@ use bytes::Bytes;
 use super::users::hash_token;
 use super::{App, UserRef, blocking, validate};
 use crate::domain::{
-    AnalyzedFace, EnrollmentStatus, Face, FaceId, FaceMatch, ImageAnalysis, Principal, QualityIssue, Tenant, User,
-    UserId,
+    EnrollmentStatus, Face, FaceId, FaceMatch, ImageAnalysis, Principal, QualityIssue, Tenant, User, UserId,
 };
 use crate::error::{Error, Reason, Result};
 use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
@@ -64,11 +63,12 @@ pub struct StoredImage {
 /// The warning when a user's new face matches none of its other faces.
 pub const SELF_MISMATCH: &str = "SELF_MISMATCH";
 
-/// Picks the one face that passes the quality gate, or explains why there is none.
-fn sole_face(analysis: &ImageAnalysis, min_face_size: f32) -> Result<&AnalyzedFace> {
-    let acceptable: Vec<&AnalyzedFace> = analysis.faces.iter().filter(|f| f.quality.acceptable()).collect();
+/// The index of the one face that passes the quality gate, or why there is none.
+fn sole_face(analysis: &ImageAnalysis, min_face_size: f32) -> Result<usize> {
+    let acceptable: Vec<usize> =
+        (0..analysis.faces.len()).filter(|&i| analysis.faces[i].quality.acceptable()).collect();
     match acceptable.as_slice() {
-        [face] => Ok(face),
+        [index] => Ok(*index),
         [] => {
             let Some(best) = analysis.faces.first() else {
                 return Err(Error::invalid(Reason::NoFaceDetected, "image", "no face was found in the image"));
@@ -126,10 +126,7 @@ impl App {
             thumbnails: FaceSelection::SoleAcceptable,
         };
         let analysis = self.pool.analyze(image, options).await?;
-        let index = {
-            let face = sole_face(&analysis.image, self.settings.min_face_size)?;
-            analysis.image.faces.iter().position(|f| std::ptr::eq(f, face)).expect("the face is in the list")
-        };
+        let index = sole_face(&analysis.image, self.settings.min_face_size)?;
         Ok((analysis, index))
     }
 
