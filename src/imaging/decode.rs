@@ -101,6 +101,23 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedImage> {
     Ok(DecodedImage { rgb: into_rgb8(image), format })
 }
 
+/// Returns `jpeg` with an EXIF APP1 segment holding only `orientation` (1-8) inserted after the
+/// SOI marker. For building test corpora; decoding applies it.
+pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    // Big-endian TIFF header, IFD at offset 8 with one SHORT entry (0x0112), no next IFD.
+    let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut app1 = b"Exif\x00\x00".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2.min(jpeg.len())].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(jpeg.get(2..).unwrap_or_default());
+    out
+}
+
 /// True when an end-of-image marker (FF D9) follows the last start-of-scan marker (FF DA).
 /// Entropy-coded data stuffs every FF byte as FF 00, so both markers only appear as markers.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
@@ -298,21 +315,6 @@ mod tests {
         assert_eq!(decoded.rgb.get_pixel(1, 0).0, [10, 20, 30]);
     }
 
-    /// Inserts an EXIF APP1 segment with the given orientation after the JPEG SOI marker.
-    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-        let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
-        tiff.extend_from_slice(&orientation.to_be_bytes());
-        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        let mut app1 = b"Exif\x00\x00".to_vec();
-        app1.extend_from_slice(&tiff);
-        let mut out = jpeg[..2].to_vec();
-        out.extend_from_slice(&[0xFF, 0xE1]);
-        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
-        out.extend_from_slice(&app1);
-        out.extend_from_slice(&jpeg[2..]);
-        out
-    }
-
     #[test]
     fn all_eight_exif_orientations() {
         // Stored: 32x16, left half red, right half blue.
@@ -323,7 +325,7 @@ mod tests {
             .write_image(stored.as_raw(), 32, 16, image::ExtendedColorType::Rgb8)
             .unwrap();
         for orientation in 1..=8u16 {
-            let rgb = decode(&with_orientation(&jpeg, orientation), &DecodeLimits::default()).unwrap().rgb;
+            let rgb = decode(&with_exif_orientation(&jpeg, orientation), &DecodeLimits::default()).unwrap().rgb;
             let swapped = orientation >= 5;
             assert_eq!(rgb.dimensions(), if swapped { (16, 32) } else { (32, 16) }, "orientation {orientation}");
             let first = rgb.get_pixel(0, 0).0;

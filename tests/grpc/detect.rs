@@ -108,27 +108,6 @@ async fn mirrored_and_half_size_copies_give_the_same_faces() {
     }
 }
 
-/// Inserts an EXIF APP1 segment with the given orientation right after the JPEG SOI marker.
-fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-    let mut tiff = Vec::new();
-    tiff.extend_from_slice(b"MM\x00\x2a\x00\x00\x00\x08"); // big-endian TIFF, IFD at 8
-    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
-    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
-    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
-    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
-    tiff.extend_from_slice(&orientation.to_be_bytes());
-    tiff.extend_from_slice(&[0, 0]);
-    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
-    let mut app1 = b"Exif\x00\x00".to_vec();
-    app1.extend_from_slice(&tiff);
-    let mut out = jpeg[..2].to_vec();
-    out.extend_from_slice(&[0xFF, 0xE1]);
-    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
-    out.extend_from_slice(&app1);
-    out.extend_from_slice(&jpeg[2..]);
-    out
-}
-
 #[tokio::test]
 async fn exif_orientation_is_applied() {
     let server = TestServer::start().await;
@@ -138,7 +117,7 @@ async fn exif_orientation_is_applied() {
     let stored = imageops::rotate270(&upright);
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(&stored).expect("encode");
-    let reply = detect(&server, with_exif_orientation(&jpeg, 6), true).await;
+    let reply = detect(&server, facevault::imaging::decode::with_exif_orientation(&jpeg, 6), true).await;
     assert_eq!((reply.image_width, reply.image_height), (upright.width() as i32, upright.height() as i32));
     assert_eq!(reply.faces.len(), 1);
     let similarity = cosine(&reply.faces[0].embedding, &reference.faces[0].embedding);
