@@ -6,7 +6,7 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	cargo run --release -- --keys-file config/dev-keys.json $(ARGS)
+	cargo run --release --bin facevault -- --keys-file config/dev-keys.json --metrics-listen 127.0.0.1:9464 $(ARGS)
 
 test: setup
 	cargo test

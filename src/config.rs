@@ -151,6 +151,10 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_REENROLLMENT_TOKEN_TTL", default_value_t = 86_400)]
     pub reenrollment_token_ttl: u64,
 
+    /// Address of the Prometheus metrics endpoint (GET /metrics); unset: no endpoint.
+    #[arg(long, env = "FACEVAULT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log format: text or json.
     #[arg(long, env = "FACEVAULT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod grpc;
 pub mod imaging;
 pub mod inference;
+pub mod metrics;
 pub mod search;
 pub mod shutdown;
 pub mod storage;
@@ -80,6 +81,13 @@ pub async fn serve_with_slot(
                 .map_err(|e| Error::internal("serving", e));
         }
     };
+    if let Some(address) = config.metrics_listen {
+        let listener =
+            TcpListener::bind(address).await.map_err(|e| Error::internal("binding the metrics listener", e))?;
+        tracing::info!(%address, "metrics on http://{address}/metrics");
+        let observed = app.clone();
+        tokio::spawn(metrics::serve(listener, move || observed.gauges()));
+    }
     slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");

@@ -199,7 +199,9 @@ impl App {
         let _writes = self.writes.lock().await;
         let thresholds = self.settings.thresholds;
         // Duplicates among the other users of the tenant, best first.
+        let started = std::time::Instant::now();
         let hits = self.index.search(tenant, &embedding, 20, thresholds.possible, Some(user_id));
+        crate::metrics::record_stage("search", started.elapsed());
         let duplicates = self.describe_hits(tenant, &hits).await?;
         if upload.reject_duplicates
             && let Some(first) = duplicates.iter().find(|d| d.decision == Some(crate::domain::MatchDecision::Match))
@@ -250,7 +252,9 @@ impl App {
             thumbnail: thumbnail.clone(),
         };
         let (store, tenant_c, max) = (self.store.clone(), tenant.clone(), self.settings.max_faces_per_user);
+        let started = std::time::Instant::now();
         let (user, replaced) = blocking(move || store.put_face(&tenant_c, &new, replace, max, token)).await?;
+        crate::metrics::record_stage("store", started.elapsed());
         self.index.replace(tenant, replaced, face.id, user_id, &embedding);
         Ok(EnrollOutcome { face, user, replaced, duplicates, thumbnail, warnings })
     }

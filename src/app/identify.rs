@@ -72,7 +72,9 @@ impl App {
         let min = if min_similarity == 0.0 { self.settings.thresholds.possible } else { min_similarity };
         let (query, other_faces) = self.largest_face(image).await?;
         let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
+        let started = std::time::Instant::now();
         let hits = self.index.search(&caller.tenant, embedding, k as usize, min, None);
+        crate::metrics::record_stage("search", started.elapsed());
         let matches = self.describe_hits(&caller.tenant, &hits).await?;
         Ok(SearchOutcome { query, matches, other_faces })
     }

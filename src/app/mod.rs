@@ -111,6 +111,15 @@ impl App {
         &self.settings
     }
 
+    /// Scrape-time values for the metrics endpoint.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        crate::metrics::Gauges {
+            queue_depth: self.pool.queue_depth(),
+            overload_rejections: self.pool.rejected(),
+            index_faces: self.index.sizes().into_iter().map(|(t, n)| (t.as_str().to_owned(), n)).collect(),
+        }
+    }
+
     /// Flushes the store (shutdown).
     pub async fn flush(&self) -> Result<()> {
         let store = self.store.clone();

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::AppSlot;
 use super::auth::{caller, update_credential};
 use super::convert;
+use super::observed;
 use super::pb;
 use super::pb::face_service_server::FaceService;
 use crate::app::{FaceUpload, ImageKind};
@@ -32,124 +33,151 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::DetectFacesRequest>,
     ) -> Result<Response<pb::DetectFacesResponse>, Status> {
-        caller(&request, Scope::FacesRead)?;
-        let pb::DetectFacesRequest { image, include_embeddings, include_thumbnails } = request.into_inner();
-        let analysis = self.app.get()?.detect_faces(image, include_embeddings, include_thumbnails).await?;
-        Ok(Response::new(pb::DetectFacesResponse {
-            image_width: analysis.width as i32,
-            image_height: analysis.height as i32,
-            faces: analysis.faces.into_iter().map(Into::into).collect(),
-        }))
+        observed("DetectFaces", async move {
+            caller(&request, Scope::FacesRead)?;
+            let pb::DetectFacesRequest { image, include_embeddings, include_thumbnails } = request.into_inner();
+            let analysis = self.app.get()?.detect_faces(image, include_embeddings, include_thumbnails).await?;
+            Ok(Response::new(pb::DetectFacesResponse {
+                image_width: analysis.width as i32,
+                image_height: analysis.height as i32,
+                faces: analysis.faces.into_iter().map(Into::into).collect(),
+            }))
+        })
+        .await
     }
 
     async fn upload_face(
         &self,
         request: Request<pb::UploadFaceRequest>,
     ) -> Result<Response<pb::UploadFaceResponse>, Status> {
-        let who = caller(&request, Scope::FacesWrite)?;
-        let pb::UploadFaceRequest { user, image, comment, duplicate_policy } = request.into_inner();
-        let upload = FaceUpload {
-            user: convert::user_ref(user, "user")?,
-            image,
-            comment,
-            reject_duplicates: reject(duplicate_policy),
-        };
-        let out = self.app.get()?.upload_face(&who, upload).await?;
-        Ok(Response::new(pb::UploadFaceResponse {
-            face: Some(out.face.into()),
-            duplicates: out.duplicates.into_iter().map(Into::into).collect(),
-            thumbnail: out.thumbnail.into(),
-            warnings: out.warnings,
-        }))
+        observed("UploadFace", async move {
+            let who = caller(&request, Scope::FacesWrite)?;
+            let pb::UploadFaceRequest { user, image, comment, duplicate_policy } = request.into_inner();
+            let upload = FaceUpload {
+                user: convert::user_ref(user, "user")?,
+                image,
+                comment,
+                reject_duplicates: reject(duplicate_policy),
+            };
+            let out = self.app.get()?.upload_face(&who, upload).await?;
+            Ok(Response::new(pb::UploadFaceResponse {
+                face: Some(out.face.into()),
+                duplicates: out.duplicates.into_iter().map(Into::into).collect(),
+                thumbnail: out.thumbnail.into(),
+                warnings: out.warnings,
+            }))
+        })
+        .await
     }
 
     async fn update_face(
         &self,
         request: Request<pb::UpdateFaceRequest>,
     ) -> Result<Response<pb::UpdateFaceResponse>, Status> {
-        let credential = update_credential(&request)?;
-        let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy } = request.into_inner();
-        let upload = FaceUpload {
-            user: convert::user_ref(user, "user")?,
-            image,
-            comment,
-            reject_duplicates: reject(duplicate_policy),
-        };
-        let out = self.app.get()?.update_face(credential, upload, Some(&face_id)).await?;
-        Ok(Response::new(pb::UpdateFaceResponse {
-            enrollment_status: pb::EnrollmentStatus::from(out.user.enrollment) as i32,
-            face: Some(out.face.into()),
-            replaced_face_id: out.replaced.map(|f| f.to_string()).unwrap_or_default(),
-            duplicates: out.duplicates.into_iter().map(Into::into).collect(),
-            thumbnail: out.thumbnail.into(),
-            warnings: out.warnings,
-        }))
+        observed("UpdateFace", async move {
+            let credential = update_credential(&request)?;
+            let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy } = request.into_inner();
+            let upload = FaceUpload {
+                user: convert::user_ref(user, "user")?,
+                image,
+                comment,
+                reject_duplicates: reject(duplicate_policy),
+            };
+            let out = self.app.get()?.update_face(credential, upload, Some(&face_id)).await?;
+            Ok(Response::new(pb::UpdateFaceResponse {
+                enrollment_status: pb::EnrollmentStatus::from(out.user.enrollment) as i32,
+                face: Some(out.face.into()),
+                replaced_face_id: out.replaced.map(|f| f.to_string()).unwrap_or_default(),
+                duplicates: out.duplicates.into_iter().map(Into::into).collect(),
+                thumbnail: out.thumbnail.into(),
+                warnings: out.warnings,
+            }))
+        })
+        .await
     }
 
     async fn get_face(&self, request: Request<pb::GetFaceRequest>) -> Result<Response<pb::Face>, Status> {
-        let who = caller(&request, Scope::FacesRead)?;
-        let pb::GetFaceRequest { face_id } = request.into_inner();
-        Ok(Response::new(self.app.get()?.get_face(&who, &face_id).await?.into()))
+        observed("GetFace", async move {
+            let who = caller(&request, Scope::FacesRead)?;
+            let pb::GetFaceRequest { face_id } = request.into_inner();
+            Ok(Response::new(self.app.get()?.get_face(&who, &face_id).await?.into()))
+        })
+        .await
     }
 
     async fn list_faces(
         &self,
         request: Request<pb::ListFacesRequest>,
     ) -> Result<Response<pb::ListFacesResponse>, Status> {
-        let who = caller(&request, Scope::FacesRead)?;
-        let pb::ListFacesRequest { user } = request.into_inner();
-        let faces = self.app.get()?.list_faces(&who, &convert::user_ref(user, "user")?).await?;
-        Ok(Response::new(pb::ListFacesResponse { faces: faces.into_iter().map(Into::into).collect() }))
+        observed("ListFaces", async move {
+            let who = caller(&request, Scope::FacesRead)?;
+            let pb::ListFacesRequest { user } = request.into_inner();
+            let faces = self.app.get()?.list_faces(&who, &convert::user_ref(user, "user")?).await?;
+            Ok(Response::new(pb::ListFacesResponse { faces: faces.into_iter().map(Into::into).collect() }))
+        })
+        .await
     }
 
     async fn delete_face(
         &self,
         request: Request<pb::DeleteFaceRequest>,
     ) -> Result<Response<pb::DeleteFaceResponse>, Status> {
-        let who = caller(&request, Scope::FacesWrite)?;
-        let pb::DeleteFaceRequest { face_id } = request.into_inner();
-        self.app.get()?.delete_face(&who, &face_id).await?;
-        Ok(Response::new(pb::DeleteFaceResponse {}))
+        observed("DeleteFace", async move {
+            let who = caller(&request, Scope::FacesWrite)?;
+            let pb::DeleteFaceRequest { face_id } = request.into_inner();
+            self.app.get()?.delete_face(&who, &face_id).await?;
+            Ok(Response::new(pb::DeleteFaceResponse {}))
+        })
+        .await
     }
 
     async fn get_face_image(
         &self,
         request: Request<pb::GetFaceImageRequest>,
     ) -> Result<Response<pb::FaceImage>, Status> {
-        let who = caller(&request, Scope::FacesRead)?;
-        let pb::GetFaceImageRequest { face_id, kind } = request.into_inner();
-        let kind = if kind == pb::ImageKind::Thumbnail as i32 { ImageKind::Thumbnail } else { ImageKind::Original };
-        Ok(Response::new(self.app.get()?.face_image(&who, &face_id, kind).await?.into()))
+        observed("GetFaceImage", async move {
+            let who = caller(&request, Scope::FacesRead)?;
+            let pb::GetFaceImageRequest { face_id, kind } = request.into_inner();
+            let kind = if kind == pb::ImageKind::Thumbnail as i32 { ImageKind::Thumbnail } else { ImageKind::Original };
+            Ok(Response::new(self.app.get()?.face_image(&who, &face_id, kind).await?.into()))
+        })
+        .await
     }
 
     async fn search_faces(
         &self,
         request: Request<pb::SearchFacesRequest>,
     ) -> Result<Response<pb::SearchFacesResponse>, Status> {
-        let who = caller(&request, Scope::FacesSearch)?;
-        let pb::SearchFacesRequest { image, top_k, min_similarity } = request.into_inner();
-        let out = self.app.get()?.search_faces(&who, image, top_k, min_similarity).await?;
-        let mut query = out.query;
-        query.embedding = None; // the caller sent the image; the vector stays on the server
-        Ok(Response::new(pb::SearchFacesResponse {
-            query_face: Some(query.into()),
-            matches: out.matches.into_iter().map(Into::into).collect(),
-            other_faces: out.other_faces as i32,
-        }))
+        observed("SearchFaces", async move {
+            let who = caller(&request, Scope::FacesSearch)?;
+            let pb::SearchFacesRequest { image, top_k, min_similarity } = request.into_inner();
+            let out = self.app.get()?.search_faces(&who, image, top_k, min_similarity).await?;
+            let mut query = out.query;
+            query.embedding = None; // the caller sent the image; the vector stays on the server
+            Ok(Response::new(pb::SearchFacesResponse {
+                query_face: Some(query.into()),
+                matches: out.matches.into_iter().map(Into::into).collect(),
+                other_faces: out.other_faces as i32,
+            }))
+        })
+        .await
     }
 
     async fn verify_face(
         &self,
         request: Request<pb::VerifyFaceRequest>,
     ) -> Result<Response<pb::VerifyFaceResponse>, Status> {
-        let who = caller(&request, Scope::FacesSearch)?;
-        let pb::VerifyFaceRequest { user, image } = request.into_inner();
-        let out = self.app.get()?.verify_face(&who, &convert::user_ref(user, "user")?, image).await?;
-        Ok(Response::new(pb::VerifyFaceResponse {
-            r#match: out.matched,
-            similarity: out.similarity,
-            threshold: out.threshold,
-            best_face_id: out.best_face.to_string(),
-        }))
+        observed("VerifyFace", async move {
+            let who = caller(&request, Scope::FacesSearch)?;
+            let pb::VerifyFaceRequest { user, image } = request.into_inner();
+            let out = self.app.get()?.verify_face(&who, &convert::user_ref(user, "user")?, image).await?;
+            Ok(Response::new(pb::VerifyFaceResponse {
+                r#match: out.matched,
+                similarity: out.similarity,
+                threshold: out.threshold,
+                best_face_id: out.best_face.to_string(),
+            }))
+        })
+        .await
     }
 }

@@ -85,6 +85,43 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
     (routes, health)
 }
 
+/// Runs a handler and records its latency and status code in the metrics.
+async fn observed<T>(
+    rpc: &'static str,
+    handler: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let started = std::time::Instant::now();
+    let result = handler.await;
+    let code = match &result {
+        Ok(_) => "OK",
+        Err(status) => code_name(status.code()),
+    };
+    crate::metrics::record_rpc(rpc, code, started.elapsed());
+    result
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// Marks every service SERVING (after the models are loaded, verified and warmed up).
 pub async fn set_serving(health: &HealthReporter) {
     health.set_serving::<pb::face_service_server::FaceServiceServer<FaceApi>>().await;

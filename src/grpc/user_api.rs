@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::AppSlot;
 use super::auth::caller;
 use super::convert;
+use super::observed;
 use super::pb;
 use super::pb::user_service_server::UserService;
 use crate::app::parse_etag;
@@ -25,54 +26,72 @@ impl UserApi {
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
-        let who = caller(&request, Scope::UsersWrite)?;
-        let pb::CreateUserRequest { user } = request.into_inner();
-        let user = self.app.get()?.create_user(&who, convert::new_user(user)).await?;
-        Ok(Response::new(user.into()))
+        observed("CreateUser", async move {
+            let who = caller(&request, Scope::UsersWrite)?;
+            let pb::CreateUserRequest { user } = request.into_inner();
+            let user = self.app.get()?.create_user(&who, convert::new_user(user)).await?;
+            Ok(Response::new(user.into()))
+        })
+        .await
     }
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
-        let who = caller(&request, Scope::UsersRead)?;
-        let pb::GetUserRequest { user } = request.into_inner();
-        let user = self.app.get()?.get_user(&who, &convert::user_ref(user, "user")?).await?;
-        Ok(Response::new(user.into()))
+        observed("GetUser", async move {
+            let who = caller(&request, Scope::UsersRead)?;
+            let pb::GetUserRequest { user } = request.into_inner();
+            let user = self.app.get()?.get_user(&who, &convert::user_ref(user, "user")?).await?;
+            Ok(Response::new(user.into()))
+        })
+        .await
     }
 
     async fn update_user(
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        let who = caller(&request, Scope::UsersWrite)?;
-        let pb::UpdateUserRequest { user, user_update, update_mask, etag, require_face_reenrollment } =
-            request.into_inner();
-        let target = convert::user_ref(user, "user")?;
-        let mut update = convert::user_update(user_update, update_mask, require_face_reenrollment)?;
-        update.expected_version = parse_etag(&etag)?;
-        let (user, token) = self.app.get()?.update_user(&who, &target, update).await?;
-        Ok(Response::new(pb::UpdateUserResponse {
-            user: Some(user.into()),
-            reenrollment_token: token.unwrap_or_default(),
-        }))
+        observed("UpdateUser", async move {
+            let who = caller(&request, Scope::UsersWrite)?;
+            let pb::UpdateUserRequest { user, user_update, update_mask, etag, require_face_reenrollment } =
+                request.into_inner();
+            let target = convert::user_ref(user, "user")?;
+            let mut update = convert::user_update(user_update, update_mask, require_face_reenrollment)?;
+            update.expected_version = parse_etag(&etag)?;
+            let (user, token) = self.app.get()?.update_user(&who, &target, update).await?;
+            Ok(Response::new(pb::UpdateUserResponse {
+                user: Some(user.into()),
+                reenrollment_token: token.unwrap_or_default(),
+            }))
+        })
+        .await
     }
 
     async fn delete_user(
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let who = caller(&request, Scope::UsersWrite)?;
-        let pb::DeleteUserRequest { user, etag } = request.into_inner();
-        let target = convert::user_ref(user, "user")?;
-        self.app.get()?.delete_user(&who, &target, parse_etag(&etag)?).await?;
-        Ok(Response::new(pb::DeleteUserResponse {}))
+        observed("DeleteUser", async move {
+            let who = caller(&request, Scope::UsersWrite)?;
+            let pb::DeleteUserRequest { user, etag } = request.into_inner();
+            let target = convert::user_ref(user, "user")?;
+            self.app.get()?.delete_user(&who, &target, parse_etag(&etag)?).await?;
+            Ok(Response::new(pb::DeleteUserResponse {}))
+        })
+        .await
     }
 
     async fn list_users(
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let who = caller(&request, Scope::UsersRead)?;
-        let pb::ListUsersRequest { page_size, page_token } = request.into_inner();
-        let (users, next_page_token) = self.app.get()?.list_users(&who, page_size, &page_token).await?;
-        Ok(Response::new(pb::ListUsersResponse { users: users.into_iter().map(Into::into).collect(), next_page_token }))
+        observed("ListUsers", async move {
+            let who = caller(&request, Scope::UsersRead)?;
+            let pb::ListUsersRequest { page_size, page_token } = request.into_inner();
+            let (users, next_page_token) = self.app.get()?.list_users(&who, page_size, &page_token).await?;
+            Ok(Response::new(pb::ListUsersResponse {
+                users: users.into_iter().map(Into::into).collect(),
+                next_page_token,
+            }))
+        })
+        .await
     }
 }

@@ -108,7 +108,18 @@ impl InferencePool {
                 Error::Unavailable { message: "the inference workers have stopped".into() }
             }
         })?;
-        answer.await.map_err(|_| Error::bug("an inference worker dropped a job; this is a bug"))?
+        let analysis = answer.await.map_err(|_| Error::bug("an inference worker dropped a job; this is a bug"))??;
+        let t = &analysis.timings;
+        for (stage, time) in [
+            ("decode", t.decode),
+            ("detect", t.detect),
+            ("align", t.align),
+            ("embed", t.embed),
+            ("thumbnail", t.thumbnail),
+        ] {
+            crate::metrics::record_stage(stage, time);
+        }
+        Ok(analysis)
     }
 
     /// Jobs waiting for a worker.

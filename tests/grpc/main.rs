@@ -8,5 +8,6 @@ mod errors;
 mod grpcurl;
 mod health_reflection;
 mod identify;
+mod metrics;
 mod parity;
 mod users;

@@ -1,0 +1,41 @@
+//! The Prometheus endpoint as a scraper sees it.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{ADMIN_A, TestServer, fixture_bytes};
+use crate::enroll::upload;
+use crate::users::create;
+
+async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
+    socket.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut body = String::new();
+    socket.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+#[tokio::test]
+async fn metrics_count_rpcs_stages_and_index_size() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let server = TestServer::start_keyed_with(|c| c.metrics_listen = Some(metrics)).await;
+    create(&mut server.users_as(ADMIN_A).await, "m").await;
+    let mut faces = server.faces_as(ADMIN_A).await;
+    upload(&mut faces, "m", fixture_bytes("yaoming.jpg")).await.expect("upload");
+    let _ = upload(&mut faces, "nobody", fixture_bytes("yaoming.jpg")).await.unwrap_err();
+
+    let text = scrape(metrics, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("Content-Type: text/plain; version=0.0.4"));
+    // Counters are process-wide (tests share the process), so check presence, not exact values.
+    assert!(text.contains("facevault_rpc_duration_seconds_count{rpc=\"UploadFace\",code=\"OK\"}"), "{text}");
+    assert!(text.contains("facevault_rpc_duration_seconds_count{rpc=\"UploadFace\",code=\"NOT_FOUND\"}"));
+    assert!(text.contains("facevault_rpc_duration_seconds_bucket{rpc=\"CreateUser\",code=\"OK\",le=\"+Inf\"}"));
+    for stage in ["decode", "detect", "align", "embed", "thumbnail", "store", "search"] {
+        assert!(text.contains(&format!("facevault_stage_duration_seconds_count{{stage=\"{stage}\"}}")), "{stage}");
+    }
+    assert!(text.contains("facevault_inference_queue_depth 0"));
+    assert!(text.contains("facevault_overload_rejections_total"));
+    assert!(text.contains("facevault_index_faces{tenant=\"alpha\"} 1"), "{text}");
+    assert!(scrape(metrics, "/other").await.starts_with("HTTP/1.1 404"));
+}
