@@ -17,7 +17,7 @@ pub mod telemetry;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -63,7 +63,8 @@ pub async fn serve_with_slot(
     let server = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        // TCP_NODELAY: without it small HTTP/2 frames wait on delayed ACKs (~40 ms a reply).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);

@@ -95,31 +95,47 @@ impl FaceIndex {
 
     /// The best face of each of the `k` most similar users with similarity >= `min`, best
     /// first, leaving out `exclude` (the uploading user, for duplicate checks).
+    ///
+    /// One pass of dot products over the tenant's matrix keeps the rows at or above `min`; then
+    /// only the best `m` of them are ordered (select, then sort), users are deduplicated, and `m`
+    /// grows only if a few users own all of the best faces.
     pub fn search(&self, tenant: &Tenant, query: &Embedding, k: usize, min: f32, exclude: Option<UserId>) -> Vec<Hit> {
+        if k == 0 {
+            return Vec::new();
+        }
         let tenants = self.read();
         let Some(index) = tenants.get(tenant) else { return Vec::new() };
-        let mut best: HashMap<UserId, Hit> = HashMap::new();
-        for (row, &(face_id, user_id)) in index.owners.iter().enumerate() {
-            if Some(user_id) == exclude {
-                continue;
+        let q = query.as_slice();
+        let mut scored: Vec<(f32, u32)> = Vec::new();
+        for (row, chunk) in index.matrix.chunks_exact(EMBEDDING_DIM).enumerate() {
+            let similarity = dot(q, chunk);
+            if similarity >= min && exclude != Some(index.owners[row].1) {
+                scored.push((similarity, row as u32));
             }
-            let similarity = dot(query.as_slice(), index.row(row));
-            if similarity < min {
-                continue;
-            }
-            let hit = Hit { user_id, face_id, similarity };
-            best.entry(user_id)
-                .and_modify(|h| {
-                    if similarity > h.similarity {
-                        *h = hit
-                    }
-                })
-                .or_insert(hit);
         }
-        let mut hits: Vec<Hit> = best.into_values().collect();
-        hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.face_id.cmp(&b.face_id)));
-        hits.truncate(k);
-        hits
+        let by_score = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let mut m = (k * 8).max(32);
+        loop {
+            let take = m.min(scored.len());
+            if take < scored.len() {
+                scored.select_nth_unstable_by(take - 1, by_score);
+            }
+            let mut top = scored[..take].to_vec();
+            top.sort_unstable_by(by_score);
+            let mut seen = std::collections::HashSet::new();
+            let hits: Vec<Hit> = top
+                .iter()
+                .filter_map(|&(similarity, row)| {
+                    let (face_id, user_id) = index.owners[row as usize];
+                    seen.insert(user_id).then_some(Hit { user_id, face_id, similarity })
+                })
+                .take(k)
+                .collect();
+            if hits.len() == k || take == scored.len() {
+                return hits;
+            }
+            m *= 4;
+        }
     }
 
     /// Similarity of `query` to each of `faces` that is indexed.
