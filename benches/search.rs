@@ -58,6 +58,23 @@ fn bench_search(c: &mut Criterion) {
             let e = Embedding::from_normalized(v.to_vec()).expect("unit");
             index.insert(&tenant, FaceId(i as u64), UserId(i as u64), &e);
         }
+        // Recall@10 of the f16 index against exact f32 search on the same vectors.
+        let mut found = 0;
+        for q in &queries {
+            let mut exact: Vec<(f32, u64)> = data
+                .chunks_exact(EMBEDDING_DIM)
+                .enumerate()
+                .map(|(i, v)| (v.iter().zip(q.as_slice()).map(|(a, b)| a * b).sum::<f32>(), i as u64))
+                .collect();
+            exact.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let truth: Vec<u64> = exact[..10].iter().map(|e| e.1).collect();
+            found += index.search(&tenant, q, 10, -1.0, None).iter().filter(|h| truth.contains(&h.face_id.0)).count();
+        }
+        println!(
+            "{label}: recall@10 vs exact f32 {:.4} over {QUERIES} queries; index about {:.1} MB",
+            found as f64 / (10 * QUERIES) as f64,
+            index.approx_bytes() as f64 / 1e6
+        );
         drop(data);
         for k in [1, 10] {
             let mut next = 0;

@@ -1,12 +1,17 @@
 //! `FaceIndex`: per tenant, a contiguous row-major matrix of unit embeddings with the face and
 //! user of each row. Insert appends, remove swaps the last row in. Rebuilt from the store at
 //! start-up; never persisted.
+//!
+//! Rows are stored as IEEE f16 (1 KiB a face; 1M faces in about 1.05 GB with the ids), the query
+//! stays f32 and dot products accumulate in f32. The rounding moves a cosine by about 1e-4,
+//! far below the gap between the match thresholds and the scores they separate; the search
+//! bench measures recall@10 against exact f32.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::domain::{EMBEDDING_DIM, Embedding, FaceId, Tenant, UserId};
-use crate::search::similarity::dot;
+use crate::search::similarity::{dot_f16, to_f16_bits};
 
 /// One search result: a user's best face.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,20 +24,22 @@ pub struct Hit {
 #[derive(Debug, Default)]
 struct TenantIndex {
     owners: Vec<(FaceId, UserId)>,
-    matrix: Vec<f32>,
+    /// f16 bits, EMBEDDING_DIM per row.
+    matrix: Vec<u16>,
     rows: HashMap<FaceId, usize>,
 }
 
 impl TenantIndex {
     fn insert(&mut self, face: FaceId, user: UserId, embedding: &Embedding) {
+        let bits = to_f16_bits(embedding.as_slice());
         if let Some(&row) = self.rows.get(&face) {
-            self.matrix[row * EMBEDDING_DIM..(row + 1) * EMBEDDING_DIM].copy_from_slice(embedding.as_slice());
+            self.matrix[row * EMBEDDING_DIM..(row + 1) * EMBEDDING_DIM].copy_from_slice(&bits);
             self.owners[row] = (face, user);
             return;
         }
         self.rows.insert(face, self.owners.len());
         self.owners.push((face, user));
-        self.matrix.extend_from_slice(embedding.as_slice());
+        self.matrix.extend_from_slice(&bits);
     }
 
     fn remove(&mut self, face: FaceId) -> bool {
@@ -49,7 +56,7 @@ impl TenantIndex {
         true
     }
 
-    fn row(&self, row: usize) -> &[f32] {
+    fn row(&self, row: usize) -> &[u16] {
         &self.matrix[row * EMBEDDING_DIM..(row + 1) * EMBEDDING_DIM]
     }
 }
@@ -108,7 +115,7 @@ impl FaceIndex {
         let q = query.as_slice();
         let mut scored: Vec<(f32, u32)> = Vec::new();
         for (row, chunk) in index.matrix.chunks_exact(EMBEDDING_DIM).enumerate() {
-            let similarity = dot(q, chunk);
+            let similarity = dot_f16(q, chunk);
             if similarity >= min && exclude != Some(index.owners[row].1) {
                 scored.push((similarity, row as u32));
             }
@@ -142,7 +149,10 @@ impl FaceIndex {
     pub fn similarities(&self, tenant: &Tenant, faces: &[FaceId], query: &Embedding) -> Vec<(FaceId, f32)> {
         let tenants = self.read();
         let Some(index) = tenants.get(tenant) else { return Vec::new() };
-        faces.iter().filter_map(|f| index.rows.get(f).map(|&row| (*f, dot(query.as_slice(), index.row(row))))).collect()
+        faces
+            .iter()
+            .filter_map(|f| index.rows.get(f).map(|&row| (*f, dot_f16(query.as_slice(), index.row(row)))))
+            .collect()
     }
 
     /// The indexed faces of a tenant with their users, sorted (tests compare it with the store).
@@ -150,6 +160,18 @@ impl FaceIndex {
         let mut out = self.read().get(tenant).map(|t| t.owners.clone()).unwrap_or_default();
         out.sort();
         out
+    }
+
+    /// Approximate heap bytes held by the index (matrix, owners, row map).
+    pub fn approx_bytes(&self) -> usize {
+        self.read()
+            .values()
+            .map(|t| {
+                t.matrix.capacity() * 2
+                    + t.owners.capacity() * std::mem::size_of::<(FaceId, UserId)>()
+                    + t.rows.capacity() * (std::mem::size_of::<(FaceId, usize)>() + 8)
+            })
+            .sum()
     }
 
     /// Faces indexed per tenant.
@@ -162,9 +184,15 @@ impl FaceIndex {
 mod tests {
     use super::*;
 
+    /// Well-separated pseudo-random unit vectors (splitmix64 of the seed and position).
     fn unit(seed: u32) -> Embedding {
         let raw = (0..EMBEDDING_DIM)
-            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 - 500.0)
+            .map(|i| {
+                let mut z = (u64::from(seed) << 32 | i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
             .collect();
         Embedding::from_raw(raw).unwrap()
     }
@@ -181,7 +209,7 @@ mod tests {
         let hits = index.search(&a, &q, 10, -1.0, None);
         assert_eq!(hits.len(), 2, "one hit per user");
         assert_eq!((hits[0].user_id, hits[0].face_id), (UserId(10), FaceId(1)));
-        assert!((hits[0].similarity - 1.0).abs() < 1e-5);
+        assert!((hits[0].similarity - 1.0).abs() < 1e-3);
         assert!(index.search(&a, &q, 10, -1.0, Some(UserId(10))).iter().all(|h| h.user_id != UserId(10)));
         assert_eq!(index.search(&b, &q, 10, 0.99, None).len(), 1, "tenant b sees only its face");
         assert!(index.search(&Tenant::new("c").unwrap(), &q, 10, -1.0, None).is_empty());
