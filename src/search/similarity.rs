@@ -1,69 +1,13 @@
-//! Similarity of unit vectors (a dot product) and the score-to-decision helper.
+//! Similarity of unit vectors (a dot product against f16 rows) and the score-to-decision helper.
 
 use crate::domain::MatchDecision;
-
-/// Dot product of two equal-length slices: AVX2 + FMA when the CPU has them (checked once at
-/// run time), else a portable loop the compiler vectorises for the baseline target.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DETECTED.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::{
-        __m256, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps, _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps,
-        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
-    };
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc: [__m256; 4] = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY: every load reads 8 floats at offsets below `n`, within both slices.
-    unsafe {
-        while i + 32 <= n {
-            for (j, lane) in acc.iter_mut().enumerate() {
-                let x = _mm256_loadu_ps(pa.add(i + 8 * j));
-                let y = _mm256_loadu_ps(pb.add(i + 8 * j));
-                *lane = _mm256_fmadd_ps(x, y, *lane);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
-            i += 8;
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        let quad = _mm_hadd_ps(half, half);
-        let mut total = _mm_cvtss_f32(_mm_hadd_ps(quad, quad));
-        while i < n {
-            total += *pa.add(i) * *pb.add(i);
-            i += 1;
-        }
-        total
-    }
-}
 
 /// Dot product of f32 `a` with f16 `b` (IEEE half bits, as the index stores rows): F16C + AVX2 +
 /// FMA when available, else a scalar conversion.
 pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if avx2_fma() && f16c() {
+        if simd_f16() {
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
             return unsafe { dot_f16_avx2(a, b) };
         }
@@ -72,9 +16,11 @@ pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn f16c() -> bool {
+fn simd_f16() -> bool {
     static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DETECTED.get_or_init(|| is_x86_feature_detected!("f16c"))
+    *DETECTED.get_or_init(|| {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -121,18 +67,6 @@ pub fn to_f16_bits(values: &[f32]) -> Vec<u16> {
     values.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect()
 }
 
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Match thresholds (cosine similarity), calibrated on labelled faces (README).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
@@ -160,22 +94,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dot_matches_the_naive_sum() {
-        for len in [0, 1, 7, 8, 31, 32, 33, 512, 517] {
-            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
-            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot(&a, &b) - naive).abs() < 1e-3, "len {len}");
-            assert!((dot_portable(&a, &b) - naive).abs() < 1e-3, "len {len}");
-        }
-    }
-
-    #[test]
     fn f16_dot_is_close_to_f32() {
         for len in [0, 5, 8, 40, 512, 517] {
             let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() / 16.0).collect();
             let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos() / 16.0).collect();
-            let exact = dot_portable(&a, &b);
+            let exact: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             let bits = to_f16_bits(&b);
             assert!((dot_f16(&a, &bits) - exact).abs() < 1e-3, "len {len}");
             let scalar: f32 = a.iter().zip(&bits).map(|(x, y)| x * half::f16::from_bits(*y).to_f32()).sum();
