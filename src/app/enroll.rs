@@ -8,9 +8,7 @@ use bytes::Bytes;
 
 use super::users::hash_token;
 use super::{App, UserRef, blocking, validate};
-use crate::domain::{
-    EnrollmentStatus, Face, FaceId, FaceMatch, ImageAnalysis, Principal, QualityIssue, Tenant, User, UserId,
-};
+use crate::domain::{Face, FaceId, FaceMatch, ImageAnalysis, Principal, QualityIssue, Tenant, User, UserId};
 use crate::error::{Error, Reason, Result};
 use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
 use crate::storage::{NewFace, Replace};
@@ -307,9 +305,6 @@ impl App {
         let (store, tenant) = (self.store.clone(), caller.tenant.clone());
         let user = blocking(move || store.delete_face(&tenant, id)).await?;
         self.index.remove(&caller.tenant, id);
-        if user.enrollment == EnrollmentStatus::NotEnrolled {
-            tracing::debug!("the user has no face left");
-        }
         Ok(user)
     }
 

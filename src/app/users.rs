@@ -97,8 +97,7 @@ fn validate_fields(prefix: &'static str, u: &UserUpdate) -> Result<()> {
 
 /// A fresh single-use token and its stored hash.
 fn new_token() -> Result<(String, [u8; 32])> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::internal("random token", std::io::Error::other(e.to_string())))?;
+    let bytes: [u8; 32] = crate::storage::random_bytes()?;
     let token: String = std::iter::once("rt_".to_owned()).chain(bytes.iter().map(|b| format!("{b:02x}"))).collect();
     Ok((token.clone(), hash_token(&token)))
 }

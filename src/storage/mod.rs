@@ -99,13 +99,14 @@ fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M> {
     M::decode(bytes).map_err(|e| Error::internal(what, e))
 }
 
-/// Random non-zero u64 for ids.
-pub fn random_id() -> Result<u64> {
-    random_u64()
+/// `N` bytes from the operating system's CSPRNG (ids, tokens).
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| Error::internal("random bytes", std::io::Error::other(e.to_string())))?;
+    Ok(bytes)
 }
 
-pub(crate) fn random_u64() -> Result<u64> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| Error::internal("random id", std::io::Error::other(e.to_string())))?;
-    Ok(u64::from_le_bytes(bytes).max(1))
+/// A random non-zero u64 for ids.
+pub fn random_id() -> Result<u64> {
+    Ok(u64::from_le_bytes(random_bytes()?).max(1))
 }

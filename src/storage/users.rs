@@ -8,7 +8,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::records::{self, pb};
-use super::{Store, db_error, decode, keys, random_u64};
+use super::{Store, db_error, decode, keys, random_id};
 use crate::domain::{EnrollmentStatus, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Reason, Result};
 
@@ -81,9 +81,9 @@ impl Store {
             if external.get(&ext_key)?.is_some() {
                 return abort(taken(&user.external_id));
             }
-            let mut id = UserId(random_u64().map_err(ConflictableTransactionError::Abort)?);
+            let mut id = UserId(random_id().map_err(ConflictableTransactionError::Abort)?);
             while users.get(keys::user_key(tenant, id))?.is_some() {
-                id = UserId(random_u64().map_err(ConflictableTransactionError::Abort)?);
+                id = UserId(random_id().map_err(ConflictableTransactionError::Abort)?);
             }
             let user = User { id, ..user.clone() };
             users.insert(keys::user_key(tenant, id), records::user_to_record(&user, Vec::new()).encode_to_vec())?;
