@@ -143,6 +143,11 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_POSSIBLE_MATCH_THRESHOLD", default_value_t = 0.30)]
     pub possible_match_threshold: f32,
 
+    /// Tenants with at most this many faces are searched by an exact scan; larger ones use a
+    /// sketch prefilter with exact re-scoring (README: search at scale).
+    #[arg(long, env = "FACEVAULT_SEARCH_EXACT_MAX_FACES", default_value_t = crate::search::index::DEFAULT_EXACT_MAX_FACES)]
+    pub search_exact_max_faces: usize,
+
     /// Most faces a user may have (FACE_LIMIT_REACHED beyond).
     #[arg(long, env = "FACEVAULT_MAX_FACES_PER_USER", default_value_t = 5)]
     pub max_faces_per_user: usize,
@@ -150,6 +155,11 @@ pub struct Config {
     /// Lifetime of a re-enrollment token, seconds.
     #[arg(long, env = "FACEVAULT_REENROLLMENT_TOKEN_TTL", default_value_t = 86_400)]
     pub reenrollment_token_ttl: u64,
+
+    /// Seconds a graceful stop waits for open calls and connections to finish before it stops
+    /// anyway (a client that never reads or answers must not hold the process up).
+    #[arg(long, env = "FACEVAULT_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
 
     /// Address of the Prometheus metrics endpoint (GET /metrics); unset: no endpoint.
     #[arg(long, env = "FACEVAULT_METRICS_LISTEN")]

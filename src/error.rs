@@ -47,6 +47,8 @@ pub enum Reason {
     ReenrollmentTokenInvalid,
     ScopeMissing,
     Overloaded,
+    RateLimited,
+    QuotaExceeded,
     Unavailable,
     Internal,
 }
@@ -89,6 +91,8 @@ impl Reason {
             Reason::ReenrollmentTokenInvalid => "REENROLLMENT_TOKEN_INVALID",
             Reason::ScopeMissing => "SCOPE_MISSING",
             Reason::Overloaded => "OVERLOADED",
+            Reason::RateLimited => "RATE_LIMITED",
+            Reason::QuotaExceeded => "QUOTA_EXCEEDED",
             Reason::Unavailable => "UNAVAILABLE",
             Reason::Internal => "INTERNAL",
         }
@@ -125,9 +129,11 @@ pub enum Error {
     /// The credential lacks the scope the rpc needs.
     #[error("{message}")]
     PermissionDenied { reason: Reason, message: String, metadata: Metadata },
-    /// The inference queue is full; the caller should retry after `retry_after`.
-    #[error("the server is at capacity, retry later")]
-    Overloaded { retry_after: Duration },
+    /// Out of capacity: the inference queue is full (OVERLOADED), the key's rate is used up
+    /// (RATE_LIMITED) or a tenant quota is reached (QUOTA_EXCEEDED). The caller should retry after
+    /// `retry_after` when given.
+    #[error("{message}")]
+    ResourceExhausted { reason: Reason, message: String, retry_after: Option<Duration>, metadata: Metadata },
     /// The service is starting or stopping.
     #[error("{message}")]
     Unavailable { message: String },
@@ -150,8 +156,8 @@ impl Error {
             | Error::FailedPrecondition { reason, .. }
             | Error::Aborted { reason, .. }
             | Error::Unauthenticated { reason, .. }
-            | Error::PermissionDenied { reason, .. } => *reason,
-            Error::Overloaded { .. } => Reason::Overloaded,
+            | Error::PermissionDenied { reason, .. }
+            | Error::ResourceExhausted { reason, .. } => *reason,
             Error::Unavailable { .. } => Reason::Unavailable,
             Error::Internal { .. } => Reason::Internal,
         }
@@ -171,13 +177,41 @@ impl Error {
             | Error::AlreadyExists { metadata, .. }
             | Error::FailedPrecondition { metadata, .. }
             | Error::Aborted { metadata, .. }
-            | Error::PermissionDenied { metadata, .. } => metadata.push((key, value.to_string())),
-            Error::Unauthenticated { .. }
-            | Error::Overloaded { .. }
-            | Error::Unavailable { .. }
-            | Error::Internal { .. } => {}
+            | Error::PermissionDenied { metadata, .. }
+            | Error::ResourceExhausted { metadata, .. } => metadata.push((key, value.to_string())),
+            Error::Unauthenticated { .. } | Error::Unavailable { .. } | Error::Internal { .. } => {}
         }
         self
+    }
+
+    /// The inference queue is full.
+    pub fn overloaded(retry_after: Duration) -> Self {
+        Error::ResourceExhausted {
+            reason: Reason::Overloaded,
+            message: "the server is at capacity, retry later".into(),
+            retry_after: Some(retry_after),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// The API key has used up its request rate.
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        Error::ResourceExhausted {
+            reason: Reason::RateLimited,
+            message: "the API key's request rate is exceeded, retry later".into(),
+            retry_after: Some(retry_after),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// A tenant quota (`what`: "users" or "faces") is reached.
+    pub fn quota_exceeded(what: &'static str, limit: usize) -> Self {
+        Error::ResourceExhausted {
+            reason: Reason::QuotaExceeded,
+            message: format!("the tenant's quota of {limit} {what} is reached"),
+            retry_after: None,
+            metadata: vec![("quota", what.to_owned()), ("limit", limit.to_string())],
+        }
     }
 
     pub fn not_found(reason: Reason, message: impl Into<String>) -> Self {

@@ -93,7 +93,19 @@ pub async fn serve_with_slot(
     grpc::set_serving(&health).await;
     tracing::info!("serving");
     stop.await;
-    server.await.map_err(|e| Error::internal("joining the server", e))?.map_err(|e| Error::internal("serving", e))?;
+    let mut server = server;
+    match tokio::time::timeout(std::time::Duration::from_secs(config.drain_timeout), &mut server).await {
+        Ok(joined) => {
+            joined.map_err(|e| Error::internal("joining the server", e))?.map_err(|e| Error::internal("serving", e))?
+        }
+        Err(_) => {
+            tracing::warn!(
+                drain_timeout_s = config.drain_timeout,
+                "connections still open after the drain timeout; stopping anyway"
+            );
+            server.abort();
+        }
+    }
     // Every acknowledged write was flushed already; this covers anything sled buffered since.
     app.flush().await?;
     tracing::info!("stopped");

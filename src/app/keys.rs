@@ -2,7 +2,8 @@
 //! Also the development mode that runs without a keys file.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -27,12 +28,55 @@ struct KeyEntry {
     /// Marks a key published for development (README); the server warns loudly.
     #[serde(default)]
     development: bool,
+    /// Token bucket for this key's calls; none means unlimited.
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimit {
+    /// Sustained calls per second.
+    per_second: f64,
+    /// Calls that may come at once after a quiet period.
+    burst: u32,
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second, one taken per call.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    /// Tokens left and when they were counted.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    fn new(limit: RateLimit) -> Self {
+        let burst = f64::from(limit.burst);
+        TokenBucket { rate: limit.per_second, burst, state: Mutex::new((burst, Instant::now())) }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&self, now: Instant) -> std::result::Result<(), Duration> {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, then) = *state;
+        let tokens = (tokens + now.saturating_duration_since(then).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *state = (tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Key {
     hash: [u8; 32],
     principal: Arc<Principal>,
+    limiter: Option<TokenBucket>,
 }
 
 /// The keys the server accepts.
@@ -91,7 +135,16 @@ impl KeyRing {
                     "DEVELOPMENT KEY LOADED: its secret is published in the README; never use this keys file in production"
                 );
             }
-            keys.push(Key { hash, principal: Arc::new(Principal { key_name: entry.name, tenant, scopes }) });
+            if let Some(limit) = entry.rate_limit
+                && !(limit.per_second > 0.0 && limit.per_second.is_finite() && limit.burst >= 1)
+            {
+                return Err(bad(format!("key {:?}: rate_limit needs per_second > 0 and burst >= 1", entry.name)));
+            }
+            keys.push(Key {
+                hash,
+                principal: Arc::new(Principal { key_name: entry.name, tenant, scopes }),
+                limiter: entry.rate_limit.map(TokenBucket::new),
+            });
         }
         if keys.is_empty() {
             return Err(bad("no keys".into()));
@@ -129,6 +182,16 @@ impl KeyRing {
         }
         found
     }
+
+    /// Counts a call against the rate limit of `principal`'s key: RATE_LIMITED (with the wait)
+    /// when its bucket is empty.
+    pub fn admit(&self, principal: &Arc<Principal>) -> Result<()> {
+        let key = self.keys.iter().find(|k| Arc::ptr_eq(&k.principal, principal));
+        match key.and_then(|k| k.limiter.as_ref()) {
+            Some(limiter) => limiter.take(Instant::now()).map_err(Error::rate_limited),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +224,22 @@ mod tests {
     }
 
     #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let bucket = TokenBucket::new(RateLimit { per_second: 2.0, burst: 3 });
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(bucket.take(start).is_ok());
+        }
+        let wait = bucket.take(start).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        assert!(bucket.take(start + Duration::from_millis(250)).is_err());
+        assert!(bucket.take(start + Duration::from_millis(500)).is_ok());
+        // A long pause refills to the burst, not beyond.
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..5).filter(|_| bucket.take(later).is_ok()).count(), 3);
+    }
+
+    #[test]
     fn rejects_bad_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
@@ -170,6 +249,7 @@ mod tests {
             r#"{"keys": [{"name": "a", "tenant": "t", "scopes": ["root"], "sha256": "00"}]}"#,
             r#"{"keys": [{"name": "a", "tenant": "t", "scopes": [], "sha256": "xyz"}]}"#,
             r#"{"keys": [{"name": "a", "tenant": "t", "scopes": [], "sha256": "00", "secret": "plain"}]}"#,
+            r#"{"keys": [{"name": "a", "tenant": "t", "scopes": [], "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "rate_limit": {"per_second": 0, "burst": 1}}]}"#,
         ] {
             std::fs::write(&path, body).unwrap();
             assert!(KeyRing::load(&path).is_err(), "{body}");

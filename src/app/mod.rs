@@ -60,21 +60,31 @@ where
         .map_err(|e| Error::internal("joining blocking work", e))?
 }
 
+/// The search index of every embedding in the store.
+pub fn rebuild_index(store: &Store, exact_max_faces: usize) -> Result<FaceIndex> {
+    let index = FaceIndex::with_exact_max_faces(exact_max_faces);
+    for entry in store.embeddings() {
+        let e = entry?;
+        index.insert(&e.tenant, e.face_id, e.user_id, &e.embedding);
+    }
+    index.shrink_to_fit();
+    Ok(index)
+}
+
 impl App {
     /// Opens the store, rebuilds the search index from it, and loads, verifies and warms up the
     /// models. Call it before the server reports SERVING.
     pub async fn open(config: &Config) -> Result<Self> {
         let data_dir = config.data_dir.clone();
+        let exact_max_faces = config.search_exact_max_faces;
         let (store, index) = blocking(move || {
+            let started = std::time::Instant::now();
             let store = Store::open(&data_dir)?;
-            let index = FaceIndex::new();
-            let mut faces = 0usize;
-            for entry in store.embeddings() {
-                let e = entry?;
-                index.insert(&e.tenant, e.face_id, e.user_id, &e.embedding);
-                faces += 1;
-            }
-            tracing::info!(faces, "search index rebuilt from the store");
+            let opened_ms = started.elapsed().as_millis() as u64;
+            let index = rebuild_index(&store, exact_max_faces)?;
+            let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
+            let total_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(faces, opened_ms, total_ms, "search index rebuilt from the store");
             Ok((store, index))
         })
         .await?;

@@ -41,7 +41,10 @@ impl Interceptor for Auth {
             .map(|t| t.trim().to_owned());
         let credential = match (key, bearer) {
             (Some(secret), _) => match self.keys.authenticate(Some(secret)) {
-                Some(principal) => Credential::Key(principal),
+                Some(principal) => {
+                    self.keys.admit(&principal)?;
+                    Credential::Key(principal)
+                }
                 None => return Err(Error::unauthenticated(Reason::ApiKeyInvalid, "the API key is not valid").into()),
             },
             (None, Some(token)) => Credential::Token(token),

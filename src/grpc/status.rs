@@ -36,10 +36,13 @@ impl From<Error> for Status {
                 plain(Code::PermissionDenied, reason, message, metadata)
             }
             Error::Unauthenticated { reason: _, message } => plain(Code::Unauthenticated, reason, message, Vec::new()),
-            Error::Overloaded { retry_after } => {
-                let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
-                details.set_retry_info(Some(retry_after));
-                Status::with_error_details(Code::ResourceExhausted, "the server is at capacity, retry later", details)
+            Error::ResourceExhausted { reason: _, message, retry_after, metadata } => {
+                let meta: HashMap<String, String> = metadata.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                let mut details = ErrorDetails::with_error_info(reason, DOMAIN, meta);
+                if let Some(delay) = retry_after {
+                    details.set_retry_info(Some(delay));
+                }
+                Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             Error::Unavailable { message } => {
                 tracing::warn!(%message, "unavailable");

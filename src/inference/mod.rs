@@ -102,7 +102,7 @@ impl InferencePool {
         self.queue.try_send(job).map_err(|err| match err {
             async_channel::TrySendError::Full(_) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                Error::Overloaded { retry_after: Duration::from_millis(200) }
+                Error::overloaded(Duration::from_millis(200))
             }
             async_channel::TrySendError::Closed(_) => {
                 Error::Unavailable { message: "the inference workers have stopped".into() }

@@ -2,5 +2,6 @@
 
 pub mod index;
 pub mod similarity;
+pub mod sketch;
 
 pub use index::{FaceIndex, Hit};

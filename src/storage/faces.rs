@@ -55,6 +55,11 @@ fn encode_embedding(user: UserId, model: &str, embedding: &Embedding) -> Vec<u8>
     out
 }
 
+/// The user an embedding value belongs to, if it is well formed.
+pub(super) fn embedding_owner(bytes: &[u8]) -> Option<UserId> {
+    decode_embedding(bytes).map(|(user, _)| user)
+}
+
 fn decode_embedding(bytes: &[u8]) -> Option<(UserId, Embedding)> {
     let user = UserId(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?));
     let model_len = usize::from(*bytes.get(8)?);
@@ -152,7 +157,7 @@ impl Store {
             Ok((user, removed))
         });
         let out = result.map_err(tx_error)?;
-        self.flush()?;
+        self.commit()?;
         Ok(out)
     }
 
@@ -202,7 +207,7 @@ impl Store {
             Ok(user)
         });
         let user = result.map_err(tx_error)?;
-        self.flush()?;
+        self.commit()?;
         Ok(user)
     }
 

@@ -6,6 +6,7 @@ mod faces;
 pub mod keys;
 mod records;
 mod users;
+mod verify;
 
 use std::path::Path;
 
@@ -14,6 +15,7 @@ use prost::Message;
 use crate::error::{Error, Result};
 pub use faces::{NewFace, Replace, StoredEmbedding};
 pub use users::{TokenGrant, UserPatch};
+pub use verify::Integrity;
 
 /// On-disk layout version; a store of another version is refused at open.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -29,6 +31,8 @@ pub struct Store {
     images: sled::Tree,
     thumbnails: sled::Tree,
     tokens: sled::Tree,
+    /// Flush before a write returns (always, except in a bulk import).
+    durable_writes: bool,
 }
 
 pub(crate) fn db_error(err: sled::Error) -> Error {
@@ -38,6 +42,16 @@ pub(crate) fn db_error(err: sled::Error) -> Error {
 impl Store {
     /// Opens (or creates) the store under `dir/v1` and checks its schema version.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, true)
+    }
+
+    /// Opens the store for a bulk import: writes are not flushed one by one, so a crash may lose
+    /// any of them until `flush` returns. Never used by the server.
+    pub fn open_for_import(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, durable_writes: bool) -> Result<Self> {
         let path = dir.join(format!("v{SCHEMA_VERSION}"));
         std::fs::create_dir_all(&path).map_err(|e| Error::internal("creating the data directory", e))?;
         let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(db_error)?;
@@ -66,6 +80,7 @@ impl Store {
             images: tree(keys::IMAGES)?,
             thumbnails: tree(keys::THUMBNAILS)?,
             tokens: tree(keys::TOKENS)?,
+            durable_writes,
             db,
         })
     }
@@ -73,6 +88,11 @@ impl Store {
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
         self.db.flush().map(|_| ()).map_err(db_error)
+    }
+
+    /// Ends a write: flushes unless this is a bulk import.
+    fn commit(&self) -> Result<()> {
+        if self.durable_writes { self.flush() } else { Ok(()) }
     }
 
     /// Number of entries per tree (checks that nothing is left behind).

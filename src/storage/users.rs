@@ -91,7 +91,7 @@ impl Store {
             Ok(user)
         });
         let user = result.map_err(tx_error)?;
-        self.flush()?;
+        self.commit()?;
         Ok(user)
     }
 
@@ -162,7 +162,7 @@ impl Store {
             Ok(user)
         });
         let user = result.map_err(tx_error)?;
-        self.flush()?;
+        self.commit()?;
         Ok(user)
     }
 
@@ -195,7 +195,7 @@ impl Store {
             Ok(record.face_ids.iter().copied().map(FaceId).collect::<Vec<_>>())
         });
         let removed = result.map_err(tx_error)?;
-        self.flush()?;
+        self.commit()?;
         Ok(removed)
     }
 

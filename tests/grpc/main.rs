@@ -1,13 +1,18 @@
 //! Integration tests: the real server over gRPC, with the real models and photos.
 
+mod abuse;
 mod common;
 mod cookbook;
+mod crash;
 mod detect;
 mod enroll;
 mod errors;
 mod grpcurl;
 mod health_reflection;
+mod hostile;
 mod identify;
+mod limits;
+mod logs;
 mod metrics;
 mod parity;
 mod users;

@@ -22,7 +22,7 @@ pub(crate) async fn create(users: &mut Users, external_id: &str) -> User {
     users.create_user(CreateUserRequest { user: Some(user) }).await.expect("CreateUser").into_inner()
 }
 
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+pub(crate) fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() })
 }
 

@@ -70,7 +70,7 @@ pub(crate) const KEYS: &[(&str, &str, &[&str], &str)] = &[
     ("reader-a", "alpha", &["users:read", "faces:read"], "secret-reader-a"),
 ];
 
-fn write_keys_file(path: &Path) {
+pub(crate) fn write_keys_file(path: &Path) {
     let keys: Vec<serde_json::Value> = KEYS
         .iter()
         .map(|(name, tenant, scopes, secret)| {
@@ -195,32 +195,15 @@ impl TestServer {
     }
 
     pub(crate) async fn faces_with(&self, secret: Option<&str>, bearer: Option<&str>) -> Faces {
-        let credentials = Credentials {
-            key: secret.map(|s| s.parse().expect("ascii key")),
-            bearer: bearer.map(|t| format!("Bearer {t}").parse().expect("ascii token")),
-        };
-        FaceServiceClient::with_interceptor(self.channel().await, credentials).max_decoding_message_size(64 << 20)
+        faces_client(self.channel().await, secret, bearer)
     }
 
     pub(crate) async fn users_as(&self, secret: Option<&str>) -> Users {
-        let credentials = Credentials { key: secret.map(|s| s.parse().expect("ascii key")), bearer: None };
-        UserServiceClient::with_interceptor(self.channel().await, credentials)
+        users_client(self.channel().await, secret)
     }
 
     async fn wait_serving(&self, timeout: Duration) {
-        let start = Instant::now();
-        loop {
-            if let Ok(channel) = Channel::from_shared(self.url()).expect("url").connect().await {
-                let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
-                if let Ok(reply) = HealthClient::new(channel).check(request).await
-                    && reply.into_inner().status == ServingStatus::Serving as i32
-                {
-                    return;
-                }
-            }
-            assert!(start.elapsed() < timeout, "server did not report SERVING within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_serving(&self.url(), timeout).await;
     }
 
     async fn stop_inner(&mut self) {
@@ -243,6 +226,117 @@ impl Drop for TestServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+pub(crate) fn faces_client(channel: Channel, secret: Option<&str>, bearer: Option<&str>) -> Faces {
+    let credentials = Credentials {
+        key: secret.map(|s| s.parse().expect("ascii key")),
+        bearer: bearer.map(|t| format!("Bearer {t}").parse().expect("ascii token")),
+    };
+    FaceServiceClient::with_interceptor(channel, credentials).max_decoding_message_size(64 << 20)
+}
+
+pub(crate) fn users_client(channel: Channel, secret: Option<&str>) -> Users {
+    let credentials = Credentials { key: secret.map(|s| s.parse().expect("ascii key")), bearer: None };
+    UserServiceClient::with_interceptor(channel, credentials)
+}
+
+/// Waits until the server at `url` reports SERVING.
+pub(crate) async fn wait_serving(url: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Ok(channel) = Channel::from_shared(url.to_owned()).expect("url").connect().await {
+            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            if let Ok(reply) = HealthClient::new(channel).check(request).await
+                && reply.into_inner().status == ServingStatus::Serving as i32
+            {
+                return;
+            }
+        }
+        assert!(start.elapsed() < timeout, "server did not report SERVING within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The facevault binary as a child process on a data directory, with the keys of [`KEYS`] and
+/// JSON logs appended to `dir/server.log`. Killed with SIGKILL on drop.
+pub(crate) struct ChildServer {
+    child: std::process::Child,
+    pub(crate) addr: std::net::SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts the binary on `dir` (created if needed) with `extra` flags and waits for SERVING.
+    pub(crate) async fn spawn(dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn_with_env(dir, extra, &[]).await
+    }
+
+    /// As `spawn`, with environment variables for the child.
+    pub(crate) async fn spawn_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let keys = dir.join("keys.json");
+        if !keys.is_file() {
+            write_keys_file(&keys);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_facevault"))
+            .current_dir(root())
+            .args(["--listen", &addr.to_string(), "--workers", "2", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(dir.join("db"))
+            .arg("--keys-file")
+            .arg(&keys)
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the facevault binary");
+        let server = ChildServer { child, addr };
+        wait_serving(&server.url(), Duration::from_secs(120)).await;
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub(crate) async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).expect("url").connect().await.expect("connect")
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no drain, no flush.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (without blocking the runtime, so this process's connections can
+    /// still answer the server's GOAWAY) for the process to exit; returns its exit status.
+    pub(crate) async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(start.elapsed() < timeout, "the server did not stop within {timeout:?} of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
