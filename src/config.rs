@@ -156,6 +156,20 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_REENROLLMENT_TOKEN_TTL", default_value_t = 86_400)]
     pub reenrollment_token_ttl: u64,
 
+    /// TLS certificate chain (PEM) for the gRPC listener; with --tls-key, the listener speaks
+    /// only TLS (rustls). Unset: plaintext, for a trusted network or a TLS-terminating proxy.
+    #[arg(long, env = "FACEVAULT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "FACEVAULT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) that client certificates must chain to: mutual TLS, every client
+    /// presents a certificate (needs --tls-cert).
+    #[arg(long, env = "FACEVAULT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Seconds a graceful stop waits for open calls and connections to finish before it stops
     /// anyway (a client that never reads or answers must not hold the process up).
     #[arg(long, env = "FACEVAULT_DRAIN_TIMEOUT", default_value_t = 30)]
@@ -202,6 +216,11 @@ impl Config {
             || self.possible_match_threshold > self.match_threshold
         {
             return Err("thresholds must satisfy -1 <= possible-match <= match <= 1".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some()
+            || (self.tls_client_ca.is_some() && self.tls_cert.is_none())
+        {
+            return Err("--tls-cert and --tls-key go together; --tls-client-ca needs them".into());
         }
         if self.max_faces_per_user == 0 {
             return Err("--max-faces-per-user must be at least 1".into());

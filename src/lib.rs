@@ -60,7 +60,11 @@ pub async fn serve_with_slot(
     };
     let (routes, health) = grpc::router(slot.clone(), keys, &config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc::tls_config(&config)? {
+        builder = builder.tls_config(tls).map_err(|e| Error::Unavailable { message: format!("TLS set-up: {e}") })?;
+    }
+    let server = builder
         .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
         .add_routes(routes)
         // TCP_NODELAY: without it small HTTP/2 frames wait on delayed ACKs (~40 ms a reply).

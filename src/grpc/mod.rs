@@ -135,3 +135,19 @@ pub async fn set_not_serving(health: &HealthReporter) {
     health.set_not_serving::<pb::user_service_server::UserServiceServer<UserApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 }
+
+/// The listener's TLS settings from the config: none without `--tls-cert`; a certificate that
+/// cannot be read stops the start with a message naming the file.
+pub fn tls_config(config: &Config) -> crate::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::Unavailable { message: format!("TLS: reading {}: {e}", path.display()) })
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    tracing::info!(mutual = config.tls_client_ca.is_some(), "TLS on the gRPC listener");
+    Ok(Some(tls))
+}

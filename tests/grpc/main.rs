@@ -15,4 +15,5 @@ mod limits;
 mod logs;
 mod metrics;
 mod parity;
+mod tls;
 mod users;

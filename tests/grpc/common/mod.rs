@@ -111,6 +111,10 @@ pub(crate) struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<facevault::Result<()>>>,
     data: Option<tempfile::TempDir>,
+    /// PEM of the CA clients trust, when the server speaks TLS.
+    tls_ca: Option<Vec<u8>>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    tls_client: Option<(String, String)>,
 }
 
 impl TestServer {
@@ -143,10 +147,35 @@ impl TestServer {
         config.workers = 2;
         adjust(&mut config);
         config.validate().expect("test config is valid");
-        Self::launch(config, Some(data)).await
+        Self::launch(config, Some(data), None, None).await
     }
 
-    async fn launch(config: Config, data: Option<tempfile::TempDir>) -> Self {
+    /// A keyed server with TLS (`adjust` sets the certificate flags); clients trust `ca_pem`
+    /// and present `client` (certificate and key PEM) when given.
+    pub(crate) async fn start_tls(
+        ca_pem: Vec<u8>,
+        client: Option<(String, String)>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_root(root());
+        config.data_dir = data.path().join("db");
+        config.workers = 2;
+        let keys = config.data_dir.with_file_name("keys.json");
+        write_keys_file(&keys);
+        config.keys_file = Some(keys);
+        config.insecure_dev_mode = false;
+        adjust(&mut config);
+        config.validate().expect("test config is valid");
+        Self::launch(config, Some(data), Some(ca_pem), client).await
+    }
+
+    async fn launch(
+        config: Config,
+        data: Option<tempfile::TempDir>,
+        tls_ca: Option<Vec<u8>>,
+        tls_client: Option<(String, String)>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -159,17 +188,18 @@ impl TestServer {
             },
             slot.clone(),
         ));
-        let server = TestServer { addr, config, slot, stop: Some(stop), task: Some(task), data };
+        let server = TestServer { addr, config, slot, stop: Some(stop), task: Some(task), data, tls_ca, tls_client };
         server.wait_serving(Duration::from_secs(120)).await;
         server
     }
 
     /// Stops the server and starts a new one on the same data directory and keys.
     pub(crate) async fn restart(mut self) -> Self {
-        let (config, data) = (self.config.clone(), self.data.take());
+        let (config, data, tls_ca, tls_client) =
+            (self.config.clone(), self.data.take(), self.tls_ca.take(), self.tls_client.take());
         self.stop_inner().await;
         drop(self); // releases the store (sled holds a lock on its directory)
-        Self::launch(config, data).await
+        Self::launch(config, data, tls_ca, tls_client).await
     }
 
     /// The running application (store and index), for checks no rpc can make.
@@ -178,11 +208,31 @@ impl TestServer {
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls_ca {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The endpoint of this server, trusting its CA when it speaks TLS.
+    pub(crate) fn endpoint(&self) -> tonic::transport::Endpoint {
+        let endpoint = Channel::from_shared(self.url()).expect("url");
+        match &self.tls_ca {
+            Some(ca) => {
+                let mut tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                    .domain_name("localhost");
+                if let Some((cert, key)) = &self.tls_client {
+                    tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+                }
+                endpoint.tls_config(tls).expect("client TLS config")
+            }
+            None => endpoint,
+        }
     }
 
     pub(crate) async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).expect("url").connect().await.expect("connect")
+        self.endpoint().connect().await.expect("connect")
     }
 
     /// A FaceService client without credentials (development-mode servers accept it).
@@ -203,7 +253,7 @@ impl TestServer {
     }
 
     async fn wait_serving(&self, timeout: Duration) {
-        wait_serving(&self.url(), timeout).await;
+        wait_serving_at(|| self.endpoint(), timeout).await;
     }
 
     async fn stop_inner(&mut self) {
@@ -244,9 +294,14 @@ pub(crate) fn users_client(channel: Channel, secret: Option<&str>) -> Users {
 
 /// Waits until the server at `url` reports SERVING.
 pub(crate) async fn wait_serving(url: &str, timeout: Duration) {
+    wait_serving_at(|| Channel::from_shared(url.to_owned()).expect("url"), timeout).await;
+}
+
+/// Waits until the server at the endpoint `make` builds reports SERVING.
+pub(crate) async fn wait_serving_at(make: impl Fn() -> tonic::transport::Endpoint, timeout: Duration) {
     let start = Instant::now();
     loop {
-        if let Ok(channel) = Channel::from_shared(url.to_owned()).expect("url").connect().await {
+        if let Ok(channel) = make().connect().await {
             let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
             if let Ok(reply) = HealthClient::new(channel).check(request).await
                 && reply.into_inner().status == ServingStatus::Serving as i32
