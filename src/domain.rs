@@ -304,6 +304,18 @@ impl Scope {
     }
 }
 
+/// Optional limits on what one tenant may store (keys file, `tenants`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuota {
+    /// Most users the tenant may have.
+    #[serde(default)]
+    pub max_users: Option<usize>,
+    /// Most faces the tenant may have, over all its users.
+    #[serde(default)]
+    pub max_faces: Option<usize>,
+}
+
 /// Who is calling: an API key's name, its tenant and scopes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {

@@ -58,6 +58,7 @@ pub async fn serve_with_slot(
             app::KeyRing::development()
         }
     };
+    let quotas = keys.quotas();
     let (routes, health) = grpc::router(slot.clone(), keys, &config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
@@ -80,7 +81,7 @@ pub async fn serve_with_slot(
     };
     tokio::pin!(stop);
     let app = tokio::select! {
-        app = app::App::open(&config) => app?,
+        app = app::App::open(&config, quotas) => app?,
         () = &mut stop => {
             return server.await.map_err(|e| Error::internal("joining the server", e))?
                 .map_err(|e| Error::internal("serving", e));

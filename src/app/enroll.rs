@@ -214,6 +214,17 @@ impl App {
         let store = self.store.clone();
         let (tenant_c, uid) = (tenant.clone(), user_id);
         let current = blocking(move || store.get_user(&tenant_c, uid)).await?.ok_or_else(Error::user_not_found)?;
+        let adds_a_face = match replace {
+            Replace::Nothing => true,
+            Replace::Face(_) => false,
+            Replace::Oldest => current.face_ids.is_empty(),
+        };
+        if let Some(max_faces) = self.quota(tenant).max_faces
+            && adds_a_face
+            && self.index.len(tenant) >= max_faces
+        {
+            return Err(Error::quota_exceeded("faces", max_faces));
+        }
         let staying: Vec<FaceId> = current
             .face_ids
             .iter()

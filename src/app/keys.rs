@@ -1,6 +1,7 @@
 //! API keys: loaded from the keys file (JSON), held as sha256 hashes, matched in constant time.
 //! Also the development mode that runs without a keys file.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,13 +9,16 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Principal, Scope, Tenant};
+use crate::domain::{Principal, Scope, Tenant, TenantQuota};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeysFile {
     keys: Vec<KeyEntry>,
+    /// Optional quotas per tenant name.
+    #[serde(default)]
+    tenants: HashMap<String, TenantQuota>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +87,7 @@ struct Key {
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     keys: Arc<Vec<Key>>,
+    quotas: Arc<HashMap<Tenant, TenantQuota>>,
     /// Development mode: every call is this principal, with or without a key.
     dev: Option<Arc<Principal>>,
 }
@@ -149,7 +154,15 @@ impl KeyRing {
         if keys.is_empty() {
             return Err(bad("no keys".into()));
         }
-        Ok(KeyRing { keys: Arc::new(keys), dev: None })
+        let mut quotas = HashMap::new();
+        for (name, quota) in file.tenants {
+            let tenant = Tenant::new(&name).ok_or_else(|| bad(format!("tenants: {name:?} is not a tenant name")))?;
+            if quota.max_users == Some(0) || quota.max_faces == Some(0) {
+                return Err(bad(format!("tenants: {name:?}: a quota must be at least 1")));
+            }
+            quotas.insert(tenant, quota);
+        }
+        Ok(KeyRing { keys: Arc::new(keys), quotas: Arc::new(quotas), dev: None })
     }
 
     /// Development mode: no keys file; every call acts as key "dev" of tenant "dev" with every
@@ -160,7 +173,12 @@ impl KeyRing {
             tenant: Tenant::new("dev").expect("valid tenant name"),
             scopes: Scope::ALL.to_vec(),
         };
-        KeyRing { keys: Arc::new(Vec::new()), dev: Some(Arc::new(principal)) }
+        KeyRing { keys: Arc::new(Vec::new()), quotas: Arc::default(), dev: Some(Arc::new(principal)) }
+    }
+
+    /// The tenant quotas of the keys file.
+    pub fn quotas(&self) -> HashMap<Tenant, TenantQuota> {
+        self.quotas.as_ref().clone()
     }
 
     pub fn is_development(&self) -> bool {

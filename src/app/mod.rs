@@ -34,6 +34,8 @@ pub struct Settings {
     pub embedder_id: String,
     pub token_ttl: Duration,
     pub thumbnail_size: u32,
+    /// Per-tenant limits on users and faces (keys file).
+    pub quotas: std::collections::HashMap<crate::domain::Tenant, crate::domain::TenantQuota>,
 }
 
 /// Application state shared by every request.
@@ -74,7 +76,10 @@ pub fn rebuild_index(store: &Store, exact_max_faces: usize) -> Result<FaceIndex>
 impl App {
     /// Opens the store, rebuilds the search index from it, and loads, verifies and warms up the
     /// models. Call it before the server reports SERVING.
-    pub async fn open(config: &Config) -> Result<Self> {
+    pub async fn open(
+        config: &Config,
+        quotas: std::collections::HashMap<crate::domain::Tenant, crate::domain::TenantQuota>,
+    ) -> Result<Self> {
         let data_dir = config.data_dir.clone();
         let exact_max_faces = config.search_exact_max_faces;
         let (store, index) = blocking(move || {
@@ -98,6 +103,7 @@ impl App {
             embedder_id: config.embedder_id.clone(),
             token_ttl: Duration::from_secs(config.reenrollment_token_ttl),
             thumbnail_size: config.thumbnail_size,
+            quotas,
         };
         Ok(App { pool, store, index, settings: Arc::new(settings), writes: Arc::new(tokio::sync::Mutex::new(())) })
     }
@@ -115,6 +121,11 @@ impl App {
     /// The search index.
     pub fn index(&self) -> &FaceIndex {
         &self.index
+    }
+
+    /// The quota of a tenant (none: unlimited).
+    pub(crate) fn quota(&self, tenant: &crate::domain::Tenant) -> crate::domain::TenantQuota {
+        self.settings.quotas.get(tenant).copied().unwrap_or_default()
     }
 
     pub fn settings(&self) -> &Settings {

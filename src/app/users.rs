@@ -135,7 +135,18 @@ impl App {
             version: 1,
         };
         let (store, tenant) = (self.store.clone(), caller.tenant.clone());
-        blocking(move || store.create_user(&tenant, user)).await
+        let Some(max_users) = self.quota(&caller.tenant).max_users else {
+            return blocking(move || store.create_user(&tenant, user)).await;
+        };
+        // Counted and created under the write lock, so racing creates cannot pass the quota.
+        let _writes = self.writes.lock().await;
+        blocking(move || {
+            if store.count_users(&tenant)? >= max_users {
+                return Err(Error::quota_exceeded("users", max_users));
+            }
+            store.create_user(&tenant, user)
+        })
+        .await
     }
 
     pub async fn get_user(&self, caller: &Principal, user: &UserRef) -> Result<User> {

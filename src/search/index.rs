@@ -237,6 +237,11 @@ impl FaceIndex {
             .sum()
     }
 
+    /// Faces indexed for a tenant.
+    pub fn len(&self, tenant: &Tenant) -> usize {
+        self.read().get(tenant).map_or(0, |t| t.owners.len())
+    }
+
     /// Faces indexed per tenant.
     pub fn sizes(&self) -> Vec<(Tenant, usize)> {
         self.read().iter().map(|(t, i)| (t.clone(), i.owners.len())).collect()

@@ -199,6 +199,16 @@ impl Store {
         Ok(removed)
     }
 
+    /// Number of users of a tenant (a key scan).
+    pub fn count_users(&self, tenant: &Tenant) -> Result<usize> {
+        let mut n = 0;
+        for key in self.users.scan_prefix(keys::tenant_prefix(tenant)).keys() {
+            key.map_err(db_error)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Up to `limit` users with ids above `after`, in id order.
     pub fn list_users(&self, tenant: &Tenant, after: Option<UserId>, limit: usize) -> Result<Vec<User>> {
         let prefix = keys::tenant_prefix(tenant);

@@ -54,3 +54,53 @@ async fn a_key_over_its_rate_gets_rate_limited_with_retry_info() {
     let err = limited.get_user(get()).await.unwrap_err();
     assert_eq!(reason(&err), "USER_NOT_FOUND", "admitted again after the advertised wait");
 }
+
+#[tokio::test]
+async fn tenant_quotas_cap_users_and_faces() {
+    let server = TestServer::start_keyed_with(|config| {
+        let path = config.data_dir.with_file_name("quota-keys.json");
+        write_limited_keys(&path);
+        let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        for key in file["keys"].as_array_mut().expect("keys") {
+            key.as_object_mut().expect("key").remove("rate_limit");
+        }
+        file["tenants"] = serde_json::json!({ "beta": { "max_users": 3, "max_faces": 2 } });
+        std::fs::write(&path, file.to_string()).expect("write");
+        config.keys_file = Some(path);
+    })
+    .await;
+    let mut users = server.users_as(ADMIN_B).await;
+    for i in 0..3 {
+        crate::users::create(&mut users, &format!("q-{i}")).await;
+    }
+    let user = facevault::grpc::pb::User { external_id: "q-3".into(), ..Default::default() };
+    let err = users.create_user(facevault::grpc::pb::CreateUserRequest { user: Some(user) }).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::ResourceExhausted, "QUOTA_EXCEEDED"));
+    let info = err.get_error_details().error_info().cloned().expect("ErrorInfo");
+    assert_eq!((info.metadata["quota"].as_str(), info.metadata["limit"].as_str()), ("users", "3"));
+
+    let mut faces = server.faces_as(ADMIN_B).await;
+    let people = crate::common::people();
+    crate::enroll::upload(&mut faces, "q-0", people[0].clone()).await.expect("face 1");
+    let second = crate::enroll::upload(&mut faces, "q-1", people[1].clone()).await.expect("face 2");
+    let err = crate::enroll::upload(&mut faces, "q-2", people[2].clone()).await.unwrap_err();
+    assert_eq!(reason(&err), "QUOTA_EXCEEDED", "a third face in the tenant");
+    // Replacing a face does not add one; deleting one makes room.
+    let replace = facevault::grpc::pb::UpdateFaceRequest {
+        user: by_external("q-1"),
+        face_id: second.face.expect("face").face_id.clone(),
+        image: people[1].clone().into(),
+        ..Default::default()
+    };
+    let replaced = faces.update_face(replace).await.expect("replace within the quota").into_inner();
+    faces
+        .delete_face(facevault::grpc::pb::DeleteFaceRequest { face_id: replaced.face.expect("face").face_id })
+        .await
+        .expect("delete");
+    crate::enroll::upload(&mut faces, "q-2", people[2].clone()).await.expect("room again");
+    // Tenant alpha has no quota.
+    let mut alpha = server.users_as(ADMIN_A).await;
+    for i in 0..5 {
+        crate::users::create(&mut alpha, &format!("free-{i}")).await;
+    }
+}
