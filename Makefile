@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (set up, build, serve on 127.0.0.1:50051) and
 # `make test` (set up, run every test). Everything else is for development.
-.PHONY: setup run test eval calibrate lint bench reference
+.PHONY: setup run test eval calibrate lint bench reference crash fuzz quantize
 
 setup:
 	bash scripts/setup.sh
@@ -25,3 +25,17 @@ bench: setup
 
 reference:
 	bash scripts/reference/run.sh
+
+# The crash-consistency harness with many kills (CI runs 3). FACEVAULT_CRASH_SEED replays a run.
+crash: setup
+	FACEVAULT_CRASH_CYCLES=$${FACEVAULT_CRASH_CYCLES:-50} cargo test --test grpc crash -- --nocapture
+
+# libFuzzer on decode and detector preprocessing (needs nightly and `cargo install cargo-fuzz`).
+fuzz: setup
+	mkdir -p fuzz/corpus/decode_preprocess
+	cp -n tests/fixtures/synthetic/*.jpg tests/fixtures/synthetic/*.png tests/fixtures/images/yaoming.jpg tests/fixtures/images/Tom_Hanks_54745.png fuzz/corpus/decode_preprocess/
+	cargo +nightly fuzz run decode_preprocess -- -max_total_time=$${FUZZ_SECONDS:-600} -rss_limit_mb=4096
+
+# int8 variants of the models (needs the reference venv: make reference).
+quantize:
+	third_party/refvenv/bin/python scripts/quantize.py
