@@ -128,6 +128,14 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_KEYS_FILE")]
     pub keys_file: Option<PathBuf>,
 
+    /// File of the key that encrypts originals, thumbnails and embeddings at rest (AES-256-GCM):
+    /// 32 random bytes written as 64 hex characters, a trailing newline allowed (README:
+    /// encryption at rest shows how to make one). Unset: they are stored unencrypted. A store
+    /// created with a key opens only with that key; a store that already holds unencrypted faces
+    /// is refused.
+    #[arg(long, env = "FACEVAULT_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+
     /// Run without a keys file: every call acts as key "dev" of tenant "dev" with all scopes.
     /// For a laptop only; the server says so loudly at start-up.
     #[arg(long, env = "FACEVAULT_INSECURE_DEV_MODE", default_value_t = false)]

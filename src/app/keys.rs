@@ -1,5 +1,6 @@
 //! API keys: loaded from the keys file (JSON), held as sha256 hashes, matched in constant time.
-//! Also the development mode that runs without a keys file.
+//! Also the development mode that runs without a keys file, and the loading of the at-rest
+//! encryption key file (whose contents no message ever shows).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{Principal, Scope, Tenant, TenantQuota};
 use crate::error::{Error, Result};
+use crate::storage::EncryptionKey;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +100,8 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 }
 
 fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
+    // `from_str_radix` alone would take a sign ("+f"), so check the digits first.
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -106,6 +109,26 @@ fn parse_hex32(text: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+/// Loads the at-rest encryption key: a file of 64 hex characters (32 bytes), trailing
+/// whitespace allowed. Errors say what is wrong with the file, never what it holds.
+pub fn load_encryption_key(path: &Path) -> Result<EncryptionKey> {
+    let bad =
+        |message: String| Error::Unavailable { message: format!("encryption key file {}: {message}", path.display()) };
+    let contents = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let text = contents.trim_ascii_end();
+    if text.len() != 64 {
+        return Err(bad(format!(
+            "must hold 64 hex characters (32 random bytes), not {} characters; see README: encryption at rest",
+            text.len()
+        )));
+    }
+    let bytes = std::str::from_utf8(text)
+        .ok()
+        .and_then(parse_hex32)
+        .ok_or_else(|| bad("must hold only hex digits (0-9, a-f)".into()))?;
+    Ok(EncryptionKey::from_bytes(&bytes))
 }
 
 /// Equality that takes the same time wherever the inputs differ.
@@ -255,6 +278,33 @@ mod tests {
         // A long pause refills to the burst, not beyond.
         let later = start + Duration::from_secs(60);
         assert_eq!((0..5).filter(|_| bucket.take(later).is_ok()).count(), 3);
+    }
+
+    #[test]
+    fn loads_an_encryption_key_file_and_refuses_malformed_ones_without_echoing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let good = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        for body in [good.to_owned(), format!("{good}\n"), format!("{good}\r\n")] {
+            std::fs::write(&path, body).unwrap();
+            assert!(load_encryption_key(&path).is_ok());
+        }
+        let secretish = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
+        for (body, says) in [
+            (secretish[..62].to_owned(), "64 hex characters"),
+            (format!("{secretish}00"), "64 hex characters"),
+            (String::new(), "64 hex characters"),
+            (format!("{}zz", &secretish[..62]), "hex digits"),
+            (format!("+5{}", &secretish[..62]), "hex digits"),
+            (format!(" {}", &secretish[..63]), "hex digits"),
+        ] {
+            std::fs::write(&path, body).unwrap();
+            let message = load_encryption_key(&path).unwrap_err().to_string();
+            assert!(message.contains(says) && message.contains("encryption key file"), "{message}");
+            assert!(!message.contains("5ec7e7"), "the message shows the file's contents: {message}");
+        }
+        let missing = load_encryption_key(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("encryption key file"), "{missing}");
     }
 
     #[test]

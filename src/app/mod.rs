@@ -74,22 +74,25 @@ pub fn rebuild_index(store: &Store, exact_max_faces: usize) -> Result<FaceIndex>
 }
 
 impl App {
-    /// Opens the store, rebuilds the search index from it, and loads, verifies and warms up the
-    /// models. Call it before the server reports SERVING.
+    /// Opens the store (with the encryption key, if configured), rebuilds the search index from
+    /// it, and loads, verifies and warms up the models. Call it before the server reports SERVING.
     pub async fn open(
         config: &Config,
         quotas: std::collections::HashMap<crate::domain::Tenant, crate::domain::TenantQuota>,
     ) -> Result<Self> {
         let data_dir = config.data_dir.clone();
+        let key_file = config.encryption_key_file.clone();
         let exact_max_faces = config.search_exact_max_faces;
         let (store, index) = blocking(move || {
             let started = std::time::Instant::now();
-            let store = Store::open(&data_dir)?;
+            let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
+            let store = Store::open_with_key(&data_dir, key)?;
             let opened_ms = started.elapsed().as_millis() as u64;
             let index = rebuild_index(&store, exact_max_faces)?;
             let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
             let total_ms = started.elapsed().as_millis() as u64;
-            tracing::info!(faces, opened_ms, total_ms, "search index rebuilt from the store");
+            let encrypted = store.is_encrypted();
+            tracing::info!(faces, encrypted, opened_ms, total_ms, "search index rebuilt from the store");
             Ok((store, index))
         })
         .await?;

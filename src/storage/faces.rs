@@ -84,6 +84,13 @@ impl Store {
         token: Option<[u8; 32]>,
     ) -> Result<(User, Option<FaceId>)> {
         let user_id = new.face.user_id;
+        // Sealed outside the transaction: a retried closure reuses them, and no crypto runs
+        // while sled holds its locks.
+        let key = keys::face_key(tenant, new.face.id);
+        let embedding = encode_embedding(user_id, &new.face.model, &new.embedding);
+        let embedding = self.seal(keys::EMBEDDINGS, &key, &embedding)?;
+        let original = self.seal(keys::IMAGES, &key, &new.original)?;
+        let thumbnail = self.seal(keys::THUMBNAILS, &key, &new.thumbnail)?;
         let trees = (&self.users, &self.faces, &self.embeddings, &self.images, &self.thumbnails, &self.tokens);
         let result = trees.transaction(|(users, faces, embeddings, images, thumbnails, tokens)| {
             let Some(record) = tx_user(users, tenant, user_id)? else { return abort(Error::user_not_found()) };
@@ -129,17 +136,16 @@ impl Store {
                 Replace::Oldest => user.face_ids.first().copied(),
             };
             if let Some(old) = removed {
-                let key = keys::face_key(tenant, old);
+                let old_key = keys::face_key(tenant, old);
                 for tree in [faces, embeddings, images, thumbnails] {
-                    tree.remove(key.as_slice())?;
+                    tree.remove(old_key.as_slice())?;
                 }
                 user.face_ids.retain(|&f| f != old);
             }
-            let key = keys::face_key(tenant, new.face.id);
             faces.insert(key.as_slice(), records::face_to_record(&new.face).encode_to_vec())?;
-            embeddings.insert(key.as_slice(), encode_embedding(user_id, &new.face.model, &new.embedding))?;
-            images.insert(key.as_slice(), new.original.as_slice())?;
-            thumbnails.insert(key.as_slice(), new.thumbnail.as_slice())?;
+            embeddings.insert(key.as_slice(), embedding.as_ref())?;
+            images.insert(key.as_slice(), original.as_ref())?;
+            thumbnails.insert(key.as_slice(), thumbnail.as_ref())?;
             user.face_ids.push(new.face.id);
             let updating = replace != Replace::Nothing;
             if updating || user.enrollment == EnrollmentStatus::NotEnrolled {
@@ -170,14 +176,18 @@ impl Store {
 
     /// The stored embedding of a face.
     pub fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
-        let bytes = self.embeddings.get(keys::face_key(tenant, id)).map_err(db_error)?;
-        Ok(bytes.and_then(|b| decode_embedding(&b)).map(|(_, e)| e))
+        let key = keys::face_key(tenant, id);
+        let Some(bytes) = self.embeddings.get(&key).map_err(db_error)? else { return Ok(None) };
+        let plain = self.unseal(keys::EMBEDDINGS, &key, &bytes)?;
+        Ok(decode_embedding(&plain).map(|(_, e)| e))
     }
 
     /// The original image or the thumbnail of a face.
     pub fn face_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<Vec<u8>>> {
-        let tree = if thumbnail { &self.thumbnails } else { &self.images };
-        Ok(tree.get(keys::face_key(tenant, id)).map_err(db_error)?.map(|v| v.to_vec()))
+        let (name, tree) = if thumbnail { (keys::THUMBNAILS, &self.thumbnails) } else { (keys::IMAGES, &self.images) };
+        let key = keys::face_key(tenant, id);
+        let Some(bytes) = tree.get(&key).map_err(db_error)? else { return Ok(None) };
+        Ok(Some(self.unseal(name, &key, &bytes)?.into_owned()))
     }
 
     /// Deletes one face and everything stored with it; returns the updated user.
@@ -216,7 +226,8 @@ impl Store {
         self.embeddings.iter().map(|entry| {
             let (key, value) = entry.map_err(db_error)?;
             let (tenant, face) = keys::split_id_key(&key).ok_or_else(|| Error::bug("malformed embedding key"))?;
-            let (user_id, embedding) = decode_embedding(&value).ok_or_else(|| Error::bug("malformed embedding"))?;
+            let plain = self.unseal(keys::EMBEDDINGS, &key, &value)?;
+            let (user_id, embedding) = decode_embedding(&plain).ok_or_else(|| Error::bug("malformed embedding"))?;
             Ok(StoredEmbedding { tenant, face_id: FaceId(face), user_id, embedding })
         })
     }

@@ -20,11 +20,15 @@ pub struct Integrity {
     pub problems: Vec<String>,
 }
 
+fn unauthentic(tree: &str, face: u64) -> String {
+    format!("{tree}: face {face:016x} fails authentication (tampered with, moved or sealed with another key)")
+}
+
 impl Store {
     /// Checks that every user's faces have a record, an embedding, an original and a thumbnail
-    /// that belong to that user; that no face data exists that no user lists; that no user has
-    /// more than `max_faces` faces or lists one twice; that external ids and re-enrollment tokens
-    /// point at the users that hold them.
+    /// that belong to that user (and, in an encrypted store, open with its key); that no face
+    /// data exists that no user lists; that no user has more than `max_faces` faces or lists one
+    /// twice; that external ids and re-enrollment tokens point at the users that hold them.
     pub fn verify(&self, max_faces: usize) -> Result<Integrity> {
         let mut report = Integrity::default();
         let mut problems = Vec::new();
@@ -70,15 +74,21 @@ impl Store {
                 None => problems.push(format!("faces: face {face:016x} of user {user:016x} has no record")),
             }
             match self.embeddings.get(&key).map_err(db_error)? {
-                Some(bytes) => match faces::embedding_owner(&bytes) {
-                    Some(owner) if owner.0 == *user => {}
-                    _ => problems.push(format!("embeddings: face {face:016x} is malformed or not user {user:016x}'s")),
+                Some(bytes) => match self.unseal(keys::EMBEDDINGS, &key, &bytes) {
+                    Ok(plain) => match faces::embedding_owner(&plain) {
+                        Some(owner) if owner.0 == *user => {}
+                        _ => problems
+                            .push(format!("embeddings: face {face:016x} is malformed or not user {user:016x}'s")),
+                    },
+                    Err(_) => problems.push(unauthentic(keys::EMBEDDINGS, *face)),
                 },
                 None => problems.push(format!("embeddings: face {face:016x} of user {user:016x} has none")),
             }
             for (name, tree) in [(keys::IMAGES, &self.images), (keys::THUMBNAILS, &self.thumbnails)] {
-                if !tree.contains_key(&key).map_err(db_error)? {
-                    problems.push(format!("{name}: face {face:016x} of user {user:016x} has none"));
+                match tree.get(&key).map_err(db_error)? {
+                    Some(bytes) if self.unseal(name, &key, &bytes).is_ok() => {}
+                    Some(_) => problems.push(unauthentic(name, *face)),
+                    None => problems.push(format!("{name}: face {face:016x} of user {user:016x} has none")),
                 }
             }
         }

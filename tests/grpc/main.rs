@@ -5,6 +5,7 @@ mod common;
 mod cookbook;
 mod crash;
 mod detect;
+mod encryption;
 mod enroll;
 mod errors;
 mod grpcurl;
