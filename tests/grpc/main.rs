@@ -16,5 +16,6 @@ mod limits;
 mod logs;
 mod metrics;
 mod parity;
+mod security;
 mod tls;
 mod users;
