@@ -36,8 +36,8 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
-fn fill(store: &Store, tenant: &Tenant, n: usize) -> facevault::Result<()> {
-    let mut state = 0x1234_5678u64;
+fn fill(store: &Store, tenant: &Tenant, from: usize, n: usize) -> facevault::Result<()> {
+    let mut state = 0x1234_5678u64 ^ from as u64;
     let mut next = move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
@@ -47,7 +47,7 @@ fn fill(store: &Store, tenant: &Tenant, n: usize) -> facevault::Result<()> {
     };
     let placeholder = vec![0xA5u8; 1024];
     let started = Instant::now();
-    for i in 0..n {
+    for i in from..from + n {
         let now = SystemTime::now();
         let user = User {
             id: UserId(0),
@@ -89,8 +89,8 @@ fn fill(store: &Store, tenant: &Tenant, n: usize) -> facevault::Result<()> {
             thumbnail: placeholder.clone(),
         };
         store.put_face(tenant, &new, Replace::Nothing, 5, None)?;
-        if (i + 1) % 100_000 == 0 {
-            eprintln!("{} faces stored, {:.0} s", i + 1, started.elapsed().as_secs_f64());
+        if (i + 1 - from) % 100_000 == 0 {
+            eprintln!("{} faces stored, {:.0} s", i + 1 - from, started.elapsed().as_secs_f64());
         }
     }
     store.flush()?;
@@ -107,7 +107,7 @@ fn main() -> facevault::Result<()> {
         let store = Store::open_for_import(&dir)?;
         let have = store.embeddings().count();
         if have < n {
-            fill(&store, &tenant, n - have)?;
+            fill(&store, &tenant, have, n - have)?;
         }
     }
     let rss_before = status_kib("VmRSS:");

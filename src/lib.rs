@@ -82,10 +82,7 @@ pub async fn serve_with_slot(
     tokio::pin!(stop);
     let app = tokio::select! {
         app = app::App::open(&config, quotas) => app?,
-        () = &mut stop => {
-            return server.await.map_err(|e| Error::internal("joining the server", e))?
-                .map_err(|e| Error::internal("serving", e));
-        }
+        () = &mut stop => return drain(server, config.drain_timeout).await,
     };
     if let Some(address) = config.metrics_listen {
         let listener =
@@ -98,21 +95,31 @@ pub async fn serve_with_slot(
     grpc::set_serving(&health).await;
     tracing::info!("serving");
     stop.await;
-    let mut server = server;
-    match tokio::time::timeout(std::time::Duration::from_secs(config.drain_timeout), &mut server).await {
-        Ok(joined) => {
-            joined.map_err(|e| Error::internal("joining the server", e))?.map_err(|e| Error::internal("serving", e))?
-        }
-        Err(_) => {
-            tracing::warn!(
-                drain_timeout_s = config.drain_timeout,
-                "connections still open after the drain timeout; stopping anyway"
-            );
-            server.abort();
-        }
-    }
+    drain(server, config.drain_timeout).await?;
     // Every acknowledged write was flushed already; this covers anything sled buffered since.
     app.flush().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for the stopping server to finish its calls and connections, for at most
+/// `timeout_s` seconds; then stops accepting work anyway (a client that never reads or answers
+/// must not hold the process up).
+async fn drain(
+    mut server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    timeout_s: u64,
+) -> Result<()> {
+    match tokio::time::timeout(std::time::Duration::from_secs(timeout_s), &mut server).await {
+        Ok(joined) => {
+            joined.map_err(|e| Error::internal("joining the server", e))?.map_err(|e| Error::internal("serving", e))
+        }
+        Err(_) => {
+            tracing::warn!(
+                drain_timeout_s = timeout_s,
+                "connections still open after the drain timeout; stopping anyway"
+            );
+            server.abort();
+            Ok(())
+        }
+    }
 }

@@ -194,7 +194,9 @@ impl App {
         let embedding = chosen.embedding.ok_or_else(|| Error::bug("the enrolled face was not embedded"))?;
         let thumbnail = chosen.thumbnail.ok_or_else(|| Error::bug("the enrolled face has no thumbnail"))?;
 
-        let _writes = self.writes.lock().await;
+        // Held until the store write and the index update below are done, even if the caller
+        // goes away (the guard moves into the blocking task, which always runs to the end).
+        let writes = self.writes.clone().lock_owned().await;
         let thresholds = self.settings.thresholds;
         // Duplicates among the other users of the tenant, best first.
         let started = std::time::Instant::now();
@@ -260,11 +262,20 @@ impl App {
             original: upload.image.to_vec(),
             thumbnail: thumbnail.clone(),
         };
-        let (store, tenant_c, max) = (self.store.clone(), tenant.clone(), self.settings.max_faces_per_user);
+        let (store, index, tenant_c, max) =
+            (self.store.clone(), self.index.clone(), tenant.clone(), self.settings.max_faces_per_user);
+        let (face_id, indexed) = (face.id, embedding.clone());
         let started = std::time::Instant::now();
-        let (user, replaced) = blocking(move || store.put_face(&tenant_c, &new, replace, max, token)).await?;
+        // The store write and the index update are one blocking task: a cancelled request cannot
+        // leave the index different from the store.
+        let (user, replaced) = blocking(move || {
+            let _writes = writes;
+            let (user, replaced) = store.put_face(&tenant_c, &new, replace, max, token)?;
+            index.replace(&tenant_c, replaced, face_id, user_id, &indexed);
+            Ok((user, replaced))
+        })
+        .await?;
         crate::metrics::record_stage("store", started.elapsed());
-        self.index.replace(tenant, replaced, face.id, user_id, &embedding);
         Ok(EnrollOutcome { face, user, replaced, duplicates, thumbnail, warnings })
     }
 
@@ -312,11 +323,15 @@ impl App {
     /// Deletes a face (store first, then index); returns the user afterwards.
     pub async fn delete_face(&self, caller: &Principal, face_id: &str) -> Result<User> {
         let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
-        let _writes = self.writes.lock().await;
-        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
-        let user = blocking(move || store.delete_face(&tenant, id)).await?;
-        self.index.remove(&caller.tenant, id);
-        Ok(user)
+        let writes = self.writes.clone().lock_owned().await;
+        let (store, index, tenant) = (self.store.clone(), self.index.clone(), caller.tenant.clone());
+        blocking(move || {
+            let _writes = writes;
+            let user = store.delete_face(&tenant, id)?;
+            index.remove(&tenant, id);
+            Ok(user)
+        })
+        .await
     }
 
     /// The stored original or thumbnail of a face.

@@ -67,13 +67,14 @@ impl TokenBucket {
     fn take(&self, now: Instant) -> std::result::Result<(), Duration> {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (tokens, then) = *state;
-        let tokens = (tokens + now.saturating_duration_since(then).as_secs_f64() * self.rate).min(self.burst);
+        let now = now.max(then);
+        let tokens = (tokens + now.duration_since(then).as_secs_f64() * self.rate).min(self.burst);
         if tokens >= 1.0 {
             *state = (tokens - 1.0, now);
             Ok(())
         } else {
             *state = (tokens, now);
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+            Err(Duration::try_from_secs_f64((1.0 - tokens) / self.rate).unwrap_or(Duration::MAX))
         }
     }
 }
@@ -164,9 +165,9 @@ impl KeyRing {
                 );
             }
             if let Some(limit) = entry.rate_limit
-                && !(limit.per_second > 0.0 && limit.per_second.is_finite() && limit.burst >= 1)
+                && !(limit.per_second >= 0.001 && limit.per_second.is_finite() && limit.burst >= 1)
             {
-                return Err(bad(format!("key {:?}: rate_limit needs per_second > 0 and burst >= 1", entry.name)));
+                return Err(bad(format!("key {:?}: rate_limit needs per_second >= 0.001 and burst >= 1", entry.name)));
             }
             keys.push(Key {
                 hash,

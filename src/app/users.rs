@@ -139,8 +139,9 @@ impl App {
             return blocking(move || store.create_user(&tenant, user)).await;
         };
         // Counted and created under the write lock, so racing creates cannot pass the quota.
-        let _writes = self.writes.lock().await;
+        let writes = self.writes.clone().lock_owned().await;
         blocking(move || {
+            let _writes = writes;
             if store.count_users(&tenant)? >= max_users {
                 return Err(Error::quota_exceeded("users", max_users));
             }
@@ -182,13 +183,16 @@ impl App {
     /// Erases the user with all faces; the index follows the store.
     pub async fn delete_user(&self, caller: &Principal, user: &UserRef, expected_version: Option<u64>) -> Result<()> {
         let current = self.resolve_user(&caller.tenant, user).await?;
-        let _writes = self.writes.lock().await;
-        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
-        let removed = blocking(move || store.delete_user(&tenant, current.id, expected_version)).await?;
-        for face in removed {
-            self.index.remove(&caller.tenant, face);
-        }
-        Ok(())
+        let writes = self.writes.clone().lock_owned().await;
+        let (store, index, tenant) = (self.store.clone(), self.index.clone(), caller.tenant.clone());
+        blocking(move || {
+            let _writes = writes;
+            for face in store.delete_user(&tenant, current.id, expected_version)? {
+                index.remove(&tenant, face);
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// A page of users in id order, and the token of the next page.

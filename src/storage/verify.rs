@@ -53,7 +53,9 @@ impl Store {
             if record.face_ids.len() > max_faces {
                 problems.push(format!("users: user {id:016x} lists {} faces", record.face_ids.len()));
             }
-            external.insert(keys::external_key(&tenant, &record.external_id), id);
+            if external.insert(keys::external_key(&tenant, &record.external_id), id).is_some() {
+                problems.push(format!("users: user {id:016x} shares its external id with another user"));
+            }
             if !record.reenrollment_token_hash.is_empty() {
                 token_holders.insert(record.reenrollment_token_hash.clone(), (tenant.clone(), id));
             }

@@ -68,9 +68,13 @@ enum Op {
     Rename(String),
 }
 
-/// A call failed because the server went away: its outcome is unknown.
+/// Set just before the kill: only then may a call fail because the server went away.
+static KILLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A call failed because the server went away (after the kill): its outcome is unknown.
 fn server_gone(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal)
+    KILLED.load(std::sync::atomic::Ordering::SeqCst)
+        && matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal)
 }
 
 /// Sends random calls for one user until the server dies; returns the model and the call in
@@ -199,6 +203,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_write_and_leaves_no_half_wr
         }
         let after = Duration::from_millis(300 + rng.below(2500) as u64);
         tokio::time::sleep(after).await;
+        KILLED.store(true, std::sync::atomic::Ordering::SeqCst);
         server.kill();
         let mut outcomes = Vec::new();
         for driver in drivers {
@@ -207,6 +212,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_write_and_leaves_no_half_wr
             );
         }
 
+        KILLED.store(false, std::sync::atomic::Ordering::SeqCst);
         let store = Store::open(&dir.path().join("db")).expect("the killed server's store opens");
         let integrity = store.verify(MAX_FACES).expect("verify");
         assert!(integrity.problems.is_empty(), "cycle {cycle}: {:#?}", integrity.problems);
