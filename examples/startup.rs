@@ -89,7 +89,7 @@ fn fill(store: &Store, tenant: &Tenant, from: usize, n: usize) -> facevault::Res
             thumbnail: placeholder.clone(),
         };
         store.put_face(tenant, &new, Replace::Nothing, 5, None)?;
-        if (i + 1 - from) % 100_000 == 0 {
+        if (i + 1 - from).is_multiple_of(100_000) {
             eprintln!("{} faces stored, {:.0} s", i + 1 - from, started.elapsed().as_secs_f64());
         }
     }
