@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use facevault::Config;
 use facevault::domain::Embedding;
 use facevault::inference::{AnalyzeOptions, Coverage, FaceSelection, load_pipeline};
+use facevault::search::sketch;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "../shared/data/devfaces".into()));
@@ -68,10 +69,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let embedded: Vec<(&String, &Embedding)> =
         embeddings.iter().filter_map(|(n, e)| e.as_ref().map(|e| (n, e))).collect();
     let (mut all_genuine, mut all_impostor) = (Vec::new(), Vec::new());
+    // The search prefilter on real embeddings: which pairs its Hamming bound at the
+    // possible-match floor keeps (same-person pairs at or above the floor must be kept).
+    let bound = sketch::max_distance(config.possible_match_threshold);
+    let sketches: Vec<sketch::Sketch> = embedded.iter().map(|(_, e)| sketch::sketch(e.as_slice())).collect();
+    let (mut above_floor, mut above_kept, mut impostors_kept) = (0usize, 0usize, 0usize);
     for (i, (na, ea)) in embedded.iter().enumerate() {
-        for (nb, eb) in &embedded[i + 1..] {
+        for (j, (nb, eb)) in embedded.iter().enumerate().skip(i + 1) {
             let s = ea.similarity(eb);
-            if identity[*na] == identity[*nb] { all_genuine.push(s) } else { all_impostor.push(s) }
+            let kept = bound.is_none_or(|b| sketch::distance(&sketches[i], &sketches[j]) <= b);
+            if identity[*na] == identity[*nb] {
+                all_genuine.push(s);
+                if s >= config.possible_match_threshold {
+                    above_floor += 1;
+                    above_kept += usize::from(kept);
+                }
+            } else {
+                all_impostor.push(s);
+                impostors_kept += usize::from(kept);
+            }
         }
     }
     all_genuine.sort_by(f32::total_cmp);
@@ -133,5 +149,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rate(&all_genuine, t)
         );
     }
+    println!(
+        "\nsearch prefilter at the possible-match floor {:.2} (Hamming bound {bound:?} of 512): keeps {above_kept} of \
+         {above_floor} same-person pairs at or above the floor, and {:.2}% of different-person pairs",
+        config.possible_match_threshold,
+        100.0 * impostors_kept as f64 / all_impostor.len() as f64
+    );
     Ok(())
 }
