@@ -24,13 +24,7 @@ const FLOOR: f32 = 0.30;
 /// splitmix64: the same stream in every run.
 fn random_unit_vectors(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = || facevault::search::sketch::splitmix64(&mut state);
     let mut out = Vec::with_capacity(n * EMBEDDING_DIM);
     for _ in 0..n {
         let v: Vec<f32> = (0..EMBEDDING_DIM).map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0).collect();

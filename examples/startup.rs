@@ -38,13 +38,7 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 
 fn fill(store: &Store, tenant: &Tenant, from: usize, n: usize) -> facevault::Result<()> {
     let mut state = 0x1234_5678u64 ^ from as u64;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = move || facevault::search::sketch::splitmix64(&mut state);
     let placeholder = vec![0xA5u8; 1024];
     let started = Instant::now();
     for i in from..from + n {

@@ -23,6 +23,16 @@ pub type Sketch = [u64; WORDS];
 /// search bench measures recall@10 on planted neighbours.
 pub const SLACK_SIGMAS: f64 = 2.5;
 
+/// The next value of a splitmix64 stream: the fixed stream behind the rotation's signs, and the
+/// deterministic data of tests, benches and examples.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// The ±1 signs of the two rounds, from a fixed splitmix64 stream.
 fn signs() -> &'static [[f32; EMBEDDING_DIM]; 2] {
     static SIGNS: std::sync::OnceLock<[[f32; EMBEDDING_DIM]; 2]> = std::sync::OnceLock::new();
@@ -31,11 +41,7 @@ fn signs() -> &'static [[f32; EMBEDDING_DIM]; 2] {
         let mut out = [[0.0; EMBEDDING_DIM]; 2];
         for round in &mut out {
             for s in round.iter_mut() {
-                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                *s = if (z ^ (z >> 31)) & 1 == 0 { 1.0 } else { -1.0 };
+                *s = if splitmix64(&mut state) & 1 == 0 { 1.0 } else { -1.0 };
             }
         }
         out
@@ -133,15 +139,8 @@ mod tests {
 
     fn unit(seed: u64) -> Vec<f32> {
         let mut state = seed;
-        let v: Vec<f32> = (0..EMBEDDING_DIM)
-            .map(|_| {
-                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect();
+        let v: Vec<f32> =
+            (0..EMBEDDING_DIM).map(|_| (splitmix64(&mut state) >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.iter().map(|x| x / n).collect()
     }

@@ -26,15 +26,7 @@ enum Expect {
 /// splitmix64 bytes.
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
+    (0..n).map(|_| facevault::search::sketch::splitmix64(&mut state) as u8).collect()
 }
 
 fn crc32(data: &[u8]) -> u32 {
