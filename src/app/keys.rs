@@ -21,7 +21,17 @@ struct KeysFile {
     /// Optional quotas per tenant name.
     #[serde(default)]
     tenants: HashMap<String, TenantQuota>,
+    /// Rate limit of each re-enrollment token's UpdateFace calls (default: `DEFAULT_TOKEN_LIMIT`).
+    #[serde(default)]
+    token_rate_limit: Option<RateLimit>,
 }
+
+/// A re-enrollment token may try UpdateFace 5 times at once, then once every 10 s: enough for
+/// a person retaking a photo, not for using the token as free inference.
+const DEFAULT_TOKEN_LIMIT: RateLimit = RateLimit { per_second: 0.1, burst: 5 };
+
+/// Token buckets kept for re-enrollment tokens before idle ones are dropped.
+const MAX_TOKEN_BUCKETS: usize = 10_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +58,10 @@ struct RateLimit {
     burst: u32,
 }
 
+fn valid_limit(limit: RateLimit) -> bool {
+    limit.per_second >= 0.001 && limit.per_second.is_finite() && limit.burst >= 1
+}
+
 /// A token bucket: `burst` tokens, refilled at `rate` per second, one taken per call.
 #[derive(Debug)]
 struct TokenBucket {
@@ -61,6 +75,12 @@ impl TokenBucket {
     fn new(limit: RateLimit) -> Self {
         let burst = f64::from(limit.burst);
         TokenBucket { rate: limit.per_second, burst, state: Mutex::new((burst, Instant::now())) }
+    }
+
+    /// Whether the bucket has refilled to its burst by `now`.
+    fn is_full(&self, now: Instant) -> bool {
+        let (tokens, then) = *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokens + now.saturating_duration_since(then).as_secs_f64() * self.rate >= self.burst
     }
 
     /// Takes a token, or says how long until one is there.
@@ -91,6 +111,9 @@ struct Key {
 pub struct KeyRing {
     keys: Arc<Vec<Key>>,
     quotas: Arc<HashMap<Tenant, TenantQuota>>,
+    /// Re-enrollment tokens' buckets, by the token's sha256.
+    token_limit: RateLimit,
+    token_buckets: Arc<Mutex<HashMap<[u8; 32], TokenBucket>>>,
     /// Development mode: every call is this principal, with or without a key.
     dev: Option<Arc<Principal>>,
 }
@@ -165,7 +188,7 @@ impl KeyRing {
                 );
             }
             if let Some(limit) = entry.rate_limit
-                && !(limit.per_second >= 0.001 && limit.per_second.is_finite() && limit.burst >= 1)
+                && !valid_limit(limit)
             {
                 return Err(bad(format!("key {:?}: rate_limit needs per_second >= 0.001 and burst >= 1", entry.name)));
             }
@@ -186,7 +209,17 @@ impl KeyRing {
             }
             quotas.insert(tenant, quota);
         }
-        Ok(KeyRing { keys: Arc::new(keys), quotas: Arc::new(quotas), dev: None })
+        let token_limit = file.token_rate_limit.unwrap_or(DEFAULT_TOKEN_LIMIT);
+        if !valid_limit(token_limit) {
+            return Err(bad("token_rate_limit needs per_second >= 0.001 and burst >= 1".into()));
+        }
+        Ok(KeyRing {
+            keys: Arc::new(keys),
+            quotas: Arc::new(quotas),
+            token_limit,
+            token_buckets: Arc::default(),
+            dev: None,
+        })
     }
 
     /// Development mode: no keys file; every call acts as key "dev" of tenant "dev" with every
@@ -197,7 +230,13 @@ impl KeyRing {
             tenant: Tenant::new("dev").expect("valid tenant name"),
             scopes: Scope::ALL.to_vec(),
         };
-        KeyRing { keys: Arc::new(Vec::new()), quotas: Arc::default(), dev: Some(Arc::new(principal)) }
+        KeyRing {
+            keys: Arc::new(Vec::new()),
+            quotas: Arc::default(),
+            token_limit: DEFAULT_TOKEN_LIMIT,
+            token_buckets: Arc::default(),
+            dev: Some(Arc::new(principal)),
+        }
     }
 
     /// The tenant quotas of the keys file.
@@ -223,6 +262,23 @@ impl KeyRing {
             }
         }
         found
+    }
+
+    /// Counts an UpdateFace call authorised by the re-enrollment token `token` against that
+    /// token's bucket: RATE_LIMITED (with the wait) when it is empty.
+    pub fn admit_token(&self, token: &str) -> Result<()> {
+        let now = Instant::now();
+        let mut buckets = self.token_buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= MAX_TOKEN_BUCKETS {
+            // Full buckets hold no state worth keeping.
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+        }
+        let limit = self.token_limit;
+        buckets
+            .entry(hash_secret(token))
+            .or_insert_with(|| TokenBucket::new(limit))
+            .take(now)
+            .map_err(Error::rate_limited)
     }
 
     /// Counts a call against the rate limit of `principal`'s key: RATE_LIMITED (with the wait)

@@ -47,7 +47,10 @@ impl Interceptor for Auth {
                 }
                 None => return Err(Error::unauthenticated(Reason::ApiKeyInvalid, "the API key is not valid").into()),
             },
-            (None, Some(token)) => Credential::Token(token),
+            (None, Some(token)) => {
+                self.keys.admit_token(&token)?;
+                Credential::Token(token)
+            }
             (None, None) => match self.keys.authenticate(None) {
                 Some(dev) => Credential::Key(dev),
                 None => {

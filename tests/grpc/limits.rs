@@ -104,3 +104,43 @@ async fn tenant_quotas_cap_users_and_faces() {
         crate::users::create(&mut alpha, &format!("free-{i}")).await;
     }
 }
+
+#[tokio::test]
+async fn a_reenrollment_token_has_its_own_rate_limit() {
+    let server = TestServer::start_keyed_with(|config| {
+        let path = config.data_dir.with_file_name("token-limit-keys.json");
+        crate::common::write_keys_file(&path);
+        let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        file["token_rate_limit"] = serde_json::json!({ "per_second": 0.01, "burst": 2 });
+        std::fs::write(&path, file.to_string()).expect("write");
+        config.keys_file = Some(path);
+    })
+    .await;
+    let mut users = server.users_as(ADMIN_A).await;
+    let user = crate::users::create(&mut users, "token-limit").await;
+    let token = users
+        .update_user(facevault::grpc::pb::UpdateUserRequest {
+            user: crate::users::by_id(&user.user_id),
+            require_face_reenrollment: true,
+            ..Default::default()
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .reenrollment_token;
+    let mut with_token = crate::common::faces_client(server.channel().await, None, Some(&token));
+    let attempt = || facevault::grpc::pb::UpdateFaceRequest {
+        user: crate::users::by_id(&user.user_id),
+        image: b"not an image".to_vec().into(),
+        ..Default::default()
+    };
+    for i in 0..2 {
+        let err = with_token.update_face(attempt()).await.unwrap_err();
+        assert_eq!(reason(&err), "IMAGE_UNDECODABLE", "attempt {i} is admitted");
+    }
+    let err = with_token.update_face(attempt()).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::ResourceExhausted, "RATE_LIMITED"));
+    assert!(err.get_error_details().retry_info().is_some(), "RetryInfo attached");
+    // The API keys of the tenant are not affected.
+    users.get_user(GetUserRequest { user: crate::users::by_id(&user.user_id) }).await.expect("the key still works");
+}
