@@ -129,9 +129,8 @@ pub enum Error {
     /// The credential lacks the scope the rpc needs.
     #[error("{message}")]
     PermissionDenied { reason: Reason, message: String, metadata: Metadata },
-    /// Out of capacity: the inference queue is full (OVERLOADED), the key's rate is used up
-    /// (RATE_LIMITED) or a tenant quota is reached (QUOTA_EXCEEDED). The caller should retry after
-    /// `retry_after` when given.
+    /// Out of capacity: the inference queue is full (OVERLOADED) or the key's rate is used up
+    /// (RATE_LIMITED). The caller should retry after `retry_after` when given.
     #[error("{message}")]
     ResourceExhausted { reason: Reason, message: String, retry_after: Option<Duration>, metadata: Metadata },
     /// The service is starting or stopping.
@@ -206,12 +205,11 @@ impl Error {
 
     /// A tenant quota (`what`: "users" or "faces") is reached.
     pub fn quota_exceeded(what: &'static str, limit: usize) -> Self {
-        Error::ResourceExhausted {
-            reason: Reason::QuotaExceeded,
-            message: format!("the tenant's quota of {limit} {what} is reached"),
-            retry_after: None,
-            metadata: vec![("quota", what.to_owned()), ("limit", limit.to_string())],
-        }
+        // FAILED_PRECONDITION like the per-user FACE_LIMIT_REACHED: retrying does not help until
+        // something is deleted (API.md keeps RESOURCE_EXHAUSTED for retryable refusals).
+        Error::failed_precondition(Reason::QuotaExceeded, format!("the tenant's quota of {limit} {what} is reached"))
+            .with_meta("quota", what)
+            .with_meta("limit", limit)
     }
 
     pub fn not_found(reason: Reason, message: impl Into<String>) -> Self {

@@ -75,7 +75,7 @@ async fn tenant_quotas_cap_users_and_faces() {
     }
     let user = facevault::grpc::pb::User { external_id: "q-3".into(), ..Default::default() };
     let err = users.create_user(facevault::grpc::pb::CreateUserRequest { user: Some(user) }).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::ResourceExhausted, "QUOTA_EXCEEDED"));
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "QUOTA_EXCEEDED"));
     let info = err.get_error_details().error_info().cloned().expect("ErrorInfo");
     assert_eq!((info.metadata["quota"].as_str(), info.metadata["limit"].as_str()), ("users", "3"));
 
