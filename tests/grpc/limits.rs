@@ -8,33 +8,21 @@ use facevault::grpc::pb::GetUserRequest;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{ADMIN_A, ADMIN_B, KEYS, TestServer, reason};
+use crate::common::{ADMIN_A, ADMIN_B, TestServer, reason};
 use crate::users::by_external;
 
-/// The keys of [`KEYS`], with a bucket of 3 calls refilled at 1 per second on each admin key.
-fn write_limited_keys(path: &std::path::Path) {
-    let keys: Vec<serde_json::Value> = KEYS
-        .iter()
-        .map(|(name, tenant, scopes, secret)| {
-            let hash: String = facevault::app::keys::hash_secret(secret).iter().map(|b| format!("{b:02x}")).collect();
-            let mut key = serde_json::json!({ "name": name, "tenant": tenant, "scopes": scopes, "sha256": hash });
-            if matches!(*name, "admin-a" | "admin-b") {
-                key["rate_limit"] = serde_json::json!({ "per_second": 1.0, "burst": 3 });
-            }
-            key
-        })
-        .collect();
-    std::fs::write(path, serde_json::json!({ "keys": keys }).to_string()).expect("write keys file");
+/// Gives admin-a and admin-b each a bucket of 3 calls refilled at 1 per second.
+fn limit_admin_keys(file: &mut serde_json::Value) {
+    for key in file["keys"].as_array_mut().expect("keys") {
+        if matches!(key["name"].as_str(), Some("admin-a" | "admin-b")) {
+            key["rate_limit"] = serde_json::json!({ "per_second": 1.0, "burst": 3 });
+        }
+    }
 }
 
 #[tokio::test]
 async fn a_key_over_its_rate_gets_rate_limited_with_retry_info() {
-    let server = TestServer::start_keyed_with(|config| {
-        let path = config.data_dir.with_file_name("limited-keys.json");
-        write_limited_keys(&path);
-        config.keys_file = Some(path);
-    })
-    .await;
+    let server = TestServer::start_keyed_json(limit_admin_keys).await;
     let mut limited = server.users_as(ADMIN_A).await;
     let mut other = server.users_as(ADMIN_B).await;
     let get = || GetUserRequest { user: by_external("nobody") };
@@ -57,16 +45,8 @@ async fn a_key_over_its_rate_gets_rate_limited_with_retry_info() {
 
 #[tokio::test]
 async fn tenant_quotas_cap_users_and_faces() {
-    let server = TestServer::start_keyed_with(|config| {
-        let path = config.data_dir.with_file_name("quota-keys.json");
-        write_limited_keys(&path);
-        let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
-        for key in file["keys"].as_array_mut().expect("keys") {
-            key.as_object_mut().expect("key").remove("rate_limit");
-        }
+    let server = TestServer::start_keyed_json(|file| {
         file["tenants"] = serde_json::json!({ "beta": { "max_users": 3, "max_faces": 2 } });
-        std::fs::write(&path, file.to_string()).expect("write");
-        config.keys_file = Some(path);
     })
     .await;
     let mut users = server.users_as(ADMIN_B).await;
@@ -107,13 +87,8 @@ async fn tenant_quotas_cap_users_and_faces() {
 
 #[tokio::test]
 async fn a_reenrollment_token_has_its_own_rate_limit() {
-    let server = TestServer::start_keyed_with(|config| {
-        let path = config.data_dir.with_file_name("token-limit-keys.json");
-        crate::common::write_keys_file(&path);
-        let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    let server = TestServer::start_keyed_json(|file| {
         file["token_rate_limit"] = serde_json::json!({ "per_second": 0.01, "burst": 2 });
-        std::fs::write(&path, file.to_string()).expect("write");
-        config.keys_file = Some(path);
     })
     .await;
     let mut users = server.users_as(ADMIN_A).await;

@@ -14,7 +14,7 @@ use facevault::grpc::pb::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{ADMIN_A, ADMIN_B, KEYS, TestServer, people, reason};
+use crate::common::{ADMIN_A, ADMIN_B, TestServer, people, reason};
 use crate::users::{by_external, by_id, mask};
 
 #[tokio::test]
@@ -99,21 +99,9 @@ async fn a_key_of_another_tenant_never_reads_lists_matches_changes_or_collides()
 
 #[tokio::test]
 async fn every_rpc_requires_its_scope() {
-    let server = TestServer::start_keyed_with(|config| {
-        let path = config.data_dir.with_file_name("scopeless-keys.json");
-        let mut keys: Vec<serde_json::Value> = KEYS
-            .iter()
-            .map(|(name, tenant, scopes, secret)| {
-                let hash: String =
-                    facevault::app::keys::hash_secret(secret).iter().map(|b| format!("{b:02x}")).collect();
-                serde_json::json!({ "name": name, "tenant": tenant, "scopes": scopes, "sha256": hash })
-            })
-            .collect();
-        let hash: String =
-            facevault::app::keys::hash_secret("secret-nothing").iter().map(|b| format!("{b:02x}")).collect();
-        keys.push(serde_json::json!({ "name": "nothing", "tenant": "alpha", "scopes": [], "sha256": hash }));
-        std::fs::write(&path, serde_json::json!({ "keys": keys }).to_string()).expect("write keys");
-        config.keys_file = Some(path);
+    let server = TestServer::start_keyed_json(|file| {
+        let nothing = crate::common::key_entry("nothing", "alpha", &[], "secret-nothing");
+        file["keys"].as_array_mut().expect("keys").push(nothing);
     })
     .await;
     let (mut users, mut faces) =

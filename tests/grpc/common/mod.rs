@@ -70,15 +70,21 @@ pub(crate) const KEYS: &[(&str, &str, &[&str], &str)] = &[
     ("reader-a", "alpha", &["users:read", "faces:read"], "secret-reader-a"),
 ];
 
+/// One keys-file entry: name, tenant, scopes and the sha256 of the secret.
+pub(crate) fn key_entry(name: &str, tenant: &str, scopes: &[&str], secret: &str) -> serde_json::Value {
+    let hash: String = facevault::app::keys::hash_secret(secret).iter().map(|b| format!("{b:02x}")).collect();
+    serde_json::json!({ "name": name, "tenant": tenant, "scopes": scopes, "sha256": hash })
+}
+
+/// The keys file of [`KEYS`] as JSON, for tests to extend before writing it.
+pub(crate) fn keys_json() -> serde_json::Value {
+    let keys: Vec<serde_json::Value> =
+        KEYS.iter().map(|(name, tenant, scopes, secret)| key_entry(name, tenant, scopes, secret)).collect();
+    serde_json::json!({ "keys": keys })
+}
+
 pub(crate) fn write_keys_file(path: &Path) {
-    let keys: Vec<serde_json::Value> = KEYS
-        .iter()
-        .map(|(name, tenant, scopes, secret)| {
-            let hash: String = facevault::app::keys::hash_secret(secret).iter().map(|b| format!("{b:02x}")).collect();
-            serde_json::json!({ "name": name, "tenant": tenant, "scopes": scopes, "sha256": hash })
-        })
-        .collect();
-    std::fs::write(path, serde_json::json!({ "keys": keys }).to_string()).expect("write keys file");
+    std::fs::write(path, keys_json().to_string()).expect("write keys file");
 }
 
 /// Adds `x-api-key` (and optionally a bearer token) to every call of a client.
@@ -135,6 +141,19 @@ impl TestServer {
             config.keys_file = Some(keys);
             config.insecure_dev_mode = false;
             adjust(config);
+        })
+        .await
+    }
+
+    /// A keyed server whose keys file is [`keys_json`] changed by `edit` (rate limits, quotas,
+    /// more keys).
+    pub(crate) async fn start_keyed_json(edit: impl FnOnce(&mut serde_json::Value)) -> Self {
+        Self::start_keyed_with(|config| {
+            let path = config.data_dir.with_file_name("edited-keys.json");
+            let mut keys = keys_json();
+            edit(&mut keys);
+            std::fs::write(&path, keys.to_string()).expect("write keys file");
+            config.keys_file = Some(path);
         })
         .await
     }
