@@ -190,6 +190,54 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "FACEVAULT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// UpdateFace calls one re-enrollment token admits over its whole life, successful or not
+    /// (each call counts before any image work). Bounds what a leaked token can be used for.
+    #[arg(long, env = "FACEVAULT_TOKEN_MAX_ATTEMPTS", default_value_t = 5)]
+    pub token_max_attempts: u32,
+
+    /// Re-enrollment tokens whose rate-limit buckets are kept in memory; past it the least
+    /// recently used are dropped. Buckets exist only for tokens the store knows.
+    #[arg(long, env = "FACEVAULT_MAX_TOKEN_BUCKETS", default_value_t = 10_000)]
+    pub max_token_buckets: usize,
+
+    /// Calls one API key may have in flight at once; more get RESOURCE_EXHAUSTED RATE_LIMITED
+    /// with a short RetryInfo. Keeps one client from taking every slot of the server.
+    #[arg(long, env = "FACEVAULT_MAX_CONCURRENT_PER_KEY", default_value_t = 64)]
+    pub max_concurrent_per_key: usize,
+
+    /// Open client connections at once; further connections wait in the listen backlog until
+    /// one closes. Each idle HTTP/2 connection costs some tens of KiB.
+    #[arg(long, env = "FACEVAULT_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Concurrent HTTP/2 streams (calls) per connection (SETTINGS_MAX_CONCURRENT_STREAMS); a
+    /// client beyond it waits for a stream to finish.
+    #[arg(long, env = "FACEVAULT_MAX_CONCURRENT_STREAMS", default_value_t = 128)]
+    pub max_concurrent_streams: u32,
+
+    /// Largest request header block (metadata) accepted, bytes (SETTINGS_MAX_HEADER_LIST_SIZE).
+    #[arg(long, env = "FACEVAULT_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: u32,
+
+    /// Seconds between HTTP/2 PINGs the server sends on a connection; a peer that does not
+    /// answer within --http2-keepalive-timeout is dropped (dead peers do not hold connections).
+    #[arg(long, env = "FACEVAULT_HTTP2_KEEPALIVE_INTERVAL", default_value_t = 30)]
+    pub http2_keepalive_interval: u64,
+
+    /// Seconds to wait for the answer to a keepalive PING before closing the connection.
+    #[arg(long, env = "FACEVAULT_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 10)]
+    pub http2_keepalive_timeout: u64,
+
+    /// Seconds a facevault call may run on the server before it is answered DEADLINE_EXCEEDED
+    /// and its work dropped (a shorter grpc-timeout from the client wins).
+    #[arg(long, env = "FACEVAULT_REQUEST_TIMEOUT", default_value_t = 60)]
+    pub request_timeout: u64,
+
+    /// Faces analysed in one image; beyond it the largest are kept (DetectFaces reports the rest
+    /// in omitted_faces). Bounds what one crowd photo costs in time and memory.
+    #[arg(long, env = "FACEVAULT_MAX_FACES_PER_IMAGE", default_value_t = crate::inference::pipeline::DEFAULT_MAX_FACES)]
+    pub max_faces_per_image: usize,
 }
 
 impl Config {
@@ -235,6 +283,41 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("--log-format must be text or json".into());
+        }
+        self.validate_caller_limits()
+    }
+
+    /// The limits on what one caller or connection may hold: each at least 1, times bounded.
+    fn validate_caller_limits(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("token-max-attempts", u64::from(self.token_max_attempts)),
+            ("max-token-buckets", self.max_token_buckets as u64),
+            ("max-concurrent-per-key", self.max_concurrent_per_key as u64),
+            ("max-connections", self.max_connections as u64),
+            ("max-concurrent-streams", u64::from(self.max_concurrent_streams)),
+            ("http2-keepalive-interval", self.http2_keepalive_interval),
+            ("http2-keepalive-timeout", self.http2_keepalive_timeout),
+            ("request-timeout", self.request_timeout),
+            ("max-faces-per-image", self.max_faces_per_image as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("--{name} must be at least 1"));
+            }
+        }
+        for (name, seconds) in [
+            ("http2-keepalive-interval", self.http2_keepalive_interval),
+            ("http2-keepalive-timeout", self.http2_keepalive_timeout),
+            ("request-timeout", self.request_timeout),
+        ] {
+            if seconds > 86_400 {
+                return Err(format!("--{name} must be at most 86400 seconds, got {seconds}"));
+            }
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(format!("--max-header-bytes must be at least 1024, got {}", self.max_header_bytes));
+        }
+        if self.max_concurrent_per_key > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err("--max-concurrent-per-key is too large".into());
         }
         Ok(())
     }
@@ -286,6 +369,7 @@ impl Config {
                     margin: self.thumbnail_margin,
                     ..ThumbnailSpec::default()
                 },
+                max_faces: self.max_faces_per_image,
             },
             workers,
             intra_threads: self.intra_threads,

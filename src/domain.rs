@@ -155,6 +155,8 @@ pub struct ImageAnalysis {
     pub width: u32,
     pub height: u32,
     pub faces: Vec<AnalyzedFace>,
+    /// Faces found beyond the per-image cap and not analysed (the smallest ones).
+    pub omitted_faces: usize,
 }
 
 /// A tenant's name, from the API key. 1-64 characters of `a-z A-Z 0-9 . _ -`, so it can

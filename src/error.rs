@@ -183,6 +183,22 @@ impl Error {
         self
     }
 
+    /// The same error with its explanatory metadata removed (for a caller who may not see it).
+    #[must_use]
+    pub fn without_meta(mut self) -> Self {
+        match &mut self {
+            Error::InvalidArgument { metadata, .. }
+            | Error::NotFound { metadata, .. }
+            | Error::AlreadyExists { metadata, .. }
+            | Error::FailedPrecondition { metadata, .. }
+            | Error::Aborted { metadata, .. }
+            | Error::PermissionDenied { metadata, .. }
+            | Error::ResourceExhausted { metadata, .. } => metadata.clear(),
+            Error::Unauthenticated { .. } | Error::Unavailable { .. } | Error::Internal { .. } => {}
+        }
+        self
+    }
+
     /// The inference queue is full.
     pub fn overloaded(retry_after: Duration) -> Self {
         Error::ResourceExhausted {
@@ -197,7 +213,7 @@ impl Error {
     pub fn rate_limited(retry_after: Duration) -> Self {
         Error::ResourceExhausted {
             reason: Reason::RateLimited,
-            message: "the API key's request rate is exceeded, retry later".into(),
+            message: "the request rate of this credential is exceeded, retry later".into(),
             retry_after: Some(retry_after),
             metadata: Vec::new(),
         }

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+mod connections;
 pub mod domain;
 pub mod error;
 pub mod grpc;
@@ -17,7 +18,6 @@ pub mod telemetry;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -57,7 +57,11 @@ pub async fn serve_with_slot(
             );
             app::KeyRing::development()
         }
-    };
+    }
+    .with_limits(app::CallerLimits {
+        max_concurrent_per_key: config.max_concurrent_per_key,
+        max_token_buckets: config.max_token_buckets,
+    });
     let quotas = keys.quotas();
     let (routes, health) = grpc::router(slot.clone(), keys, &config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -65,11 +69,15 @@ pub async fn serve_with_slot(
     if let Some(tls) = grpc::tls_config(&config)? {
         builder = builder.tls_config(tls).map_err(|e| Error::Unavailable { message: format!("TLS set-up: {e}") })?;
     }
+    let seconds = std::time::Duration::from_secs;
     let server = builder
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_max_header_list_size(config.max_header_bytes)
+        .http2_keepalive_interval(Some(seconds(config.http2_keepalive_interval)))
+        .http2_keepalive_timeout(Some(seconds(config.http2_keepalive_timeout)))
         .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
         .add_routes(routes)
-        // TCP_NODELAY: without it small HTTP/2 frames wait on delayed ACKs (~40 ms a reply).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+        .serve_with_incoming_shutdown(connections::limited(listener, config.max_connections), async move {
             let _ = stop_rx.await;
         });
     let server = tokio::spawn(server);

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::users::hash_token;
+use super::tokens::{TokenHolder, invalid_token};
 use super::{App, UserRef, blocking, validate};
 use crate::domain::{Face, FaceId, FaceMatch, ImageAnalysis, Principal, QualityIssue, Tenant, User, UserId};
 use crate::error::{Error, Reason, Result};
@@ -27,8 +27,8 @@ pub struct FaceUpload {
 #[derive(Debug, Clone)]
 pub enum UpdateCredential {
     Key(Principal),
-    /// A re-enrollment token: good for one UpdateFace of its user.
-    Token(String),
+    /// An admitted re-enrollment token: good for one UpdateFace of its own user.
+    Token(TokenHolder),
 }
 
 /// What an enrollment stored and found.
@@ -148,21 +148,20 @@ impl App {
         face_id: Option<&str>,
     ) -> Result<EnrollOutcome> {
         validate::comment(&upload.comment, "comment")?;
-        let (tenant, uploaded_by, token_hash) = match &credential {
-            UpdateCredential::Key(caller) => (caller.tenant.clone(), caller.key_name.clone(), None),
-            UpdateCredential::Token(token) => {
-                let hash = hash_token(token);
-                let store = self.store.clone();
-                let owner = blocking(move || store.token_user(&hash)).await?;
-                let Some((tenant, _)) = owner else { return Err(invalid_token()) };
-                (tenant, "reenrollment-token".to_owned(), Some(hash))
-            }
+        let (tenant, uploaded_by, token) = match credential {
+            UpdateCredential::Key(caller) => (caller.tenant, caller.key_name, None),
+            UpdateCredential::Token(holder) => (holder.tenant.clone(), "reenrollment-token".to_owned(), Some(holder)),
         };
-        let user = self.resolve_user(&tenant, &upload.user).await.map_err(|e| match (&token_hash, e.reason()) {
-            // A token holder learns nothing about other users.
-            (Some(_), Reason::UserNotFound) => invalid_token(),
-            _ => e,
-        })?;
+        let user = match &token {
+            None => self.resolve_user(&tenant, &upload.user).await?,
+            // The token decides the user: naming another one, or none that exists, is the same
+            // refusal as a bad token, decided before any image work.
+            Some(holder) => match self.resolve_user(&tenant, &upload.user).await {
+                Ok(user) if user.id == holder.user_id => user,
+                Err(e @ (Error::Internal { .. } | Error::Unavailable { .. })) => return Err(e),
+                Ok(_) | Err(_) => return Err(invalid_token()),
+            },
+        };
         let replace = match face_id {
             None | Some("") => Replace::Oldest,
             Some(text) => {
@@ -173,6 +172,7 @@ impl App {
                 Replace::Face(id)
             }
         };
+        let token_hash = token.map(|holder| holder.hash);
         self.enroll(&tenant, &uploaded_by, user.id, upload, replace, token_hash).await
     }
 
@@ -203,15 +203,23 @@ impl App {
         let hits = self.index.search(tenant, &embedding, 20, thresholds.possible, Some(user_id));
         crate::metrics::record_stage("search", started.elapsed());
         let duplicates = self.describe_hits(tenant, &hits).await?;
+        let first_match = duplicates.iter().find(|d| d.decision == Some(crate::domain::MatchDecision::Match));
         if upload.reject_duplicates
-            && let Some(first) = duplicates.iter().find(|d| d.decision == Some(crate::domain::MatchDecision::Match))
+            && let Some(first) = first_match
         {
-            return Err(Error::already_exists(Reason::DuplicateFace, "the face matches another user's face")
-                .with_meta("user_id", first.user_id)
-                .with_meta("external_id", &first.external_id)
-                .with_meta("face_id", first.face_id)
-                .with_meta("similarity", format!("{:.4}", first.similarity)));
+            let error = Error::already_exists(Reason::DuplicateFace, "the face matches another user's face");
+            // A token holder learns only that the photo matched someone: no ids, no similarity.
+            return Err(match token {
+                Some(_) => error,
+                None => error
+                    .with_meta("user_id", first.user_id)
+                    .with_meta("external_id", &first.external_id)
+                    .with_meta("face_id", first.face_id)
+                    .with_meta("similarity", format!("{:.4}", first.similarity)),
+            });
         }
+        // Other users' faces are reported to API-key callers only.
+        let duplicates = if token.is_some() { Vec::new() } else { duplicates };
         // The user's own other faces (those that stay).
         let store = self.store.clone();
         let (tenant_c, uid) = (tenant.clone(), user_id);
@@ -225,7 +233,8 @@ impl App {
             && adds_a_face
             && self.index.len(tenant) >= max_faces
         {
-            return Err(Error::quota_exceeded("faces", max_faces));
+            let error = Error::quota_exceeded("faces", max_faces);
+            return Err(if token.is_some() { error.without_meta() } else { error });
         }
         let staying: Vec<FaceId> = current
             .face_ids
@@ -357,11 +366,4 @@ fn limit_reached(count: usize, max: usize) -> Error {
     Error::failed_precondition(Reason::FaceLimitReached, "the user has the maximum number of faces")
         .with_meta("face_count", count)
         .with_meta("max_faces", max)
-}
-
-fn invalid_token() -> Error {
-    Error::unauthenticated(
-        Reason::ReenrollmentTokenInvalid,
-        "the re-enrollment token is unknown, used, expired or for another user",
-    )
 }

@@ -30,9 +30,6 @@ struct KeysFile {
 /// a person retaking a photo, not for using the token as free inference.
 const DEFAULT_TOKEN_LIMIT: RateLimit = RateLimit { per_second: 0.1, burst: 5 };
 
-/// Token buckets kept for re-enrollment tokens before idle ones are dropped.
-const MAX_TOKEN_BUCKETS: usize = 10_000;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyEntry {
@@ -77,12 +74,6 @@ impl TokenBucket {
         TokenBucket { rate: limit.per_second, burst, state: Mutex::new((burst, Instant::now())) }
     }
 
-    /// Whether the bucket has refilled to its burst by `now`.
-    fn is_full(&self, now: Instant) -> bool {
-        let (tokens, then) = *self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        tokens + now.saturating_duration_since(then).as_secs_f64() * self.rate >= self.burst
-    }
-
     /// Takes a token, or says how long until one is there.
     fn take(&self, now: Instant) -> std::result::Result<(), Duration> {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -106,6 +97,57 @@ struct Key {
     limiter: Option<TokenBucket>,
 }
 
+/// Limits of the key ring that come from flags rather than the keys file.
+#[derive(Debug, Clone, Copy)]
+pub struct CallerLimits {
+    /// Calls one API key may have in flight at once.
+    pub max_concurrent_per_key: usize,
+    /// Re-enrollment tokens whose rate-limit buckets are kept; the least recently used go first.
+    pub max_token_buckets: usize,
+}
+
+impl Default for CallerLimits {
+    fn default() -> Self {
+        CallerLimits { max_concurrent_per_key: 64, max_token_buckets: 10_000 }
+    }
+}
+
+/// The rate-limit buckets of re-enrollment tokens, by the token's sha256, each with the tick of
+/// its last use. Holds at most `cap` entries: past that the least recently used are dropped.
+#[derive(Debug, Default)]
+struct TokenBuckets {
+    buckets: HashMap<[u8; 32], (TokenBucket, u64)>,
+    tick: u64,
+}
+
+impl TokenBuckets {
+    fn take(
+        &mut self,
+        hash: &[u8; 32],
+        limit: RateLimit,
+        cap: usize,
+        now: Instant,
+    ) -> std::result::Result<(), Duration> {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.buckets.contains_key(hash) && self.buckets.len() >= cap.max(1) {
+            // Drop the least recently used eighth at once, so that eviction is not a scan per call.
+            let mut ticks: Vec<u64> = self.buckets.values().map(|(_, t)| *t).collect();
+            let cut = (ticks.len() / 8).max(1);
+            let (_, oldest_kept, _) = ticks.select_nth_unstable(cut - 1);
+            let threshold = *oldest_kept;
+            self.buckets.retain(|_, (_, t)| *t > threshold);
+        }
+        let (bucket, used) = self.buckets.entry(*hash).or_insert_with(|| (TokenBucket::new(limit), tick));
+        *used = tick;
+        bucket.take(now)
+    }
+
+    fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
 /// The keys the server accepts.
 #[derive(Debug, Clone)]
 pub struct KeyRing {
@@ -113,9 +155,17 @@ pub struct KeyRing {
     quotas: Arc<HashMap<Tenant, TenantQuota>>,
     /// Re-enrollment tokens' buckets, by the token's sha256.
     token_limit: RateLimit,
-    token_buckets: Arc<Mutex<HashMap<[u8; 32], TokenBucket>>>,
+    token_buckets: Arc<Mutex<TokenBuckets>>,
     /// Development mode: every call is this principal, with or without a key.
     dev: Option<Arc<Principal>>,
+    limits: CallerLimits,
+    /// Calls in flight per key (same order as `keys`; the last one is the development principal's).
+    in_flight: Arc<Vec<Arc<tokio::sync::Semaphore>>>,
+}
+
+fn semaphores(count: usize, limits: CallerLimits) -> Arc<Vec<Arc<tokio::sync::Semaphore>>> {
+    let permits = limits.max_concurrent_per_key.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    Arc::new((0..=count).map(|_| Arc::new(tokio::sync::Semaphore::new(permits))).collect())
 }
 
 /// sha256 of a secret, as stored in the keys file.
@@ -213,12 +263,15 @@ impl KeyRing {
         if !valid_limit(token_limit) {
             return Err(bad("token_rate_limit needs per_second >= 0.001 and burst >= 1".into()));
         }
+        let limits = CallerLimits::default();
         Ok(KeyRing {
+            in_flight: semaphores(keys.len(), limits),
             keys: Arc::new(keys),
             quotas: Arc::new(quotas),
             token_limit,
             token_buckets: Arc::default(),
             dev: None,
+            limits,
         })
     }
 
@@ -230,13 +283,23 @@ impl KeyRing {
             tenant: Tenant::new("dev").expect("valid tenant name"),
             scopes: Scope::ALL.to_vec(),
         };
+        let limits = CallerLimits::default();
         KeyRing {
             keys: Arc::new(Vec::new()),
             quotas: Arc::default(),
             token_limit: DEFAULT_TOKEN_LIMIT,
             token_buckets: Arc::default(),
             dev: Some(Arc::new(principal)),
+            in_flight: semaphores(0, limits),
+            limits,
         }
+    }
+
+    /// The same keys with the limits of the flags.
+    pub fn with_limits(mut self, limits: CallerLimits) -> Self {
+        self.in_flight = semaphores(self.keys.len(), limits);
+        self.limits = limits;
+        self
     }
 
     /// The tenant quotas of the keys file.
@@ -264,21 +327,30 @@ impl KeyRing {
         found
     }
 
-    /// Counts an UpdateFace call authorised by the re-enrollment token `token` against that
-    /// token's bucket: RATE_LIMITED (with the wait) when it is empty.
-    pub fn admit_token(&self, token: &str) -> Result<()> {
-        let now = Instant::now();
+    /// Counts an UpdateFace call authorised by the re-enrollment token whose sha256 is `hash`
+    /// against that token's bucket: RATE_LIMITED (with the wait) when it is empty. Call it only
+    /// for tokens that exist: every call may create a bucket (at most `max_token_buckets`).
+    pub fn admit_token(&self, hash: &[u8; 32]) -> Result<()> {
         let mut buckets = self.token_buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() >= MAX_TOKEN_BUCKETS {
-            // Full buckets hold no state worth keeping.
-            buckets.retain(|_, bucket| !bucket.is_full(now));
-        }
-        let limit = self.token_limit;
-        buckets
-            .entry(hash_secret(token))
-            .or_insert_with(|| TokenBucket::new(limit))
-            .take(now)
-            .map_err(Error::rate_limited)
+        buckets.take(hash, self.token_limit, self.limits.max_token_buckets, Instant::now()).map_err(Error::rate_limited)
+    }
+
+    /// Rate-limit buckets held for re-enrollment tokens (tests check the cap).
+    pub fn token_buckets(&self) -> usize {
+        self.token_buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    /// A slot among the calls `principal`'s key may have in flight, held until the call is
+    /// answered: RATE_LIMITED (retry shortly) when all are taken.
+    pub fn concurrency_permit(&self, principal: &Arc<Principal>) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let slot = self.keys.iter().position(|k| Arc::ptr_eq(&k.principal, principal)).unwrap_or(self.keys.len());
+        let semaphore = self.in_flight.get(slot).ok_or_else(|| Error::bug("no concurrency slot for a key"))?;
+        semaphore.clone().try_acquire_owned().map_err(|_| Error::ResourceExhausted {
+            reason: crate::error::Reason::RateLimited,
+            message: "too many calls of this API key are in flight, retry shortly".into(),
+            retry_after: Some(Duration::from_millis(100)),
+            metadata: vec![("max_concurrent_per_key", self.limits.max_concurrent_per_key.to_string())],
+        })
     }
 
     /// Counts a call against the rate limit of `principal`'s key: RATE_LIMITED (with the wait)

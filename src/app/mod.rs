@@ -6,6 +6,7 @@ mod detect;
 mod enroll;
 mod identify;
 pub mod keys;
+mod tokens;
 mod users;
 pub mod validate;
 
@@ -22,7 +23,8 @@ use crate::storage::Store;
 
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
 pub use identify::{SearchOutcome, VerifyOutcome};
-pub use keys::KeyRing;
+pub use keys::{CallerLimits, KeyRing};
+pub use tokens::TokenHolder;
 pub use users::{NewUser, UserRef, UserUpdate, parse_etag};
 
 /// Settings of the flows, resolved from the config once.
@@ -33,6 +35,8 @@ pub struct Settings {
     pub min_face_size: f32,
     pub embedder_id: String,
     pub token_ttl: Duration,
+    /// UpdateFace calls one re-enrollment token admits over its whole life.
+    pub token_max_attempts: u32,
     pub thumbnail_size: u32,
     /// Per-tenant limits on users and faces (keys file).
     pub quotas: std::collections::HashMap<crate::domain::Tenant, crate::domain::TenantQuota>,
@@ -105,6 +109,7 @@ impl App {
             min_face_size: config.min_face_size,
             embedder_id: config.embedder_id.clone(),
             token_ttl: Duration::from_secs(config.reenrollment_token_ttl),
+            token_max_attempts: config.token_max_attempts,
             thumbnail_size: config.thumbnail_size,
             quotas,
         };

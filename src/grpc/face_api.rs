@@ -40,6 +40,7 @@ impl FaceService for FaceApi {
             Ok(Response::new(pb::DetectFacesResponse {
                 image_width: analysis.width as i32,
                 image_height: analysis.height as i32,
+                omitted_faces: analysis.omitted_faces as i32,
                 faces: analysis.faces.into_iter().map(Into::into).collect(),
             }))
         })

@@ -8,7 +8,6 @@ pub mod status;
 mod user_api;
 
 use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
 use std::sync::{Arc, OnceLock};
@@ -56,13 +55,14 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 
     let limit = config.max_message_bytes();
-    let auth = auth::Auth::new(keys);
+    // Credentials, scopes and per-key limits are checked before a request body is decoded.
+    let auth = auth::Auth::new(keys, app.clone(), std::time::Duration::from_secs(config.request_timeout));
     let face = pb::face_service_server::FaceServiceServer::new(FaceApi::new(app.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
     let user = pb::user_service_server::UserServiceServer::new(UserApi::new(app)).max_decoding_message_size(limit);
-    let face = InterceptedService::new(face, auth.clone());
-    let user = InterceptedService::new(user, auth);
+    let face = auth.wrap(face);
+    let user = auth.wrap(user);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

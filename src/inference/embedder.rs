@@ -10,6 +10,9 @@ use crate::imaging::align::ALIGNED_SIZE;
 use crate::inference::session::tensor_dims;
 
 const INPUT_MEAN: f32 = 127.5;
+/// Most crops in one `run`: bounds the input tensor (2.4 MB) and ONNX Runtime's arena, which
+/// keeps its largest allocation, whatever a crowd photo holds.
+pub const MAX_BATCH: usize = 16;
 const INPUT_STD: f32 = 127.5;
 
 /// The embedder model on one worker thread.
@@ -40,8 +43,17 @@ impl Embedder {
         Ok(Embedder { session, tensor: Vec::new() })
     }
 
-    /// Embeds aligned RGB crops (each 112*112*3 bytes, row-major) in one batch.
+    /// Embeds aligned RGB crops (each 112*112*3 bytes, row-major), in batches of at most
+    /// [`MAX_BATCH`].
     pub fn embed(&mut self, crops: &[&[u8]]) -> Result<Vec<Embedding>> {
+        let mut out = Vec::with_capacity(crops.len());
+        for batch in crops.chunks(MAX_BATCH) {
+            out.extend(self.embed_batch(batch)?);
+        }
+        Ok(out)
+    }
+
+    fn embed_batch(&mut self, crops: &[&[u8]]) -> Result<Vec<Embedding>> {
         if crops.is_empty() {
             return Ok(Vec::new());
         }

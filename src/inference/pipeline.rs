@@ -70,11 +70,29 @@ pub struct Analysis {
 }
 
 /// Settings of the pipeline that are not model files.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct PipelineConfig {
     pub decode: DecodeLimits,
     pub quality: QualityThresholds,
     pub thumbnail: ThumbnailSpec,
+    /// Most faces analysed (aligned, assessed, embedded) in one image: the largest are kept and
+    /// the rest counted in `ImageAnalysis::omitted_faces`. Bounds the work and memory a single
+    /// crowd photo can cost.
+    pub max_faces: usize,
+}
+
+/// Default of [`PipelineConfig::max_faces`] (`--max-faces-per-image`).
+pub const DEFAULT_MAX_FACES: usize = 100;
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            decode: DecodeLimits::default(),
+            quality: QualityThresholds::default(),
+            thumbnail: ThumbnailSpec::default(),
+            max_faces: DEFAULT_MAX_FACES,
+        }
+    }
 }
 
 /// Detector, embedder and buffers of one thread.
@@ -106,10 +124,15 @@ impl FacePipeline {
     pub fn analyze_image(&mut self, rgb: &RgbImage, options: &AnalyzeOptions) -> Result<(ImageAnalysis, StageTimings)> {
         let mut timings = StageTimings::default();
         let start = Instant::now();
-        let detections = self.detector.detect(rgb, options.coverage, &mut self.letterbox)?;
+        let mut detections = self.detector.detect(rgb, options.coverage, &mut self.letterbox)?;
         timings.detect = start.elapsed();
 
         let start = Instant::now();
+        // Largest first: what SearchFaces and VerifyFace use, and how DetectFaces lists faces.
+        // Only the largest `max_faces` go further.
+        detections.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
+        let omitted_faces = detections.len().saturating_sub(self.config.max_faces.max(1));
+        detections.truncate(self.config.max_faces.max(1));
         let mut crops = Vec::with_capacity(detections.len());
         let mut faces = Vec::with_capacity(detections.len());
         for detection in detections {
@@ -119,11 +142,6 @@ impl FacePipeline {
             faces.push(AnalyzedFace { detection, quality, embedding: None, thumbnail: None });
             crops.push(crop);
         }
-        // Largest first: what SearchFaces and VerifyFace use, and how DetectFaces lists faces.
-        let mut order: Vec<usize> = (0..faces.len()).collect();
-        order.sort_by(|&a, &b| faces[b].detection.bbox.area().total_cmp(&faces[a].detection.bbox.area()));
-        let mut faces: Vec<AnalyzedFace> = order.iter().map(|&i| faces[i].clone()).collect();
-        let crops: Vec<Vec<u8>> = order.iter().map(|&i| std::mem::take(&mut crops[i])).collect();
         timings.align = start.elapsed();
 
         let start = Instant::now();
@@ -140,7 +158,7 @@ impl FacePipeline {
             faces[i].thumbnail = Some(face_thumbnail(rgb, &bbox, &self.config.thumbnail, &mut self.resizer)?);
         }
         timings.thumbnail = start.elapsed();
-        Ok((ImageAnalysis { width: rgb.width(), height: rgb.height(), faces }, timings))
+        Ok((ImageAnalysis { width: rgb.width(), height: rgb.height(), faces, omitted_faces }, timings))
     }
 
     /// One detector pass at a fixed canvas size (benches, the parity check against the

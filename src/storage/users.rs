@@ -151,6 +151,7 @@ impl Store {
                     tenant: tenant.as_str().to_owned(),
                     user_id: id.0,
                     expires_at_ns: records::to_nanos(grant.expires_at),
+                    attempts: 0,
                 };
                 tokens.insert(&grant.hash[..], token.encode_to_vec())?;
                 token_hash = grant.hash.to_vec();
@@ -231,13 +232,38 @@ impl Store {
         Ok(out)
     }
 
-    /// The tenant and user a token hash was issued for, if it exists and has not expired.
-    pub fn token_user(&self, hash: &[u8; 32]) -> Result<Option<(Tenant, UserId)>> {
+    /// The tenant and user a token hash was issued for, if it exists, has not expired and has
+    /// attempts left (fewer than `max_attempts` admitted so far).
+    pub fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
         let Some(bytes) = self.tokens.get(&hash[..]).map_err(db_error)? else { return Ok(None) };
         let token: pb::TokenRecord = decode(&bytes, "decoding a token record")?;
-        if records::from_nanos(token.expires_at_ns) <= SystemTime::now() {
-            return Ok(None);
-        }
-        Ok(Tenant::new(&token.tenant).map(|t| (t, UserId(token.user_id))))
+        Ok(usable_token(&token, max_attempts))
     }
+
+    /// Counts one attempt against a token: its tenant and user when it was usable (and now has
+    /// one attempt fewer), `None` when it is unknown, expired or spent. Durable before it returns,
+    /// so a restart does not give attempts back.
+    pub fn use_token_attempt(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
+        let result = self.tokens.transaction(|tokens| {
+            let Some(bytes) = tokens.get(&hash[..])? else { return Ok(None) };
+            let mut token: pb::TokenRecord = tx_decode(&bytes, "decoding a token record")?;
+            let Some(owner) = usable_token(&token, max_attempts) else { return Ok(None) };
+            token.attempts += 1;
+            tokens.insert(&hash[..], token.encode_to_vec())?;
+            Ok(Some(owner))
+        });
+        let owner = result.map_err(tx_error)?;
+        if owner.is_some() {
+            self.commit()?;
+        }
+        Ok(owner)
+    }
+}
+
+/// The owner of a token record that is unexpired and has attempts left.
+fn usable_token(token: &pb::TokenRecord, max_attempts: u32) -> Option<(Tenant, UserId)> {
+    if records::from_nanos(token.expires_at_ns) <= SystemTime::now() || token.attempts >= max_attempts {
+        return None;
+    }
+    Tenant::new(&token.tenant).map(|t| (t, UserId(token.user_id)))
 }

@@ -300,7 +300,7 @@ async fn update_face_replaces_atomically_and_honours_tokens() {
     let err = with_token.update_face(wrong_user).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "REENROLLMENT_TOKEN_INVALID"));
     let err = with_token.get_face(GetFaceRequest { face_id: third.clone() }).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "API_KEY_MISSING"));
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "REENROLLMENT_TOKEN_INVALID"));
     let reply = with_token.update_face(update(people[2].clone(), "")).await.expect("token works once").into_inner();
     assert_eq!(reply.enrollment_status, 2, "ENROLLED");
     assert_eq!(reply.face.expect("face").uploaded_by, "reenrollment-token");

@@ -1,6 +1,7 @@
 //! Integration tests: the real server over gRPC, with the real models and photos.
 
 mod abuse;
+mod bounds;
 mod common;
 mod cookbook;
 mod crash;
@@ -18,4 +19,5 @@ mod metrics;
 mod parity;
 mod security;
 mod tls;
+mod tokens;
 mod users;
