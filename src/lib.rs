@@ -63,7 +63,7 @@ pub async fn serve_with_slot(
         max_token_buckets: config.max_token_buckets,
     });
     let quotas = keys.quotas();
-    let (routes, health) = grpc::router(slot.clone(), keys, &config).await;
+    let (routes, health) = grpc::router(slot.clone(), keys.clone(), &config).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = grpc::tls_config(&config)? {
@@ -96,8 +96,11 @@ pub async fn serve_with_slot(
         let listener =
             TcpListener::bind(address).await.map_err(|e| Error::internal("binding the metrics listener", e))?;
         tracing::info!(%address, "metrics on http://{address}/metrics");
-        let observed = app.clone();
-        tokio::spawn(metrics::serve(listener, move || observed.gauges()));
+        let (observed, callers) = (app.clone(), keys.clone());
+        tokio::spawn(metrics::serve(listener, move || metrics::Gauges {
+            token_buckets: callers.token_buckets(),
+            ..observed.gauges()
+        }));
     }
     slot.set(app.clone());
     grpc::set_serving(&health).await;

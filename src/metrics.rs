@@ -76,6 +76,8 @@ pub struct Gauges {
     pub queue_depth: usize,
     pub overload_rejections: u64,
     pub index_faces: Vec<(String, usize)>,
+    /// Rate-limit buckets held for re-enrollment tokens (capped by --max-token-buckets).
+    pub token_buckets: usize,
 }
 
 /// The whole exposition, Prometheus text format 0.0.4.
@@ -101,6 +103,9 @@ pub fn render(gauges: &Gauges) -> String {
     out.push_str("# HELP facevault_overload_rejections_total Requests refused with OVERLOADED.\n");
     out.push_str("# TYPE facevault_overload_rejections_total counter\n");
     let _ = writeln!(out, "facevault_overload_rejections_total {}", gauges.overload_rejections);
+    out.push_str("# HELP facevault_token_buckets Rate-limit buckets held for re-enrollment tokens.\n");
+    out.push_str("# TYPE facevault_token_buckets gauge\n");
+    let _ = writeln!(out, "facevault_token_buckets {}", gauges.token_buckets);
     out.push_str("# HELP facevault_index_faces Faces in the search index per tenant.\n");
     out.push_str("# TYPE facevault_index_faces gauge\n");
     for (tenant, n) in &gauges.index_faces {

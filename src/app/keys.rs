@@ -410,6 +410,30 @@ mod tests {
     }
 
     #[test]
+    fn token_buckets_stay_under_their_cap_and_drop_the_least_recently_used() {
+        let limit = RateLimit { per_second: 0.001, burst: 1 };
+        let mut buckets = TokenBuckets::default();
+        let now = Instant::now();
+        let hash = |i: u32| {
+            let mut h = [0u8; 32];
+            h[..4].copy_from_slice(&i.to_be_bytes());
+            h
+        };
+        // Token 0 is used often; the others once each.
+        assert!(buckets.take(&hash(0), limit, 100, now).is_ok());
+        for i in 1..10_000 {
+            let _ = buckets.take(&hash(i), limit, 100, now);
+            if i % 50 == 0 {
+                assert!(buckets.take(&hash(0), limit, 100, now).is_err(), "token 0 kept its spent bucket");
+            }
+            assert!(buckets.len() <= 100, "{} buckets at token {i}", buckets.len());
+        }
+        // A recent token keeps its (empty) bucket; a long-evicted one starts afresh.
+        assert!(buckets.take(&hash(9_999), limit, 100, now).is_err());
+        assert!(buckets.take(&hash(1), limit, 100, now).is_ok());
+    }
+
+    #[test]
     fn loads_an_encryption_key_file_and_refuses_malformed_ones_without_echoing_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");

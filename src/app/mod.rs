@@ -146,6 +146,7 @@ impl App {
             queue_depth: self.pool.queue_depth(),
             overload_rejections: self.pool.rejected(),
             index_faces: self.index.sizes().into_iter().map(|(t, n)| (t.as_str().to_owned(), n)).collect(),
+            ..crate::metrics::Gauges::default()
         }
     }
 

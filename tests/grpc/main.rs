@@ -9,6 +9,7 @@ mod detect;
 mod encryption;
 mod enroll;
 mod errors;
+mod flood;
 mod grpcurl;
 mod health_reflection;
 mod hostile;
