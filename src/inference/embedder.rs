@@ -59,6 +59,8 @@ impl Embedder {
         }
         let plane = (ALIGNED_SIZE * ALIGNED_SIZE) as usize;
         self.tensor.clear();
+        // A one-face call after a crowd photo gives the batch-sized buffer back (600 KB per face).
+        self.tensor.shrink_to(crops.len() * 3 * plane);
         self.tensor.resize(crops.len() * 3 * plane, 0.0);
         let inv_std = 1.0 / INPUT_STD;
         for (crop, chw) in crops.iter().zip(self.tensor.chunks_exact_mut(3 * plane)) {
