@@ -222,11 +222,11 @@ pub struct Config {
 
     /// Seconds between HTTP/2 PINGs the server sends on a connection; a peer that does not
     /// answer within --http2-keepalive-timeout is dropped (dead peers do not hold connections).
-    #[arg(long, env = "FACEVAULT_HTTP2_KEEPALIVE_INTERVAL", default_value_t = 30)]
+    #[arg(long, env = "FACEVAULT_HTTP2_KEEPALIVE_INTERVAL", default_value_t = 60)]
     pub http2_keepalive_interval: u64,
 
     /// Seconds to wait for the answer to a keepalive PING before closing the connection.
-    #[arg(long, env = "FACEVAULT_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "FACEVAULT_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 20)]
     pub http2_keepalive_timeout: u64,
 
     /// Seconds a facevault call may run on the server before it is answered DEADLINE_EXCEEDED

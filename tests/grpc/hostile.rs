@@ -254,10 +254,12 @@ const PEAK_RSS_BOUND_MIB: u64 = 2048;
 #[tokio::test]
 async fn hostile_images_get_their_reason_codes_and_memory_stays_bounded() {
     let dir = tempfile::tempdir().expect("temp dir");
+    // Built before connecting: this CPU work blocks the test's runtime, and a connection whose
+    // peer answers no keepalive PING for that long is dropped by the server.
+    let corpus = corpus();
     let server = ChildServer::spawn(dir.path(), &[]).await;
     let mut client = faces_client(server.channel().await, ADMIN_A, None).max_encoding_message_size(64 << 20);
     let (rss_start, _) = memory_mib(server.pid());
-    let corpus = corpus();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for (name, bytes, expect) in &corpus {
         let request =
