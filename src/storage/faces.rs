@@ -1,12 +1,14 @@
 //! Face records with their embeddings, originals and thumbnails. Adding, replacing and deleting
 //! a face changes the face trees and the user's face list, count, status and version in one
-//! transaction. No similarity search here.
+//! transaction; the original and thumbnail are files (files.rs) written durably before that
+//! transaction and removed after it. No similarity search here.
 
 use std::time::SystemTime;
 
 use prost::Message;
 use sled::Transactional;
 
+use super::files::FileKind;
 use super::records::{self, pb};
 use super::users::{abort, tx_decode, tx_error, tx_user};
 use super::{Store, db_error, decode, keys};
@@ -91,8 +93,11 @@ impl Store {
         let embedding = self.seal(keys::EMBEDDINGS, &key, &embedding)?;
         let original = self.seal(keys::IMAGES, &key, &new.original)?;
         let thumbnail = self.seal(keys::THUMBNAILS, &key, &new.thumbnail)?;
-        let trees = (&self.users, &self.faces, &self.embeddings, &self.images, &self.thumbnails, &self.tokens);
-        let result = trees.transaction(|(users, faces, embeddings, images, thumbnails, tokens)| {
+        // Durable before the transaction that names them (and removed again if it fails).
+        self.files.put(&key, FileKind::Original, &original)?;
+        self.files.put(&key, FileKind::Thumbnail, &thumbnail)?;
+        let trees = (&self.users, &self.faces, &self.embeddings, &self.tokens);
+        let result = trees.transaction(|(users, faces, embeddings, tokens)| {
             let Some(record) = tx_user(users, tenant, user_id)? else { return abort(Error::user_not_found()) };
             let mut token_hash = record.reenrollment_token_hash.clone();
             let mut user = records::user_from_record(record);
@@ -137,15 +142,13 @@ impl Store {
             };
             if let Some(old) = removed {
                 let old_key = keys::face_key(tenant, old);
-                for tree in [faces, embeddings, images, thumbnails] {
+                for tree in [faces, embeddings] {
                     tree.remove(old_key.as_slice())?;
                 }
                 user.face_ids.retain(|&f| f != old);
             }
             faces.insert(key.as_slice(), records::face_to_record(&new.face).encode_to_vec())?;
             embeddings.insert(key.as_slice(), embedding.as_ref())?;
-            images.insert(key.as_slice(), original.as_ref())?;
-            thumbnails.insert(key.as_slice(), thumbnail.as_ref())?;
             user.face_ids.push(new.face.id);
             let updating = replace != Replace::Nothing;
             if updating || user.enrollment == EnrollmentStatus::NotEnrolled {
@@ -162,8 +165,18 @@ impl Store {
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
             Ok((user, removed))
         });
-        let out = result.map_err(tx_error)?;
+        let out = match result.map_err(tx_error) {
+            Ok(out) => out,
+            Err(e) => {
+                // Nothing names the new files: drop them (a crash here leaves orphans, swept at open).
+                let _ = self.files.remove(&key);
+                return Err(e);
+            }
+        };
         self.commit()?;
+        if let Some(old) = out.1 {
+            self.files.remove(&keys::face_key(tenant, old))?;
+        }
         Ok(out)
     }
 
@@ -184,20 +197,21 @@ impl Store {
 
     /// The original image or the thumbnail of a face.
     pub fn face_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<Vec<u8>>> {
-        let (name, tree) = if thumbnail { (keys::THUMBNAILS, &self.thumbnails) } else { (keys::IMAGES, &self.images) };
+        let (name, kind) =
+            if thumbnail { (keys::THUMBNAILS, FileKind::Thumbnail) } else { (keys::IMAGES, FileKind::Original) };
         let key = keys::face_key(tenant, id);
-        let Some(bytes) = tree.get(&key).map_err(db_error)? else { return Ok(None) };
+        let Some(bytes) = self.files.get(&key, kind)? else { return Ok(None) };
         Ok(Some(self.unseal(name, &key, &bytes)?.into_owned()))
     }
 
     /// Deletes one face and everything stored with it; returns the updated user.
     pub fn delete_face(&self, tenant: &Tenant, id: FaceId) -> Result<User> {
-        let trees = (&self.users, &self.faces, &self.embeddings, &self.images, &self.thumbnails);
-        let result = trees.transaction(|(users, faces, embeddings, images, thumbnails)| {
+        let trees = (&self.users, &self.faces, &self.embeddings);
+        let result = trees.transaction(|(users, faces, embeddings)| {
             let key = keys::face_key(tenant, id);
             let Some(bytes) = faces.get(key.as_slice())? else { return abort(Error::face_not_found()) };
             let face: pb::FaceRecord = tx_decode(&bytes, "decoding a face record")?;
-            for tree in [faces, embeddings, images, thumbnails] {
+            for tree in [faces, embeddings] {
                 tree.remove(key.as_slice())?;
             }
             let user_id = UserId(face.user_id);
@@ -218,6 +232,7 @@ impl Store {
         });
         let user = result.map_err(tx_error)?;
         self.commit()?;
+        self.files.remove(&keys::face_key(tenant, id))?;
         Ok(user)
     }
 

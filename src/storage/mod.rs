@@ -1,9 +1,12 @@
-//! `Store`: sled as the source of truth for users, faces, embeddings, originals, thumbnails and
-//! re-enrollment tokens. Synchronous (call it through `app::blocking`); every invariant that
-//! spans trees is one sled transaction; writes are flushed before they are acknowledged.
+//! `Store`: sled as the source of truth for users, faces, embeddings and re-enrollment tokens,
+//! with originals and thumbnails in durable files beside it (files.rs). Synchronous (call it
+//! through `app::blocking`); every invariant that spans trees is one sled transaction; writes are
+//! on stable storage before they are acknowledged (durable.rs: fsync, with group commit).
 //! Originals, thumbnails and embeddings are sealed with AES-256-GCM when a key is given (seal.rs).
 
+mod durable;
 mod faces;
+mod files;
 pub mod keys;
 mod records;
 mod seal;
@@ -20,8 +23,13 @@ pub use seal::EncryptionKey;
 pub use users::{TokenGrant, UserPatch};
 pub use verify::Integrity;
 
-/// On-disk layout version; a store of another version is refused at open.
-pub const SCHEMA_VERSION: u32 = 1;
+/// On-disk layout version; a store of another version is refused at open. 2: originals and
+/// thumbnails are files (a version 1 store, which kept them in sled, is migrated at open). The
+/// directory stays `v1`: the layout of the sled trees did not change.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The directory under the data directory that holds the store.
+const STORE_DIR: &str = "v1";
 
 /// The sled database and its trees.
 #[derive(Debug, Clone)]
@@ -31,9 +39,11 @@ pub struct Store {
     external_ids: sled::Tree,
     faces: sled::Tree,
     embeddings: sled::Tree,
-    images: sled::Tree,
-    thumbnails: sled::Tree,
     tokens: sled::Tree,
+    /// Originals and thumbnails.
+    files: files::FaceFiles,
+    /// Where writes become durable (shared by the clones of this store).
+    sync: std::sync::Arc<durable::GroupSync>,
     /// Flush before a write returns (always, except in a bulk import).
     durable_writes: bool,
     /// Seals the values of `images`, `thumbnails` and `embeddings`; `None`: stored plain.
@@ -63,36 +73,117 @@ impl Store {
     }
 
     fn open_with(dir: &Path, durable_writes: bool, encryption: Option<EncryptionKey>) -> Result<Self> {
-        let path = dir.join(format!("v{SCHEMA_VERSION}"));
-        std::fs::create_dir_all(&path).map_err(|e| Error::internal("creating the data directory", e))?;
-        let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(db_error)?;
+        let path = dir.join(STORE_DIR);
+        if !path.is_dir() {
+            std::fs::create_dir_all(&path).map_err(|e| Error::internal("creating the data directory", e))?;
+            files::sync_dir(dir)?;
+        }
+        // No background flusher: every write is made durable by `commit` (durable.rs), and a
+        // flusher thread would both fsync at moments nothing orders and keep the directory's
+        // lock for a while after the store is dropped.
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(db_error)?;
+        // sled's files (its log, config, snapshots) exist now: make their entries durable.
+        files::sync_dir(&path)?;
         let meta = db.open_tree(keys::META).map_err(db_error)?;
-        check_schema(&meta, &path)?;
         let tree = |name: &str| db.open_tree(name).map_err(db_error);
         let store = Store {
             users: tree(keys::USERS)?,
             external_ids: tree(keys::EXTERNAL_IDS)?,
             faces: tree(keys::FACES)?,
             embeddings: tree(keys::EMBEDDINGS)?,
-            images: tree(keys::IMAGES)?,
-            thumbnails: tree(keys::THUMBNAILS)?,
             tokens: tree(keys::TOKENS)?,
+            files: files::FaceFiles::open(path.join("faces"))?,
+            sync: std::sync::Arc::new(durable::GroupSync::new(path.clone())),
             durable_writes,
             encryption,
             db,
         };
+        store.check_schema(&meta, &path)?;
         store.check_encryption(&meta, &path)?;
+        store.sweep_orphan_files()?;
         Ok(store)
     }
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().map(|_| ()).map_err(db_error)
+        self.sync.sync(&self.db)
     }
 
-    /// Ends a write: flushes unless this is a bulk import.
+    /// Ends a write: makes it durable unless this is a bulk import.
     fn commit(&self) -> Result<()> {
         if self.durable_writes { self.flush() } else { Ok(()) }
+    }
+
+    /// Removes image files that no face record names: what a crash between writing a face's
+    /// files and committing (or between committing a delete and removing them) leaves behind.
+    fn sweep_orphan_files(&self) -> Result<usize> {
+        let mut swept = 0;
+        for (key, _) in self.files.keys()? {
+            if !self.faces.contains_key(&key).map_err(db_error)? {
+                self.files.remove(&key)?;
+                swept += 1;
+            }
+        }
+        if swept > 0 {
+            tracing::info!(swept, "removed image files of faces that were never committed or already deleted");
+        }
+        Ok(swept)
+    }
+
+    /// Version 1 kept originals and thumbnails in sled (where large values become blob files
+    /// that sled never fsyncs): move them into files, durably, then out of sled.
+    fn migrate_images_out_of_sled(&self) -> Result<()> {
+        let mut moved = 0;
+        for (name, kind) in [(keys::IMAGES, files::FileKind::Original), (keys::THUMBNAILS, files::FileKind::Thumbnail)]
+        {
+            let tree = self.db.open_tree(name).map_err(db_error)?;
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(db_error)?;
+                // Moved as stored: a sealed value keeps its associated data (tree name and key).
+                self.files.put(&key, kind, &value)?;
+                moved += 1;
+            }
+            self.flush()?;
+            tree.clear().map_err(db_error)?;
+            self.flush()?;
+            self.db.drop_tree(name).map_err(db_error)?;
+        }
+        tracing::info!(moved, "store migrated to schema version 2: originals and thumbnails are files");
+        Ok(())
+    }
+
+    /// Records the schema version in a new store, migrates a version 1 store, refuses others.
+    fn check_schema(&self, meta: &sled::Tree, path: &Path) -> Result<()> {
+        let version = meta.get(keys::SCHEMA_VERSION_KEY).map_err(db_error)?;
+        let version = match version {
+            None => None,
+            Some(v) => {
+                Some(<[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).map_err(|_| Error::Unavailable {
+                    message: format!("the store at {} has a malformed schema version", path.display()),
+                })?)
+            }
+        };
+        match version {
+            Some(SCHEMA_VERSION) => Ok(()),
+            None | Some(1) => {
+                if version == Some(1) {
+                    self.migrate_images_out_of_sled()?;
+                }
+                meta.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes()).map_err(db_error)?;
+                self.flush()
+            }
+            Some(other) => Err(Error::Unavailable {
+                message: format!(
+                    "the store at {} has schema version {other}, this build reads {SCHEMA_VERSION} (and migrates 1)",
+                    path.display()
+                ),
+            }),
+        }
     }
 
     /// Number of entries per tree (checks that nothing is left behind).
@@ -102,32 +193,34 @@ impl Store {
             (keys::EXTERNAL_IDS, self.external_ids.len()),
             (keys::FACES, self.faces.len()),
             (keys::EMBEDDINGS, self.embeddings.len()),
-            (keys::IMAGES, self.images.len()),
-            (keys::THUMBNAILS, self.thumbnails.len()),
+            (keys::IMAGES, self.file_count(files::FileKind::Original)),
+            (keys::THUMBNAILS, self.file_count(files::FileKind::Thumbnail)),
             (keys::TOKENS, self.tokens.len()),
         ]
+    }
+
+    fn file_count(&self, kind: files::FileKind) -> usize {
+        self.files.keys().map_or(0, |keys| keys.iter().filter(|(_, k)| *k == kind).count())
     }
 
     /// Every raw key and value of a tree, sealed values as stored (tests scan them for leftovers
     /// and for plaintext).
     pub fn raw_entries(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let kind = match tree {
+            keys::IMAGES => Some(files::FileKind::Original),
+            keys::THUMBNAILS => Some(files::FileKind::Thumbnail),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let mut out = Vec::new();
+            for (key, _) in self.files.keys()?.into_iter().filter(|(_, k)| *k == kind) {
+                let value = self.files.get(&key, kind)?.unwrap_or_default();
+                out.push((key, value));
+            }
+            return Ok(out);
+        }
         let tree = self.db.open_tree(tree).map_err(db_error)?;
         tree.iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(db_error)).collect()
-    }
-}
-
-/// Records the schema version in a new store; refuses a store of another version.
-fn check_schema(meta: &sled::Tree, path: &Path) -> Result<()> {
-    match meta.get(keys::SCHEMA_VERSION_KEY).map_err(db_error)? {
-        None => {
-            meta.insert(keys::SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes()).map_err(db_error)?;
-            meta.flush().map_err(db_error)?;
-            Ok(())
-        }
-        Some(v) if v.as_ref() == SCHEMA_VERSION.to_be_bytes() => Ok(()),
-        Some(v) => Err(Error::Unavailable {
-            message: format!("the store at {} has schema version {v:?}, expected {SCHEMA_VERSION}", path.display()),
-        }),
     }
 }
 
@@ -145,4 +238,67 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 /// A random non-zero u64 for ids.
 pub fn random_id() -> Result<u64> {
     Ok(u64::from_le_bytes(random_bytes()?).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EnrollmentStatus, Tenant, User, UserId};
+
+    fn user() -> User {
+        let now = std::time::SystemTime::now();
+        User {
+            id: UserId(0),
+            external_id: "u".into(),
+            display_name: String::new(),
+            email: String::new(),
+            phone: String::new(),
+            address: String::new(),
+            metadata: Default::default(),
+            enrollment: EnrollmentStatus::NotEnrolled,
+            face_ids: Vec::new(),
+            create_time: now,
+            update_time: now,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_with_its_images_moved_into_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = Tenant::new("t").unwrap();
+        let face = {
+            let store = Store::open(dir.path()).unwrap();
+            let user = store.create_user(&tenant, user()).unwrap();
+            let new = seal::tests::new_face(user.id, 7, 0.3);
+            store.put_face(&tenant, &new, Replace::Nothing, 5, None).unwrap();
+            // Turn it into what version 1 wrote: images in sled trees, schema version 1.
+            let key = keys::face_key(&tenant, new.face.id);
+            for (name, kind) in
+                [(keys::IMAGES, files::FileKind::Original), (keys::THUMBNAILS, files::FileKind::Thumbnail)]
+            {
+                let bytes = store.files.get(&key, kind).unwrap().unwrap();
+                store.db.open_tree(name).unwrap().insert(&key, bytes).unwrap();
+            }
+            store.files.remove(&key).unwrap();
+            store.db.open_tree(keys::META).unwrap().insert(keys::SCHEMA_VERSION_KEY, &1u32.to_be_bytes()).unwrap();
+            store.flush().unwrap();
+            new
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let (id, user) = (face.face.id, face.face.user_id);
+        assert_eq!(store.face_image(&tenant, id, false).unwrap().unwrap(), face.original);
+        assert_eq!(store.face_image(&tenant, id, true).unwrap().unwrap(), face.thumbnail);
+        assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == keys::IMAGES.as_bytes()), "the old tree is gone");
+        assert!(store.verify(5).unwrap().problems.is_empty());
+        assert_eq!(store.get_user(&tenant, user).unwrap().unwrap().face_ids, vec![id]);
+        drop(store);
+        // A later version is refused, naming both.
+        let store = Store::open(dir.path()).unwrap();
+        store.db.open_tree(keys::META).unwrap().insert(keys::SCHEMA_VERSION_KEY, &9u32.to_be_bytes()).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("schema version 9") && err.contains("reads 2"), "{err}");
+    }
 }

@@ -136,7 +136,7 @@ impl Store {
                 "the store at {place} is encrypted with a different key than the one in --encryption-key-file"
             ))),
             (None, Some(key)) => {
-                if self.holds_face_data() {
+                if self.holds_face_data()? {
                     return Err(refuse(format!(
                         "the store at {place} holds unencrypted faces and cannot be encrypted in place: start without \
                          --encryption-key-file, or with it on a new --data-dir"
@@ -150,13 +150,13 @@ impl Store {
         }
     }
 
-    fn holds_face_data(&self) -> bool {
-        [&self.faces, &self.embeddings, &self.images, &self.thumbnails].iter().any(|tree| !tree.is_empty())
+    fn holds_face_data(&self) -> Result<bool> {
+        Ok([&self.faces, &self.embeddings].iter().any(|tree| !tree.is_empty()) || !self.files.keys()?.is_empty())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::{
         Detection, EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, FaceQuality, Tenant, User, UserId,
@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(format!("{other:?}"), "EncryptionKey(<redacted>)");
     }
 
-    fn new_face(user: UserId, id: u64, seed: f32) -> NewFace {
+    pub(in crate::storage) fn new_face(user: UserId, id: u64, seed: f32) -> NewFace {
         let raw = (0..EMBEDDING_DIM).map(|i| (i as f32 * seed).sin()).collect();
         let face = Face {
             id: FaceId(id),
@@ -280,9 +280,9 @@ mod tests {
 
         // Face b's sealed original and embedding, written under face a: neither reads.
         let (key_a, key_b) = (keys::face_key(&tenant, id), keys::face_key(&tenant, b.face.id));
-        for tree in [&store.images, &store.embeddings] {
-            tree.insert(&key_a, tree.get(&key_b).unwrap().unwrap()).unwrap();
-        }
+        let original_b = store.files.get(&key_b, super::super::files::FileKind::Original).unwrap().unwrap();
+        store.files.put(&key_a, super::super::files::FileKind::Original, &original_b).unwrap();
+        store.embeddings.insert(&key_a, store.embeddings.get(&key_b).unwrap().unwrap()).unwrap();
         let err = store.face_image(&tenant, id, false).unwrap_err();
         assert!(matches!(err, Error::Internal { .. }) && err.to_string().contains("failed authentication"));
         assert!(store.face_embedding(&tenant, id).is_err());
@@ -307,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_with_key(dir.path(), Some(key())).unwrap();
         assert!(store.is_encrypted());
-        store.images.insert(b"t\0face", store.seal(keys::IMAGES, b"t\0face", b"image").unwrap().as_ref()).unwrap();
+        store.embeddings.insert(b"t\0face", store.seal(keys::IMAGES, b"t\0face", b"image").unwrap().as_ref()).unwrap();
         drop(store);
 
         let without = message(Store::open(dir.path()));
@@ -316,7 +316,7 @@ mod tests {
         assert!(other.contains("different key"), "{other}");
 
         let store = Store::open_with_key(dir.path(), Some(key())).unwrap();
-        let stored = store.images.get(b"t\0face").unwrap().unwrap();
+        let stored = store.embeddings.get(b"t\0face").unwrap().unwrap();
         assert_eq!(store.unseal(keys::IMAGES, b"t\0face", &stored).unwrap().as_ref(), b"image");
         assert!(store.unseal(keys::THUMBNAILS, b"t\0face", &stored).is_err());
     }

@@ -170,16 +170,8 @@ impl Store {
     /// Erases the user and every face, embedding, original, thumbnail and token of it, in one
     /// transaction. Returns the erased face ids (for the search index).
     pub fn delete_user(&self, tenant: &Tenant, id: UserId, expected_version: Option<u64>) -> Result<Vec<FaceId>> {
-        let trees = (
-            &self.users,
-            &self.external_ids,
-            &self.faces,
-            &self.embeddings,
-            &self.images,
-            &self.thumbnails,
-            &self.tokens,
-        );
-        let result = trees.transaction(|(users, external, faces, embeddings, images, thumbnails, tokens)| {
+        let trees = (&self.users, &self.external_ids, &self.faces, &self.embeddings, &self.tokens);
+        let result = trees.transaction(|(users, external, faces, embeddings, tokens)| {
             let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
             check_version(&record, expected_version)?;
             users.remove(keys::user_key(tenant, id))?;
@@ -189,7 +181,7 @@ impl Store {
             }
             for &face in &record.face_ids {
                 let key = keys::face_key(tenant, FaceId(face));
-                for tree in [faces, embeddings, images, thumbnails] {
+                for tree in [faces, embeddings] {
                     tree.remove(key.as_slice())?;
                 }
             }
@@ -197,6 +189,9 @@ impl Store {
         });
         let removed = result.map_err(tx_error)?;
         self.commit()?;
+        for &face in &removed {
+            self.files.remove(&keys::face_key(tenant, face))?;
+        }
         Ok(removed)
     }
 

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
+use super::files::FileKind;
 use super::records::pb;
 use super::{Store, db_error, faces, keys};
 use crate::domain::Tenant;
@@ -86,28 +87,23 @@ impl Store {
                 },
                 None => problems.push(format!("embeddings: face {face:016x} of user {user:016x} has none")),
             }
-            for (name, tree) in [(keys::IMAGES, &self.images), (keys::THUMBNAILS, &self.thumbnails)] {
-                match tree.get(&key).map_err(db_error)? {
+            for (name, kind) in [(keys::IMAGES, FileKind::Original), (keys::THUMBNAILS, FileKind::Thumbnail)] {
+                match self.files.get(&key, kind)? {
                     Some(bytes) if self.unseal(name, &key, &bytes).is_ok() => {}
                     Some(_) => problems.push(unauthentic(name, *face)),
                     None => problems.push(format!("{name}: face {face:016x} of user {user:016x} has none")),
                 }
             }
         }
-        for (name, tree) in [
-            (keys::FACES, &self.faces),
-            (keys::EMBEDDINGS, &self.embeddings),
-            (keys::IMAGES, &self.images),
-            (keys::THUMBNAILS, &self.thumbnails),
-        ] {
+        for (name, tree) in [(keys::FACES, &self.faces), (keys::EMBEDDINGS, &self.embeddings)] {
             for entry in tree.iter().keys() {
                 let key = entry.map_err(db_error)?;
-                match keys::split_id_key(&key) {
-                    Some(id) if listed.contains_key(&id) => {}
-                    Some((_, face)) => problems.push(format!("{name}: orphan face {face:016x}")),
-                    None => problems.push(format!("{name}: a malformed key")),
-                }
+                orphan_check(name, &key, &listed, &mut problems);
             }
+        }
+        for (key, kind) in self.files.keys()? {
+            let name = if kind == FileKind::Original { keys::IMAGES } else { keys::THUMBNAILS };
+            orphan_check(name, &key, &listed, &mut problems);
         }
         let mut seen_external = HashSet::new();
         for entry in self.external_ids.iter() {
@@ -133,5 +129,14 @@ impl Store {
         }
         report.problems = problems;
         Ok(report)
+    }
+}
+
+/// Records a problem when `key` holds face data that no user lists.
+fn orphan_check(name: &str, key: &[u8], listed: &HashMap<(Tenant, u64), u64>, problems: &mut Vec<String>) {
+    match keys::split_id_key(key) {
+        Some(id) if listed.contains_key(&id) => {}
+        Some((_, face)) => problems.push(format!("{name}: orphan face {face:016x}")),
+        None => problems.push(format!("{name}: a malformed key")),
     }
 }

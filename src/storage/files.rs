@@ -1,0 +1,188 @@
+//! Originals and thumbnails as files beside the sled database, one per face and kind, written
+//! durably before the transaction that names them: the bytes go to a temporary file that is
+//! fsynced, renamed into place, and the directory is fsynced. So nothing durable in sled ever
+//! points at image bytes that are not (sled's own large values go to blob files that it never
+//! fsyncs; see STORAGE.md). A face's files are removed after the transaction that drops the
+//! face; one left behind by a crash is an orphan that `sweep_orphans` removes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Which image of a face.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    Original,
+    Thumbnail,
+}
+
+impl FileKind {
+    fn suffix(self) -> &'static str {
+        match self {
+            FileKind::Original => "orig",
+            FileKind::Thumbnail => "thumb",
+        }
+    }
+}
+
+fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::internal(what, e)
+}
+
+/// Fsyncs a directory, so that the entries created, renamed or removed in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("syncing a directory"))
+}
+
+/// The image files of a store: `dir/<2 hex>/<hex of the record key>.<kind>`.
+#[derive(Debug, Clone)]
+pub(crate) struct FaceFiles {
+    dir: PathBuf,
+}
+
+impl FaceFiles {
+    /// Opens (creating) the directory; its entry in the parent is made durable.
+    pub(crate) fn open(dir: PathBuf) -> Result<Self> {
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(io_error("creating the image directory"))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(FaceFiles { dir })
+    }
+
+    fn name(key: &[u8], kind: FileKind) -> String {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{hex}.{}", kind.suffix())
+    }
+
+    fn shard(&self, name: &str) -> PathBuf {
+        // The record key ends in the random face id: its last two hex digits spread the files.
+        let shard = &name[name.find('.').map_or(0, |dot| dot.saturating_sub(2))..][..2];
+        self.dir.join(shard)
+    }
+
+    fn path(&self, key: &[u8], kind: FileKind) -> PathBuf {
+        let name = Self::name(key, kind);
+        self.shard(&name).join(name)
+    }
+
+    /// Writes `bytes` as the `kind` file of `key`, durably (file, rename and directory synced).
+    pub(crate) fn put(&self, key: &[u8], kind: FileKind, bytes: &[u8]) -> Result<()> {
+        let name = Self::name(key, kind);
+        let shard = self.shard(&name);
+        if !shard.is_dir() {
+            fs::create_dir_all(&shard).map_err(io_error("creating an image shard"))?;
+            sync_dir(&self.dir)?;
+        }
+        let temp = shard.join(format!("{name}.tmp"));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(io_error("creating an image file"))?;
+        file.write_all(bytes).map_err(io_error("writing an image file"))?;
+        file.sync_all().map_err(io_error("syncing an image file"))?;
+        drop(file);
+        fs::rename(&temp, shard.join(&name)).map_err(io_error("renaming an image file"))?;
+        sync_dir(&shard)
+    }
+
+    /// The `kind` file of `key`, if there is one.
+    pub(crate) fn get(&self, key: &[u8], kind: FileKind) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.path(key, kind)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::internal("reading an image file", e)),
+        }
+    }
+
+    /// Removes both files of `key` (after the transaction that dropped the face). Missing files
+    /// are fine; the removal is made durable.
+    pub(crate) fn remove(&self, key: &[u8]) -> Result<()> {
+        let mut shard = None;
+        for kind in [FileKind::Original, FileKind::Thumbnail] {
+            let path = self.path(key, kind);
+            match fs::remove_file(&path) {
+                Ok(()) => shard = path.parent().map(Path::to_path_buf),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::internal("removing an image file", e)),
+            }
+        }
+        match shard {
+            Some(dir) => sync_dir(&dir),
+            None => Ok(()),
+        }
+    }
+
+    /// The record keys that have at least one file (for verification and orphan sweeps), with
+    /// leftover temporary files removed.
+    pub(crate) fn keys(&self) -> Result<Vec<(Vec<u8>, FileKind)>> {
+        let mut out = Vec::new();
+        let shards = match fs::read_dir(&self.dir) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::internal("listing the image directory", e)),
+        };
+        for shard in shards {
+            let shard = shard.map_err(io_error("listing the image directory"))?.path();
+            for entry in fs::read_dir(&shard).map_err(io_error("listing an image shard"))? {
+                let path = entry.map_err(io_error("listing an image shard"))?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+                if name.ends_with(".tmp") {
+                    // A write cut short before its rename: never referenced.
+                    fs::remove_file(&path).map_err(io_error("removing a partial image file"))?;
+                    continue;
+                }
+                let Some((hex, suffix)) = name.split_once('.') else { continue };
+                let kind = match suffix {
+                    "orig" => FileKind::Original,
+                    "thumb" => FileKind::Thumbnail,
+                    _ => continue,
+                };
+                if let Some(key) = parse_hex(hex) {
+                    out.push((key, kind));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_round_trip_list_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FaceFiles::open(dir.path().join("faces")).unwrap();
+        let key = b"tenant\0\x01\x02\x03\x04\x05\x06\x07\x08".to_vec();
+        assert_eq!(files.get(&key, FileKind::Original).unwrap(), None);
+        files.put(&key, FileKind::Original, b"original").unwrap();
+        files.put(&key, FileKind::Thumbnail, b"thumb").unwrap();
+        assert_eq!(files.get(&key, FileKind::Original).unwrap().as_deref(), Some(&b"original"[..]));
+        assert_eq!(files.get(&key, FileKind::Thumbnail).unwrap().as_deref(), Some(&b"thumb"[..]));
+        // A partial write left by a crash is swept, never listed.
+        let shard = files.path(&key, FileKind::Original).parent().unwrap().to_path_buf();
+        std::fs::write(shard.join("00.orig.tmp"), b"partial").unwrap();
+        let mut listed = files.keys().unwrap();
+        listed.sort_by_key(|(_, kind)| *kind == FileKind::Thumbnail);
+        assert_eq!(listed, vec![(key.clone(), FileKind::Original), (key.clone(), FileKind::Thumbnail)]);
+        assert!(!shard.join("00.orig.tmp").exists());
+        files.remove(&key).unwrap();
+        assert!(files.keys().unwrap().is_empty());
+        files.remove(&key).unwrap();
+    }
+}
