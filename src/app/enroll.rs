@@ -196,7 +196,7 @@ impl App {
 
         // Held until the store write and the index update below are done, even if the caller
         // goes away (the guard moves into the blocking task, which always runs to the end).
-        let writes = self.writes.clone().lock_owned().await;
+        let writes = self.writes.lock(tenant).await;
         let thresholds = self.settings.thresholds;
         // Duplicates among the other users of the tenant, best first.
         let started = std::time::Instant::now();
@@ -332,7 +332,7 @@ impl App {
     /// Deletes a face (store first, then index); returns the user afterwards.
     pub async fn delete_face(&self, caller: &Principal, face_id: &str) -> Result<User> {
         let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
-        let writes = self.writes.clone().lock_owned().await;
+        let writes = self.writes.lock(&caller.tenant).await;
         let (store, index, tenant) = (self.store.clone(), self.index.clone(), caller.tenant.clone());
         blocking(move || {
             let _writes = writes;

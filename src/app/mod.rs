@@ -49,9 +49,27 @@ pub struct App {
     store: Store,
     index: FaceIndex,
     settings: Arc<Settings>,
-    /// Serialises face writes: duplicate check, store transaction and index update happen as one
+    /// Serialises each tenant's face writes (tenants write in parallel): duplicate check, store
+    /// transaction and index update happen as one
     /// step, so the index always equals the store.
-    writes: Arc<tokio::sync::Mutex<()>>,
+    writes: Arc<TenantLocks>,
+}
+
+/// One write lock per tenant: a tenant's invariants (face limit, quotas, duplicates, the index
+/// equal to the store) need its writes in order; other tenants' writes do not wait on them.
+/// Tenants come from the keys file, so the map stays small.
+#[derive(Debug, Default)]
+pub(crate) struct TenantLocks(std::sync::Mutex<std::collections::HashMap<Tenant, Arc<tokio::sync::Mutex<()>>>>);
+
+impl TenantLocks {
+    /// Waits for `tenant`'s write lock; the guard may move into a blocking task.
+    pub(crate) async fn lock(&self, tenant: &Tenant) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            locks.entry(tenant.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 /// Runs blocking work (sled, hashing) off the async threads, inside the caller's span.
@@ -113,7 +131,7 @@ impl App {
             thumbnail_size: config.thumbnail_size,
             quotas,
         };
-        Ok(App { pool, store, index, settings: Arc::new(settings), writes: Arc::new(tokio::sync::Mutex::new(())) })
+        Ok(App { pool, store, index, settings: Arc::new(settings), writes: Arc::default() })
     }
 
     /// The inference pool (queue depth, rejections).

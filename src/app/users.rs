@@ -139,7 +139,7 @@ impl App {
             return blocking(move || store.create_user(&tenant, user)).await;
         };
         // Counted and created under the write lock, so racing creates cannot pass the quota.
-        let writes = self.writes.clone().lock_owned().await;
+        let writes = self.writes.lock(&caller.tenant).await;
         blocking(move || {
             let _writes = writes;
             if store.count_users(&tenant)? >= max_users {
@@ -183,7 +183,7 @@ impl App {
     /// Erases the user with all faces; the index follows the store.
     pub async fn delete_user(&self, caller: &Principal, user: &UserRef, expected_version: Option<u64>) -> Result<()> {
         let current = self.resolve_user(&caller.tenant, user).await?;
-        let writes = self.writes.clone().lock_owned().await;
+        let writes = self.writes.lock(&caller.tenant).await;
         let (store, index, tenant) = (self.store.clone(), self.index.clone(), caller.tenant.clone());
         blocking(move || {
             let _writes = writes;

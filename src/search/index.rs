@@ -104,10 +104,15 @@ impl TenantIndex {
     }
 }
 
-/// The search index of every tenant. Cheap to clone (shared).
+/// One tenant's index behind its own lock.
+type Shared = Arc<RwLock<TenantIndex>>;
+
+/// The search index of every tenant. Cheap to clone (shared). Each tenant has its own lock: a
+/// long scan or a write of one tenant never waits on another's; the map of tenants is locked
+/// only to find or add a tenant.
 #[derive(Debug, Clone)]
 pub struct FaceIndex {
-    tenants: Arc<RwLock<HashMap<Tenant, TenantIndex>>>,
+    tenants: Arc<RwLock<HashMap<Tenant, Shared>>>,
     exact_max_faces: usize,
 }
 
@@ -128,28 +133,42 @@ impl FaceIndex {
         Self { tenants: Arc::default(), exact_max_faces }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Tenant, TenantIndex>> {
-        self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn all(&self) -> Vec<Shared> {
+        self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Tenant, TenantIndex>> {
-        self.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The tenant's index, if it has one.
+    fn tenant(&self, tenant: &Tenant) -> Option<Shared> {
+        self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(tenant).cloned()
+    }
+
+    /// The tenant's index, created empty when it has none.
+    fn tenant_or_new(&self, tenant: &Tenant) -> Shared {
+        if let Some(index) = self.tenant(tenant) {
+            return index;
+        }
+        self.tenants
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(tenant.clone())
+            .or_default()
+            .clone()
     }
 
     /// Adds (or overwrites) a face.
     pub fn insert(&self, tenant: &Tenant, face: FaceId, user: UserId, embedding: &Embedding) {
-        self.write().entry(tenant.clone()).or_default().insert(face, user, embedding);
+        write(&self.tenant_or_new(tenant)).insert(face, user, embedding);
     }
 
     /// Removes a face; false when it was not there.
     pub fn remove(&self, tenant: &Tenant, face: FaceId) -> bool {
-        self.write().get_mut(tenant).is_some_and(|t| t.remove(face))
+        self.tenant(tenant).is_some_and(|t| write(&t).remove(face))
     }
 
     /// Replaces `old` (if any) by `new` in one step, so no search sees both or neither.
     pub fn replace(&self, tenant: &Tenant, old: Option<FaceId>, face: FaceId, user: UserId, embedding: &Embedding) {
-        let mut tenants = self.write();
-        let index = tenants.entry(tenant.clone()).or_default();
+        let shared = self.tenant_or_new(tenant);
+        let mut index = write(&shared);
         if let Some(old) = old {
             index.remove(old);
         }
@@ -167,8 +186,8 @@ impl FaceIndex {
         if k == 0 {
             return Vec::new();
         }
-        let tenants = self.read();
-        let Some(index) = tenants.get(tenant) else { return Vec::new() };
+        let Some(shared) = self.tenant(tenant) else { return Vec::new() };
+        let index = read(&shared);
         let filtered = index.owners.len() > self.exact_max_faces;
         let mut scored = index.scan(query.as_slice(), min, exclude, filtered);
         let by_score = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
@@ -198,8 +217,8 @@ impl FaceIndex {
 
     /// Similarity of `query` to each of `faces` that is indexed.
     pub fn similarities(&self, tenant: &Tenant, faces: &[FaceId], query: &Embedding) -> Vec<(FaceId, f32)> {
-        let tenants = self.read();
-        let Some(index) = tenants.get(tenant) else { return Vec::new() };
+        let Some(shared) = self.tenant(tenant) else { return Vec::new() };
+        let index = read(&shared);
         faces
             .iter()
             .filter_map(|f| index.rows.get(f).map(|&row| (*f, dot_f16(query.as_slice(), index.row(row)))))
@@ -208,7 +227,7 @@ impl FaceIndex {
 
     /// The indexed faces of a tenant with their users, sorted (tests compare it with the store).
     pub fn entries(&self, tenant: &Tenant) -> Vec<(FaceId, UserId)> {
-        let mut out = self.read().get(tenant).map(|t| t.owners.clone()).unwrap_or_default();
+        let mut out = self.tenant(tenant).map(|t| read(&t).owners.clone()).unwrap_or_default();
         out.sort();
         out
     }
@@ -216,7 +235,8 @@ impl FaceIndex {
     /// Releases spare capacity (after the start-up rebuild, where growth by doubling leaves up
     /// to half of the matrix unused).
     pub fn shrink_to_fit(&self) {
-        for t in self.write().values_mut() {
+        for shared in self.all() {
+            let mut t = write(&shared);
             t.matrix.shrink_to_fit();
             t.sketches.shrink_to_fit();
             t.owners.shrink_to_fit();
@@ -226,9 +246,10 @@ impl FaceIndex {
 
     /// Approximate heap bytes held by the index (matrix, owners, row map).
     pub fn approx_bytes(&self) -> usize {
-        self.read()
-            .values()
-            .map(|t| {
+        self.all()
+            .iter()
+            .map(|shared| {
+                let t = read(shared);
                 t.matrix.capacity() * 2
                     + t.sketches.capacity() * 8
                     + t.owners.capacity() * std::mem::size_of::<(FaceId, UserId)>()
@@ -239,13 +260,22 @@ impl FaceIndex {
 
     /// Faces indexed for a tenant.
     pub fn len(&self, tenant: &Tenant) -> usize {
-        self.read().get(tenant).map_or(0, |t| t.owners.len())
+        self.tenant(tenant).map_or(0, |t| read(&t).owners.len())
     }
 
     /// Faces indexed per tenant.
     pub fn sizes(&self) -> Vec<(Tenant, usize)> {
-        self.read().iter().map(|(t, i)| (t.clone(), i.owners.len())).collect()
+        let tenants = self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        tenants.into_iter().map(|(t, i)| (t, read(&i).owners.len())).collect()
     }
+}
+
+fn read(shared: &Shared) -> std::sync::RwLockReadGuard<'_, TenantIndex> {
+    shared.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write(shared: &Shared) -> std::sync::RwLockWriteGuard<'_, TenantIndex> {
+    shared.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
