@@ -1,4 +1,4 @@
-//! Process start: parse the config, set up logging, run the server.
+//! Process start: parse the config, set up logging, run the server; or `facevault verify`.
 
 use std::process::ExitCode;
 
@@ -7,6 +7,9 @@ use facevault::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("verify") {
+        return facevault::verify::main(std::env::args().skip(2));
+    }
     let config = Config::parse();
     facevault::telemetry::init(&config.log_format);
     if let Err(message) = config.validate() {

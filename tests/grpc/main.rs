@@ -22,3 +22,4 @@ mod security;
 mod tls;
 mod tokens;
 mod users;
+mod verify_cli;
