@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (set up, build, serve on 127.0.0.1:50051) and
 # `make test` (set up, run every test). Everything else is for development.
-.PHONY: setup run test eval calibrate lint bench reference crash fuzz quantize
+.PHONY: setup run test eval calibrate lint bench reference crash powercut fuzz quantize
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +19,7 @@ eval: setup
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --test powercut -- -D warnings
 
 bench: setup
 	cargo bench
@@ -29,6 +30,13 @@ reference:
 # The crash-consistency harness with many kills (CI runs 3). FACEVAULT_CRASH_SEED replays a run.
 crash: setup
 	FACEVAULT_CRASH_CYCLES=$${FACEVAULT_CRASH_CYCLES:-50} cargo test --test grpc crash -- --nocapture
+
+# Power loss: the server on a FUSE layer that drops every write no fsync covered, cut at random
+# moments (tests/powercut.rs). Needs /dev/fuse and root for apt-get. FACEVAULT_POWERCUT_CYCLES
+# (default 3) and FACEVAULT_POWERCUT_SEED as for `make crash`.
+powercut: setup
+	bash scripts/powercut-setup.sh
+	cargo test --test powercut -- --nocapture
 
 # libFuzzer on decode and detector preprocessing (needs nightly and `cargo install cargo-fuzz`).
 fuzz: setup
