@@ -36,6 +36,26 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("syncing a directory"))
 }
 
+/// Creates `dir` and any missing parents, each made durable in its parent (an entry is durable
+/// only once the directory holding it is fsynced).
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::internal("creating a directory", e)),
+    }
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => sync_dir(Path::new(".")),
+    }
+}
+
 /// The image files of a store: `dir/<2 hex>/<hex of the record key>.<kind>`.
 #[derive(Debug, Clone)]
 pub(crate) struct FaceFiles {
@@ -45,12 +65,7 @@ pub(crate) struct FaceFiles {
 impl FaceFiles {
     /// Opens (creating) the directory; its entry in the parent is made durable.
     pub(crate) fn open(dir: PathBuf) -> Result<Self> {
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(io_error("creating the image directory"))?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
-        }
+        create_dir_durable(&dir)?;
         Ok(FaceFiles { dir })
     }
 
@@ -74,10 +89,7 @@ impl FaceFiles {
     pub(crate) fn put(&self, key: &[u8], kind: FileKind, bytes: &[u8]) -> Result<()> {
         let name = Self::name(key, kind);
         let shard = self.shard(&name);
-        if !shard.is_dir() {
-            fs::create_dir_all(&shard).map_err(io_error("creating an image shard"))?;
-            sync_dir(&self.dir)?;
-        }
+        create_dir_durable(&shard)?;
         let temp = shard.join(format!("{name}.tmp"));
         let mut file = OpenOptions::new()
             .write(true)

@@ -74,10 +74,7 @@ impl Store {
 
     fn open_with(dir: &Path, durable_writes: bool, encryption: Option<EncryptionKey>) -> Result<Self> {
         let path = dir.join(STORE_DIR);
-        if !path.is_dir() {
-            std::fs::create_dir_all(&path).map_err(|e| Error::internal("creating the data directory", e))?;
-            files::sync_dir(dir)?;
-        }
+        files::create_dir_durable(&path)?;
         // No background flusher: every write is made durable by `commit` (durable.rs), and a
         // flusher thread would both fsync at moments nothing orders and keep the directory's
         // lock for a while after the store is dropped.
@@ -87,7 +84,18 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(db_error)?;
-        // sled's files (its log, config, snapshots) exist now: make their entries durable.
+        // sled's files exist now: make them and their entries durable (sled writes its config
+        // without an fsync, and fsyncs no directory).
+        for file in ["conf", "db"] {
+            std::fs::File::open(path.join(file))
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::internal("syncing the store's files", e))?;
+        }
+        for sub in ["blobs"] {
+            if path.join(sub).is_dir() {
+                files::sync_dir(&path.join(sub))?;
+            }
+        }
         files::sync_dir(&path)?;
         let meta = db.open_tree(keys::META).map_err(db_error)?;
         let tree = |name: &str| db.open_tree(name).map_err(db_error);
