@@ -94,8 +94,7 @@ impl Store {
         let original = self.seal(keys::IMAGES, &key, &new.original)?;
         let thumbnail = self.seal(keys::THUMBNAILS, &key, &new.thumbnail)?;
         // Durable before the transaction that names them (and removed again if it fails).
-        self.files.put(&key, FileKind::Original, &original)?;
-        self.files.put(&key, FileKind::Thumbnail, &thumbnail)?;
+        self.files.put_pair(&key, &original, &thumbnail)?;
         let trees = (&self.users, &self.faces, &self.embeddings, &self.tokens);
         let result = trees.transaction(|(users, faces, embeddings, tokens)| {
             let Some(record) = tx_user(users, tenant, user_id)? else { return abort(Error::user_not_found()) };

@@ -85,23 +85,42 @@ impl FaceFiles {
         self.shard(&name).join(name)
     }
 
-    /// Writes `bytes` as the `kind` file of `key`, durably (file, rename and directory synced).
+    /// Writes the original and the thumbnail of `key`, durably: each file is written and fsynced
+    /// under a temporary name, both are renamed into place, then their directory is fsynced once.
+    pub(crate) fn put_pair(&self, key: &[u8], original: &[u8], thumbnail: &[u8]) -> Result<()> {
+        self.put_many(key, &[(FileKind::Original, original), (FileKind::Thumbnail, thumbnail)])
+    }
+
+    /// Writes one `kind` file of `key`, durably.
     pub(crate) fn put(&self, key: &[u8], kind: FileKind, bytes: &[u8]) -> Result<()> {
-        let name = Self::name(key, kind);
-        let shard = self.shard(&name);
-        create_dir_durable(&shard)?;
-        let temp = shard.join(format!("{name}.tmp"));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(io_error("creating an image file"))?;
-        file.write_all(bytes).map_err(io_error("writing an image file"))?;
-        file.sync_all().map_err(io_error("syncing an image file"))?;
-        drop(file);
-        fs::rename(&temp, shard.join(&name)).map_err(io_error("renaming an image file"))?;
-        sync_dir(&shard)
+        self.put_many(key, &[(kind, bytes)])
+    }
+
+    fn put_many(&self, key: &[u8], files: &[(FileKind, &[u8])]) -> Result<()> {
+        let mut renames = Vec::with_capacity(files.len());
+        for &(kind, bytes) in files {
+            let name = Self::name(key, kind);
+            let shard = self.shard(&name);
+            create_dir_durable(&shard)?;
+            let temp = shard.join(format!("{name}.tmp"));
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temp)
+                .map_err(io_error("creating an image file"))?;
+            file.write_all(bytes).map_err(io_error("writing an image file"))?;
+            file.sync_all().map_err(io_error("syncing an image file"))?;
+            renames.push((temp, shard.join(&name)));
+        }
+        for (temp, path) in &renames {
+            fs::rename(temp, path).map_err(io_error("renaming an image file"))?;
+        }
+        // Both files of a key share a shard (the key picks it).
+        match renames.first().and_then(|(_, path)| path.parent()) {
+            Some(shard) => sync_dir(shard),
+            None => Ok(()),
+        }
     }
 
     /// The `kind` file of `key`, if there is one.
