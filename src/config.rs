@@ -190,6 +190,14 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "FACEVAULT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Threads for CPU-heavy steps other than inference: the vector scans of SearchFaces and of
+    /// the duplicate check (tens of ms for a tenant of 1M faces). 0: one per core. They keep
+    /// scans off the threads that serve calls, so a large search never delays health checks or
+    /// other tenants. Four scans per thread may wait; beyond that a call fails fast with
+    /// RESOURCE_EXHAUSTED OVERLOADED.
+    #[arg(long, env = "FACEVAULT_COMPUTE_THREADS", default_value_t = 0)]
+    pub compute_threads: usize,
 }
 
 impl Config {

@@ -199,9 +199,7 @@ impl App {
         let writes = self.writes.clone().lock_owned().await;
         let thresholds = self.settings.thresholds;
         // Duplicates among the other users of the tenant, best first.
-        let started = std::time::Instant::now();
-        let hits = self.index.search(tenant, &embedding, 20, thresholds.possible, Some(user_id));
-        crate::metrics::record_stage("search", started.elapsed());
+        let hits = self.search_index(tenant, &embedding, 20, thresholds.possible, Some(user_id)).await?;
         let duplicates = self.describe_hits(tenant, &hits).await?;
         if upload.reject_duplicates
             && let Some(first) = duplicates.iter().find(|d| d.decision == Some(crate::domain::MatchDecision::Match))

@@ -4,9 +4,10 @@
 use bytes::Bytes;
 
 use super::{App, UserRef};
-use crate::domain::{AnalyzedFace, FaceId, FaceMatch, Principal};
+use crate::domain::{AnalyzedFace, Embedding, FaceId, FaceMatch, Principal, Tenant, UserId};
 use crate::error::{Error, Reason, Result};
 use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
+use crate::search::Hit;
 
 /// Most users a search may return.
 pub(super) const MAX_TOP_K: i32 = 100;
@@ -72,11 +73,32 @@ impl App {
         let min = if min_similarity == 0.0 { self.settings.thresholds.possible } else { min_similarity };
         let (query, other_faces) = self.largest_face(image).await?;
         let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
-        let started = std::time::Instant::now();
-        let hits = self.index.search(&caller.tenant, embedding, k as usize, min, None);
-        crate::metrics::record_stage("search", started.elapsed());
+        let hits = self.search_index(&caller.tenant, embedding, k as usize, min, None).await?;
         let matches = self.describe_hits(&caller.tenant, &hits).await?;
         Ok(SearchOutcome { query, matches, other_faces })
+    }
+
+    /// `FaceIndex::search` on a compute thread: a scan of a large tenant takes tens of ms and
+    /// must not hold a runtime thread. OVERLOADED when the compute queue is full.
+    pub(super) async fn search_index(
+        &self,
+        tenant: &Tenant,
+        query: &Embedding,
+        k: usize,
+        min: f32,
+        exclude: Option<UserId>,
+    ) -> Result<Vec<Hit>> {
+        let (index, tenant, query) = (self.index.clone(), tenant.clone(), query.clone());
+        let (hits, took) = self
+            .compute
+            .run(move || {
+                let started = std::time::Instant::now();
+                let hits = index.search(&tenant, &query, k, min, exclude);
+                (hits, started.elapsed())
+            })
+            .await?;
+        crate::metrics::record_stage("search", took);
+        Ok(hits)
     }
 
     pub async fn verify_face(&self, caller: &Principal, user: &UserRef, image: Bytes) -> Result<VerifyOutcome> {

@@ -2,6 +2,7 @@
 //! index and the inference pool, owns start-up (models, store, index rebuild) and the settings
 //! of every flow. Nothing here knows about gRPC.
 
+pub mod compute;
 mod detect;
 mod enroll;
 mod identify;
@@ -19,6 +20,7 @@ use crate::inference::InferencePool;
 use crate::search::FaceIndex;
 use crate::search::similarity::Thresholds;
 use crate::storage::Store;
+use compute::ComputePool;
 
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
 pub use identify::{SearchOutcome, VerifyOutcome};
@@ -42,6 +44,8 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct App {
     pool: InferencePool,
+    /// Threads for vector scans: never run on the async runtime.
+    compute: ComputePool,
     store: Store,
     index: FaceIndex,
     settings: Arc<Settings>,
@@ -99,6 +103,7 @@ impl App {
         let inference = config.inference();
         let pool = blocking(move || InferencePool::start(&inference)).await?;
         tracing::info!(workers = pool.workers(), "models loaded, verified and warmed up");
+        let compute = ComputePool::start(config.compute_threads)?;
         let settings = Settings {
             thresholds: Thresholds { matched: config.match_threshold, possible: config.possible_match_threshold },
             max_faces_per_user: config.max_faces_per_user,
@@ -108,12 +113,24 @@ impl App {
             thumbnail_size: config.thumbnail_size,
             quotas,
         };
-        Ok(App { pool, store, index, settings: Arc::new(settings), writes: Arc::new(tokio::sync::Mutex::new(())) })
+        Ok(App {
+            pool,
+            compute,
+            store,
+            index,
+            settings: Arc::new(settings),
+            writes: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     /// The inference pool (queue depth, rejections).
     pub fn pool(&self) -> &InferencePool {
         &self.pool
+    }
+
+    /// The compute threads (queue depth, rejections).
+    pub fn compute(&self) -> &ComputePool {
+        &self.compute
     }
 
     /// The store (tests compare it with the index).
@@ -139,7 +156,7 @@ impl App {
     pub fn gauges(&self) -> crate::metrics::Gauges {
         crate::metrics::Gauges {
             queue_depth: self.pool.queue_depth(),
-            overload_rejections: self.pool.rejected(),
+            overload_rejections: self.pool.rejected() + self.compute.rejected(),
             index_faces: self.index.sizes().into_iter().map(|(t, n)| (t.as_str().to_owned(), n)).collect(),
         }
     }

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod common;
+mod compute;
 mod cookbook;
 mod crash;
 mod detect;
