@@ -171,16 +171,10 @@ impl App {
     async fn resolve_user(&self, tenant: &Tenant, user: &UserRef) -> Result<User> {
         let (store, tenant, user) = (self.store.clone(), tenant.clone(), user.clone());
         blocking(move || {
-            let id = match &user {
-                UserRef::Id(id) => Some(*id),
-                UserRef::External(external) => store.user_id_by_external(&tenant, external)?,
-                UserRef::Malformed => None,
-            };
-            let found = match id {
-                Some(id) => store.get_user(&tenant, id)?,
-                None => None,
-            };
-            found.ok_or_else(Error::user_not_found)
+            // One snapshot: a user deleted and created again under the same external id is
+            // found (old or new), never lost between the two lookups.
+            let Some(key) = user.storage_key() else { return Err(Error::user_not_found()) };
+            store.find_user(&tenant, key)?.ok_or_else(Error::user_not_found)
         })
         .await
     }

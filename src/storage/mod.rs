@@ -5,6 +5,7 @@
 
 mod faces;
 pub mod keys;
+mod reads;
 mod records;
 mod seal;
 mod users;
@@ -16,6 +17,7 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 pub use faces::{NewFace, Replace, StoredEmbedding};
+pub use reads::{FaceEmbeddings, UserKey};
 pub use seal::EncryptionKey;
 pub use users::{TokenGrant, UserPatch};
 pub use verify::Integrity;

@@ -3,6 +3,7 @@
 mod abuse;
 mod common;
 mod compute;
+mod consistency;
 mod cookbook;
 mod crash;
 mod detect;
