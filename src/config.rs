@@ -49,7 +49,8 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_EMBEDDER_SHA256", default_value = EMBEDDER_SHA256)]
     pub embedder_sha256: String,
 
-    /// Name reported as Face.model for embeddings of this embedder.
+    /// Name reported as Face.model for embeddings of this embedder. A store records the embedder
+    /// it was built with (this id and the model file's sha256) and starts with no other.
     #[arg(long, env = "FACEVAULT_EMBEDDER_ID", default_value = "w600k_mbf")]
     pub embedder_id: String,
 

@@ -16,10 +16,10 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::domain::{Tenant, User};
 use crate::error::{Error, Result};
-use crate::inference::InferencePool;
+use crate::inference::{InferencePool, Models};
 use crate::search::FaceIndex;
 use crate::search::similarity::Thresholds;
-use crate::storage::Store;
+use crate::storage::{EmbedderRecord, Store};
 use compute::ComputePool;
 
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
@@ -79,11 +79,20 @@ pub fn rebuild_index(store: &Store, exact_max_faces: usize) -> Result<FaceIndex>
 
 impl App {
     /// Opens the store (with the encryption key, if configured), rebuilds the search index from
-    /// it, and loads, verifies and warms up the models. Call it before the server reports SERVING.
+    /// it, and loads, verifies and warms up the models. Refuses a store built with another
+    /// embedder. Call it before the server reports SERVING.
     pub async fn open(
         config: &Config,
         quotas: std::collections::HashMap<crate::domain::Tenant, crate::domain::TenantQuota>,
     ) -> Result<Self> {
+        // The model files are read and hashed once, first: the store checks it was built with
+        // this embedder before its index is rebuilt, and the workers load these same bytes.
+        let inference = config.inference();
+        let models = {
+            let inference = inference.clone();
+            blocking(move || Models::read(&inference)).await?
+        };
+        let embedder = EmbedderRecord { id: config.embedder_id.clone(), sha256: models.embedder.sha256().to_owned() };
         let data_dir = config.data_dir.clone();
         let key_file = config.encryption_key_file.clone();
         let exact_max_faces = config.search_exact_max_faces;
@@ -91,6 +100,7 @@ impl App {
             let started = std::time::Instant::now();
             let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
             let store = Store::open_with_key(&data_dir, key)?;
+            store.check_embedder(&embedder)?;
             let opened_ms = started.elapsed().as_millis() as u64;
             let index = rebuild_index(&store, exact_max_faces)?;
             let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
@@ -100,8 +110,7 @@ impl App {
             Ok((store, index))
         })
         .await?;
-        let inference = config.inference();
-        let pool = blocking(move || InferencePool::start(&inference)).await?;
+        let pool = blocking(move || InferencePool::start(&inference, &models)).await?;
         tracing::info!(workers = pool.workers(), "models loaded, verified and warmed up");
         let compute = ComputePool::start(config.compute_threads)?;
         let settings = Settings {

@@ -3,6 +3,7 @@
 //! spans trees is one sled transaction; writes are flushed before they are acknowledged.
 //! Originals, thumbnails and embeddings are sealed with AES-256-GCM when a key is given (seal.rs).
 
+mod embedder;
 mod faces;
 pub mod keys;
 mod reads;
@@ -16,6 +17,7 @@ use std::path::Path;
 use prost::Message;
 
 use crate::error::{Error, Result};
+pub use embedder::EmbedderRecord;
 pub use faces::{NewFace, Replace, StoredEmbedding};
 pub use reads::{FaceEmbeddings, UserKey};
 pub use seal::EncryptionKey;
@@ -28,6 +30,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The sled database and its trees.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The versioned directory (`dir/v1`), for messages.
+    path: std::path::PathBuf,
     db: sled::Db,
     users: sled::Tree,
     external_ids: sled::Tree,
@@ -82,6 +86,7 @@ impl Store {
             durable_writes,
             encryption,
             db,
+            path: path.clone(),
         };
         store.check_encryption(&meta, &path)?;
         Ok(store)

@@ -7,6 +7,7 @@ mod consistency;
 mod cookbook;
 mod crash;
 mod detect;
+mod embedder;
 mod encryption;
 mod enroll;
 mod errors;
