@@ -13,6 +13,7 @@ pub mod search;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod threads;
 
 use std::future::Future;
 

@@ -43,6 +43,7 @@ impl ComputePool {
             std::thread::Builder::new()
                 .name(format!("compute-{id}"))
                 .spawn(move || {
+                    crate::threads::lower_priority();
                     while let Ok(task) = tasks.recv_blocking() {
                         task();
                     }

@@ -17,6 +17,7 @@ pub(super) fn run(
     jobs: async_channel::Receiver<Job>,
     ready: Sender<Result<()>>,
 ) {
+    crate::threads::lower_priority();
     let loaded = load_pipeline_from(config, &models);
     drop(models); // the sessions hold their own copy; the file's bytes are not needed any more
     let mut pipeline = match loaded.and_then(|mut p| warm_up(&mut p).map(|()| p)) {
