@@ -79,7 +79,8 @@ fn main() {
                 .map(|w| {
                     let store = &store;
                     scope.spawn(move || {
-                        let tenant = Tenant::new(&format!("tenant-{writers}-{w}-{}", started.elapsed().as_nanos())).expect("tenant");
+                        let tenant = Tenant::new(&format!("tenant-{writers}-{w}-{}", started.elapsed().as_nanos()))
+                            .expect("tenant");
                         writer(store, &tenant, (writers * 100 + w) as u64 + 1, writes)
                     })
                 })

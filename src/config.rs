@@ -49,7 +49,8 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_EMBEDDER_SHA256", default_value = EMBEDDER_SHA256)]
     pub embedder_sha256: String,
 
-    /// Name reported as Face.model for embeddings of this embedder.
+    /// Name reported as Face.model for embeddings of this embedder. A store records the embedder
+    /// it was built with (this id and the model file's sha256) and starts with no other.
     #[arg(long, env = "FACEVAULT_EMBEDDER_ID", default_value = "w600k_mbf")]
     pub embedder_id: String,
 
@@ -238,6 +239,14 @@ pub struct Config {
     /// in omitted_faces). Bounds what one crowd photo costs in time and memory.
     #[arg(long, env = "FACEVAULT_MAX_FACES_PER_IMAGE", default_value_t = crate::inference::pipeline::DEFAULT_MAX_FACES)]
     pub max_faces_per_image: usize,
+
+    /// Threads for CPU-heavy steps other than inference: the vector scans of SearchFaces and of
+    /// the duplicate check (tens of ms for a tenant of 1M faces). 0: one per core. They keep
+    /// scans off the threads that serve calls, so a large search never delays health checks or
+    /// other tenants. Four scans per thread may wait; beyond that a call fails fast with
+    /// RESOURCE_EXHAUSTED OVERLOADED.
+    #[arg(long, env = "FACEVAULT_COMPUTE_THREADS", default_value_t = 0)]
+    pub compute_threads: usize,
 }
 
 impl Config {

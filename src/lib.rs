@@ -14,6 +14,7 @@ pub mod search;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod threads;
 pub mod verify;
 
 use std::future::Future;

@@ -199,9 +199,7 @@ impl App {
         let writes = self.writes.lock(tenant).await;
         let thresholds = self.settings.thresholds;
         // Duplicates among the other users of the tenant, best first.
-        let started = std::time::Instant::now();
-        let hits = self.index.search(tenant, &embedding, 20, thresholds.possible, Some(user_id));
-        crate::metrics::record_stage("search", started.elapsed());
+        let hits = self.search_index(tenant, &embedding, 20, thresholds.possible, Some(user_id)).await?;
         let duplicates = self.describe_hits(tenant, &hits).await?;
         let first_match = duplicates.iter().find(|d| d.decision == Some(crate::domain::MatchDecision::Match));
         if upload.reject_duplicates
@@ -293,18 +291,23 @@ impl App {
         let (store, tenant, hits, thresholds) =
             (self.store.clone(), tenant.clone(), hits.to_vec(), self.settings.thresholds);
         blocking(move || {
-            let mut out = Vec::with_capacity(hits.len());
-            for hit in hits {
-                let external_id = store.get_user(&tenant, hit.user_id)?.map(|u| u.external_id).unwrap_or_default();
-                out.push(FaceMatch {
-                    user_id: hit.user_id,
-                    external_id,
-                    face_id: hit.face_id,
-                    similarity: hit.similarity,
-                    decision: thresholds.decide(hit.similarity),
-                });
-            }
-            Ok(out)
+            // The index is read before the store: a hit whose face (or user) was deleted since
+            // the scan is left out, as if the scan had come after the delete.
+            let pairs: Vec<(UserId, FaceId)> = hits.iter().map(|h| (h.user_id, h.face_id)).collect();
+            let owners = store.hit_owners(&tenant, &pairs)?;
+            Ok(hits
+                .into_iter()
+                .zip(owners)
+                .filter_map(|(hit, owner)| {
+                    Some(FaceMatch {
+                        user_id: hit.user_id,
+                        external_id: owner?,
+                        face_id: hit.face_id,
+                        similarity: hit.similarity,
+                        decision: thresholds.decide(hit.similarity),
+                    })
+                })
+                .collect())
         })
         .await
     }
@@ -317,13 +320,12 @@ impl App {
 
     /// The user's faces, oldest first.
     pub async fn list_faces(&self, caller: &Principal, user: &UserRef) -> Result<Vec<Face>> {
-        let user = self.resolve_user(&caller.tenant, user).await?;
-        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let (store, tenant, user) = (self.store.clone(), caller.tenant.clone(), user.clone());
         blocking(move || {
-            let mut faces = Vec::with_capacity(user.face_ids.len());
-            for id in user.face_ids {
-                faces.push(store.get_face(&tenant, id)?.ok_or_else(|| Error::bug("a user lists a missing face"))?);
-            }
+            // The user and its faces from one snapshot: a face deleted meanwhile is either
+            // listed with its record or not listed at all.
+            let Some(key) = user.storage_key() else { return Err(Error::user_not_found()) };
+            let (_, faces) = store.user_with_faces(&tenant, key)?.ok_or_else(Error::user_not_found)?;
             Ok(faces)
         })
         .await
@@ -345,11 +347,12 @@ impl App {
 
     /// The stored original or thumbnail of a face.
     pub async fn face_image(&self, caller: &Principal, face_id: &str, kind: ImageKind) -> Result<StoredImage> {
-        let face = self.get_face(caller, face_id).await?;
+        let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
         let (store, tenant) = (self.store.clone(), caller.tenant.clone());
         let thumbnail = kind == ImageKind::Thumbnail;
-        let data =
-            blocking(move || store.face_image(&tenant, face.id, thumbnail)).await?.ok_or_else(Error::face_not_found)?;
+        // The record and the image from one snapshot (the type and size describe these bytes).
+        let (face, data) =
+            blocking(move || store.face_with_image(&tenant, id, thumbnail)).await?.ok_or_else(Error::face_not_found)?;
         Ok(match kind {
             ImageKind::Original => {
                 StoredImage { data, mime_type: face.mime_type, width: face.width, height: face.height }

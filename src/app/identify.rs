@@ -1,12 +1,15 @@
 //! 1:N identify (SearchFaces) and 1:1 verify (VerifyFace), with thresholds from the config.
-//! Never scans sled for embeddings: similarities come from the FaceIndex.
+//! Never scans sled for embeddings: search similarities come from the FaceIndex; Verify reads
+//! the few embeddings of one user from the store, in the snapshot of its face list.
 
 use bytes::Bytes;
 
-use super::{App, UserRef};
-use crate::domain::{AnalyzedFace, FaceId, FaceMatch, Principal};
+use super::{App, UserRef, blocking};
+use crate::domain::{AnalyzedFace, Embedding, FaceId, FaceMatch, Principal, Tenant, UserId};
 use crate::error::{Error, Reason, Result};
 use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
+use crate::search::Hit;
+use crate::search::similarity::{dot_f16, to_f16_bits};
 
 /// Most users a search may return.
 pub(super) const MAX_TOP_K: i32 = 100;
@@ -72,26 +75,64 @@ impl App {
         let min = if min_similarity == 0.0 { self.settings.thresholds.possible } else { min_similarity };
         let (query, other_faces) = self.largest_face(image).await?;
         let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
-        let started = std::time::Instant::now();
-        let hits = self.index.search(&caller.tenant, embedding, k as usize, min, None);
-        crate::metrics::record_stage("search", started.elapsed());
+        let hits = self.search_index(&caller.tenant, embedding, k as usize, min, None).await?;
         let matches = self.describe_hits(&caller.tenant, &hits).await?;
         Ok(SearchOutcome { query, matches, other_faces })
     }
 
+    /// `FaceIndex::search` on a compute thread: a scan of a large tenant takes tens of ms and
+    /// must not hold a runtime thread. OVERLOADED when the compute queue is full.
+    pub(super) async fn search_index(
+        &self,
+        tenant: &Tenant,
+        query: &Embedding,
+        k: usize,
+        min: f32,
+        exclude: Option<UserId>,
+    ) -> Result<Vec<Hit>> {
+        let (index, tenant, query) = (self.index.clone(), tenant.clone(), query.clone());
+        let (hits, took) = self
+            .compute
+            .run(move || {
+                let started = std::time::Instant::now();
+                let hits = index.search(&tenant, &query, k, min, exclude);
+                (hits, started.elapsed())
+            })
+            .await?;
+        crate::metrics::record_stage("search", took);
+        Ok(hits)
+    }
+
+    /// VerifyFace. The user and the embeddings of its faces are read from one store snapshot
+    /// after the inference, so a face deleted, replaced or added meanwhile is compared as in
+    /// the state before the write or as in the state after it, never half of each. (The index
+    /// is updated just after the store, so the user's face list and the index can disagree for
+    /// a moment.) At most `--max-faces-per-user` embeddings: a few µs, on the blocking thread.
     pub async fn verify_face(&self, caller: &Principal, user: &UserRef, image: Bytes) -> Result<VerifyOutcome> {
-        let user = self.resolve_user(&caller.tenant, user).await?;
-        if user.face_ids.is_empty() {
-            return Err(Error::failed_precondition(Reason::NoEnrolledFace, "the user has no enrolled face"));
+        // Checked first so that an unknown user or one without faces costs no inference.
+        let known = self.resolve_user(&caller.tenant, user).await?;
+        if known.face_ids.is_empty() {
+            return Err(no_enrolled_face());
         }
         let (query, _) = self.largest_face(image).await?;
-        let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
-        let scores = self.index.similarities(&caller.tenant, &user.face_ids, embedding);
-        let (best_face, similarity) = scores
-            .into_iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .ok_or_else(|| Error::bug("the user's faces are missing from the index"))?;
+        let query = query.embedding.ok_or_else(|| Error::bug("the query face was not embedded"))?;
+        let (store, tenant, user) = (self.store.clone(), caller.tenant.clone(), user.clone());
+        let best = blocking(move || {
+            let Some(key) = user.storage_key() else { return Err(Error::user_not_found()) };
+            let (_, faces) = store.user_with_embeddings(&tenant, key)?.ok_or_else(Error::user_not_found)?;
+            // Scored as the index scores (f16 rows, f32 query), so Verify and Search agree.
+            Ok(faces
+                .iter()
+                .map(|(id, e)| (*id, dot_f16(query.as_slice(), &to_f16_bits(e.as_slice()))))
+                .max_by(|a, b| a.1.total_cmp(&b.1)))
+        })
+        .await?;
+        let (best_face, similarity) = best.ok_or_else(no_enrolled_face)?;
         let threshold = self.settings.thresholds.matched;
         Ok(VerifyOutcome { matched: similarity >= threshold, similarity, threshold, best_face })
     }
+}
+
+fn no_enrolled_face() -> Error {
+    Error::failed_precondition(Reason::NoEnrolledFace, "the user has no enrolled face")
 }

@@ -2,6 +2,7 @@
 //! index and the inference pool, owns start-up (models, store, index rebuild) and the settings
 //! of every flow. Nothing here knows about gRPC.
 
+pub mod compute;
 mod detect;
 mod enroll;
 mod identify;
@@ -16,10 +17,11 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::domain::{Tenant, User};
 use crate::error::{Error, Result};
-use crate::inference::InferencePool;
+use crate::inference::{InferencePool, Models};
 use crate::search::FaceIndex;
 use crate::search::similarity::Thresholds;
-use crate::storage::Store;
+use crate::storage::{EmbedderRecord, Store};
+use compute::ComputePool;
 
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
 pub use identify::{SearchOutcome, VerifyOutcome};
@@ -46,6 +48,8 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct App {
     pool: InferencePool,
+    /// Threads for vector scans: never run on the async runtime.
+    compute: ComputePool,
     store: Store,
     index: FaceIndex,
     settings: Arc<Settings>,
@@ -97,11 +101,20 @@ pub fn rebuild_index(store: &Store, exact_max_faces: usize) -> Result<FaceIndex>
 
 impl App {
     /// Opens the store (with the encryption key, if configured), rebuilds the search index from
-    /// it, and loads, verifies and warms up the models. Call it before the server reports SERVING.
+    /// it, and loads, verifies and warms up the models. Refuses a store built with another
+    /// embedder. Call it before the server reports SERVING.
     pub async fn open(
         config: &Config,
         quotas: std::collections::HashMap<crate::domain::Tenant, crate::domain::TenantQuota>,
     ) -> Result<Self> {
+        // The model files are read and hashed once, first: the store checks it was built with
+        // this embedder before its index is rebuilt, and the workers load these same bytes.
+        let inference = config.inference();
+        let models = {
+            let inference = inference.clone();
+            blocking(move || Models::read(&inference)).await?
+        };
+        let embedder = EmbedderRecord { id: config.embedder_id.clone(), sha256: models.embedder.sha256().to_owned() };
         let data_dir = config.data_dir.clone();
         let key_file = config.encryption_key_file.clone();
         let exact_max_faces = config.search_exact_max_faces;
@@ -109,6 +122,7 @@ impl App {
             let started = std::time::Instant::now();
             let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
             let store = Store::open_with_key(&data_dir, key)?;
+            store.check_embedder(&embedder)?;
             let opened_ms = started.elapsed().as_millis() as u64;
             let index = rebuild_index(&store, exact_max_faces)?;
             let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
@@ -118,9 +132,9 @@ impl App {
             Ok((store, index))
         })
         .await?;
-        let inference = config.inference();
-        let pool = blocking(move || InferencePool::start(&inference)).await?;
+        let pool = blocking(move || InferencePool::start(&inference, &models)).await?;
         tracing::info!(workers = pool.workers(), "models loaded, verified and warmed up");
+        let compute = ComputePool::start(config.compute_threads)?;
         let settings = Settings {
             thresholds: Thresholds { matched: config.match_threshold, possible: config.possible_match_threshold },
             max_faces_per_user: config.max_faces_per_user,
@@ -131,12 +145,17 @@ impl App {
             thumbnail_size: config.thumbnail_size,
             quotas,
         };
-        Ok(App { pool, store, index, settings: Arc::new(settings), writes: Arc::default() })
+        Ok(App { pool, compute, store, index, settings: Arc::new(settings), writes: Arc::default() })
     }
 
     /// The inference pool (queue depth, rejections).
     pub fn pool(&self) -> &InferencePool {
         &self.pool
+    }
+
+    /// The compute threads (queue depth, rejections).
+    pub fn compute(&self) -> &ComputePool {
+        &self.compute
     }
 
     /// The store (tests compare it with the index).
@@ -162,7 +181,7 @@ impl App {
     pub fn gauges(&self) -> crate::metrics::Gauges {
         crate::metrics::Gauges {
             queue_depth: self.pool.queue_depth(),
-            overload_rejections: self.pool.rejected(),
+            overload_rejections: self.pool.rejected() + self.compute.rejected(),
             index_faces: self.index.sizes().into_iter().map(|(t, n)| (t.as_str().to_owned(), n)).collect(),
             ..crate::metrics::Gauges::default()
         }
@@ -178,16 +197,10 @@ impl App {
     async fn resolve_user(&self, tenant: &Tenant, user: &UserRef) -> Result<User> {
         let (store, tenant, user) = (self.store.clone(), tenant.clone(), user.clone());
         blocking(move || {
-            let id = match &user {
-                UserRef::Id(id) => Some(*id),
-                UserRef::External(external) => store.user_id_by_external(&tenant, external)?,
-                UserRef::Malformed => None,
-            };
-            let found = match id {
-                Some(id) => store.get_user(&tenant, id)?,
-                None => None,
-            };
-            found.ok_or_else(Error::user_not_found)
+            // One snapshot: a user deleted and created again under the same external id is
+            // found (old or new), never lost between the two lookups.
+            let Some(key) = user.storage_key() else { return Err(Error::user_not_found()) };
+            store.find_user(&tenant, key)?.ok_or_else(Error::user_not_found)
         })
         .await
     }

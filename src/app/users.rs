@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::{App, blocking, validate};
 use crate::domain::{EnrollmentStatus, Principal, User, UserId};
 use crate::error::{Error, Reason, Result};
-use crate::storage::{TokenGrant, UserPatch};
+use crate::storage::{TokenGrant, UserKey, UserPatch};
 
 /// A user reference from a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,17 @@ pub enum UserRef {
     External(String),
     /// A user_id that is not in the server's format: no such user can exist.
     Malformed,
+}
+
+impl UserRef {
+    /// The store's key of the user; `None` when no user can have this reference.
+    pub(crate) fn storage_key(&self) -> Option<UserKey<'_>> {
+        match self {
+            UserRef::Id(id) => Some(UserKey::Id(*id)),
+            UserRef::External(external) => Some(UserKey::External(external)),
+            UserRef::Malformed => None,
+        }
+    }
 }
 
 /// The fields of CreateUser.

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 pub use detector::{Coverage, DetectorConfig};
 pub use pipeline::{Analysis, AnalyzeOptions, FacePipeline, FaceSelection, PipelineConfig, StageTimings};
-use session::{ModelSpec, SessionOptions};
+use session::{ModelBytes, ModelSpec, SessionOptions};
 
 /// Everything needed to build pipelines.
 #[derive(Debug, Clone)]
@@ -39,16 +39,37 @@ pub struct InferenceConfig {
     pub queue_capacity: usize,
 }
 
-/// Builds one pipeline: loads the runtime (once per process), opens and verifies both models.
-/// The sha256 of each model is checked by the caller once, not per worker.
+/// Both models, each read from disk once and sha256-checked: what every worker builds its
+/// sessions from.
+#[derive(Debug, Clone)]
+pub struct Models {
+    pub detector: ModelBytes,
+    pub embedder: ModelBytes,
+}
+
+impl Models {
+    /// Reads and checks both model files. Blocking.
+    pub fn read(config: &InferenceConfig) -> Result<Self> {
+        Ok(Models { detector: ModelBytes::read(&config.detector)?, embedder: ModelBytes::read(&config.embedder)? })
+    }
+}
+
+/// Builds one pipeline from the model files (benches, examples): reads and checks them, then
+/// as `load_pipeline_from`.
 pub fn load_pipeline(config: &InferenceConfig) -> Result<FacePipeline> {
+    load_pipeline_from(config, &Models::read(config)?)
+}
+
+/// Builds one pipeline: loads the runtime (once per process), opens sessions from the model
+/// bytes and verifies their tensors.
+pub fn load_pipeline_from(config: &InferenceConfig, models: &Models) -> Result<FacePipeline> {
     let env = session::environment(&config.runtime_library)?;
     let options = SessionOptions { intra_threads: config.intra_threads };
     let detector = detector::Detector::try_new(
-        session::open_session(&env, &config.detector, options, false)?,
+        session::open_session(&env, &models.detector, options, false)?,
         config.detector_config,
     )?;
-    let embedder = embedder::Embedder::try_new(session::open_session(&env, &config.embedder, options, true)?)?;
+    let embedder = embedder::Embedder::try_new(session::open_session(&env, &models.embedder, options, true)?)?;
     Ok(FacePipeline::new(detector, embedder, config.pipeline))
 }
 
@@ -69,19 +90,17 @@ pub struct InferencePool {
 }
 
 impl InferencePool {
-    /// Verifies the models, starts the workers and waits until every one has loaded and
-    /// warmed up its sessions. Blocking: call it from a blocking context.
-    pub fn start(config: &InferenceConfig) -> Result<Self> {
-        session::verify_model(&config.detector)?;
-        session::verify_model(&config.embedder)?;
+    /// Starts the workers on `models` (from `Models::read`) and waits until every one has
+    /// loaded and warmed up its sessions. Blocking: call it from a blocking context.
+    pub fn start(config: &InferenceConfig, models: &Models) -> Result<Self> {
         let workers = config.workers.max(1);
         let (queue, jobs) = async_channel::bounded(config.queue_capacity.max(1));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for id in 0..workers {
-            let (config, jobs, ready) = (config.clone(), jobs.clone(), ready_tx.clone());
+            let (config, models, jobs, ready) = (config.clone(), models.clone(), jobs.clone(), ready_tx.clone());
             std::thread::Builder::new()
                 .name(format!("inference-{id}"))
-                .spawn(move || worker::run(id, &config, jobs, ready))
+                .spawn(move || worker::run(id, &config, models, jobs, ready))
                 .map_err(|e| Error::internal("spawning an inference worker", e))?;
         }
         drop(ready_tx);

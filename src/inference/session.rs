@@ -1,10 +1,10 @@
 //! ONNX Runtime setup: the process-wide environment (loaded from the configured
-//! libonnxruntime), and model sessions that are sha256-checked and shape-verified at load.
+//! libonnxruntime), and model sessions built from model bytes that were read once and
+//! sha256-checked (`ModelBytes`), shape-verified at load.
 //! No preprocessing here.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::logging::LogLevel;
@@ -64,44 +64,67 @@ pub fn environment(library: &Path) -> Result<Environment> {
     Ok(env)
 }
 
-/// sha256 of a file, hex.
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+/// A model file read once: the bytes every session is built from, and their sha256. Sessions
+/// load these bytes, never the path again, so the model that runs is the model that was hashed
+/// (a file replaced between the check and the load would otherwise run unchecked).
+#[derive(Clone)]
+pub struct ModelBytes {
+    path: PathBuf,
+    bytes: Arc<[u8]>,
+    sha256: String,
 }
 
-/// Checks a model file against its pinned sha256 before anything parses it.
-pub fn verify_model(spec: &ModelSpec) -> Result<()> {
-    if !spec.path.is_file() {
-        return Err(Error::Unavailable {
-            message: format!("model not found at {} (run scripts/setup.sh)", spec.path.display()),
-        });
+impl std::fmt::Debug for ModelBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelBytes")
+            .field("path", &self.path)
+            .field("len", &self.bytes.len())
+            .field("sha256", &self.sha256)
+            .finish()
     }
-    if let Some(want) = &spec.sha256 {
-        let got = file_sha256(&spec.path).map_err(|e| Error::internal("reading a model file", e))?;
-        if !got.eq_ignore_ascii_case(want) {
+}
+
+impl ModelBytes {
+    /// Reads the model at `spec.path`, hashes the bytes, and checks them against the pinned
+    /// sha256 (when there is one) before anything parses them.
+    pub fn read(spec: &ModelSpec) -> Result<Self> {
+        if !spec.path.is_file() {
             return Err(Error::Unavailable {
-                message: format!("model {} has sha256 {got}, expected {want}", spec.path.display()),
+                message: format!("model not found at {} (run scripts/setup.sh)", spec.path.display()),
             });
         }
+        let bytes = std::fs::read(&spec.path).map_err(|e| Error::internal("reading a model file", e))?;
+        let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(want) = &spec.sha256
+            && !sha256.eq_ignore_ascii_case(want)
+        {
+            return Err(Error::Unavailable {
+                message: format!("model {} has sha256 {sha256}, expected {want}", spec.path.display()),
+            });
+        }
+        Ok(ModelBytes { path: spec.path.clone(), bytes: bytes.into(), sha256 })
     }
-    Ok(())
+
+    /// sha256 of the bytes, lowercase hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Checks a model file against its pinned sha256 (benches check before they load).
+pub fn verify_model(spec: &ModelSpec) -> Result<()> {
+    ModelBytes::read(spec).map(drop)
 }
 
 /// Opens one single-purpose session. `quiet` raises the session's log level to Error (the
 /// embedder warns on every batched run because its output is declared as (1, 512)).
-pub fn open_session(env: &Environment, spec: &ModelSpec, options: SessionOptions, quiet: bool) -> Result<Session> {
+pub fn open_session(env: &Environment, model: &ModelBytes, options: SessionOptions, quiet: bool) -> Result<Session> {
     let load =
-        |e: ort::Error| Error::Unavailable { message: format!("cannot load model {}: {e}", spec.path.display()) };
+        |e: ort::Error| Error::Unavailable { message: format!("cannot load model {}: {e}", model.path.display()) };
     let mut builder = Session::builder(env)
         .map_err(load)?
         .with_optimization_level(GraphOptimizationLevel::All)
@@ -115,7 +138,7 @@ pub fn open_session(env: &Environment, spec: &ModelSpec, options: SessionOptions
     if quiet {
         builder = builder.with_log_level(LogLevel::Error).map_err(|e| load(e.into()))?;
     }
-    builder.commit_from_file(&spec.path).map_err(load)
+    builder.commit_from_memory(&model.bytes).map_err(load)
 }
 
 /// Shape of a tensor input or output, with -1 for dynamic axes; `None` for a non-tensor.

@@ -6,12 +6,21 @@ use std::sync::mpsc::Sender;
 
 use image::RgbImage;
 
-use super::{InferenceConfig, Job, load_pipeline};
+use super::{InferenceConfig, Job, Models, load_pipeline_from};
 use crate::error::{Error, Result};
 use crate::inference::{AnalyzeOptions, Coverage, FacePipeline, FaceSelection};
 
-pub(super) fn run(id: usize, config: &InferenceConfig, jobs: async_channel::Receiver<Job>, ready: Sender<Result<()>>) {
-    let mut pipeline = match load_pipeline(config).and_then(|mut p| warm_up(&mut p).map(|()| p)) {
+pub(super) fn run(
+    id: usize,
+    config: &InferenceConfig,
+    models: Models,
+    jobs: async_channel::Receiver<Job>,
+    ready: Sender<Result<()>>,
+) {
+    crate::threads::lower_priority();
+    let loaded = load_pipeline_from(config, &models);
+    drop(models); // the sessions hold their own copy; the file's bytes are not needed any more
+    let mut pipeline = match loaded.and_then(|mut p| warm_up(&mut p).map(|()| p)) {
         Ok(pipeline) => pipeline,
         Err(err) => {
             let _ = ready.send(Err(err));

@@ -62,7 +62,7 @@ pub(super) fn embedding_owner(bytes: &[u8]) -> Option<UserId> {
     decode_embedding(bytes).map(|(user, _)| user)
 }
 
-fn decode_embedding(bytes: &[u8]) -> Option<(UserId, Embedding)> {
+pub(super) fn decode_embedding(bytes: &[u8]) -> Option<(UserId, Embedding)> {
     let user = UserId(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?));
     let model_len = usize::from(*bytes.get(8)?);
     let floats = bytes.get(9 + model_len..)?;

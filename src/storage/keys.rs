@@ -17,6 +17,8 @@ pub(crate) const TOKENS: &str = "reenrollment_tokens";
 pub const TENANT_TREES: [&str; 6] = [USERS, EXTERNAL_IDS, FACES, EMBEDDINGS, IMAGES, THUMBNAILS];
 
 pub(crate) const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+/// In `meta`: the embedder the store was built with (an `EmbedderRecord`).
+pub(crate) const EMBEDDER_KEY: &[u8] = b"embedder";
 /// In `meta`: a fixed plaintext sealed with the store's key; present only in encrypted stores.
 pub(crate) const ENCRYPTION_CHECK_KEY: &[u8] = b"encryption_key_check";
 

@@ -5,9 +5,11 @@
 //! Originals, thumbnails and embeddings are sealed with AES-256-GCM when a key is given (seal.rs).
 
 mod durable;
+mod embedder;
 mod faces;
 mod files;
 pub mod keys;
+mod reads;
 mod records;
 mod seal;
 mod users;
@@ -18,7 +20,9 @@ use std::path::Path;
 use prost::Message;
 
 use crate::error::{Error, Result};
+pub use embedder::EmbedderRecord;
 pub use faces::{NewFace, Replace, StoredEmbedding};
+pub use reads::{FaceEmbeddings, UserKey};
 pub use seal::EncryptionKey;
 pub use users::{TokenGrant, UserPatch};
 pub use verify::Integrity;
@@ -34,6 +38,8 @@ const STORE_DIR: &str = "v1";
 /// The sled database and its trees.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The versioned directory (`dir/v1`), for messages.
+    path: std::path::PathBuf,
     db: sled::Db,
     users: sled::Tree,
     external_ids: sled::Tree,
@@ -110,6 +116,7 @@ impl Store {
             durable_writes,
             encryption,
             db,
+            path: path.clone(),
         };
         store.check_schema(&meta, &path)?;
         store.check_encryption(&meta, &path)?;

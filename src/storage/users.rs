@@ -12,7 +12,7 @@ use super::{Store, db_error, decode, keys, random_id};
 use crate::domain::{EnrollmentStatus, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Reason, Result};
 
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
 pub(crate) fn abort<T>(err: Error) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(err))

@@ -3,9 +3,12 @@
 mod abuse;
 mod bounds;
 mod common;
+mod compute;
+mod consistency;
 mod cookbook;
 mod crash;
 mod detect;
+mod embedder;
 mod encryption;
 mod enroll;
 mod errors;

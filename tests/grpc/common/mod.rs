@@ -221,6 +221,21 @@ impl TestServer {
         Self::launch(config, data, tls_ca, tls_client).await
     }
 
+    /// Stops the server and hands back its config and data directory (to start it again
+    /// changed, or to check it refuses to start).
+    pub(crate) async fn stop_keeping_data(mut self) -> (Config, tempfile::TempDir) {
+        let (config, data) = (self.config.clone(), self.data.take().expect("a server on a temporary directory"));
+        self.stop_inner().await;
+        drop(self); // releases the store (sled holds a lock on its directory)
+        (config, data)
+    }
+
+    /// A plaintext server with `config` on the data directory `data` (from `stop_keeping_data`).
+    pub(crate) async fn start_on(config: Config, data: tempfile::TempDir) -> Self {
+        config.validate().expect("test config is valid");
+        Self::launch(config, Some(data), None, None).await
+    }
+
     /// The running application (store and index), for checks no rpc can make.
     pub(crate) fn app(&self) -> &facevault::app::App {
         self.slot.get().expect("the server is serving")
