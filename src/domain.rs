@@ -99,9 +99,16 @@ impl FaceQuality {
     }
 }
 
-/// An L2-normalised face embedding of [`EMBEDDING_DIM`] floats.
-#[derive(Debug, Clone, PartialEq)]
+/// An L2-normalised face embedding of [`EMBEDDING_DIM`] floats. Its Debug shows the
+/// dimension only: an embedding is biometric data.
+#[derive(Clone, PartialEq)]
 pub struct Embedding(Vec<f32>);
+
+impl std::fmt::Debug for Embedding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Embedding(<{} floats>)", self.0.len())
+    }
+}
 
 impl Embedding {
     /// Normalises `raw` to unit length; `None` when its length is wrong or its norm is zero or
@@ -139,14 +146,27 @@ impl Embedding {
     }
 }
 
-/// One analysed face: detection, quality and, when asked for, embedding and thumbnail.
-#[derive(Debug, Clone)]
+/// One analysed face: detection, quality and, when asked for, embedding and thumbnail (Debug
+/// shows the thumbnail's length only).
+#[derive(Clone)]
 pub struct AnalyzedFace {
     pub detection: Detection,
     pub quality: FaceQuality,
     pub embedding: Option<Embedding>,
     /// Square JPEG "zoomed face".
     pub thumbnail: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for AnalyzedFace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AnalyzedFace { detection, quality, embedding, thumbnail } = self;
+        f.debug_struct("AnalyzedFace")
+            .field("detection", detection)
+            .field("quality", quality)
+            .field("embedding", embedding)
+            .field("thumbnail", &format_args!("{:?} bytes", thumbnail.as_ref().map(Vec::len)))
+            .finish()
+    }
 }
 
 /// Result of running the pipeline on one image. Faces are sorted largest first.

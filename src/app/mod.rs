@@ -6,6 +6,7 @@ mod detect;
 mod enroll;
 mod identify;
 pub mod keys;
+mod redact;
 mod tokens;
 mod users;
 pub mod validate;

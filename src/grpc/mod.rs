@@ -4,6 +4,7 @@
 mod auth;
 mod convert;
 mod face_api;
+mod redact;
 pub mod status;
 mod user_api;
 
