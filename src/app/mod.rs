@@ -182,7 +182,6 @@ impl App {
             let id = match &user {
                 UserRef::Id(id) => Some(*id),
                 UserRef::External(external) => store.user_id_by_external(&tenant, external)?,
-                UserRef::Malformed => None,
             };
             let found = match id {
                 Some(id) => store.get_user(&tenant, id)?,

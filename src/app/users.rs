@@ -16,8 +16,6 @@ use crate::storage::{TokenGrant, UserPatch};
 pub enum UserRef {
     Id(UserId),
     External(String),
-    /// A user_id that is not in the server's format: no such user can exist.
-    Malformed,
 }
 
 /// The fields of CreateUser.

@@ -8,7 +8,7 @@ use super::convert;
 use super::observed;
 use super::pb;
 use super::pb::face_service_server::FaceService;
-use crate::app::{FaceUpload, ImageKind};
+use crate::app::FaceUpload;
 use crate::domain::Scope;
 
 /// The FaceService implementation.
@@ -21,10 +21,6 @@ impl FaceApi {
     pub fn new(app: AppSlot) -> Self {
         FaceApi { app }
     }
-}
-
-fn reject(policy: i32) -> bool {
-    policy == pb::DuplicatePolicy::Reject as i32
 }
 
 #[tonic::async_trait]
@@ -58,7 +54,7 @@ impl FaceService for FaceApi {
                 user: convert::user_ref(user, "user")?,
                 image,
                 comment,
-                reject_duplicates: reject(duplicate_policy),
+                reject_duplicates: convert::reject_duplicates(duplicate_policy)?,
             };
             let out = self.app.get()?.upload_face(&who, upload).await?;
             Ok(Response::new(pb::UploadFaceResponse {
@@ -78,11 +74,14 @@ impl FaceService for FaceApi {
         observed("UpdateFace", async move {
             let credential = update_credential(&request)?;
             let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy } = request.into_inner();
+            if !face_id.is_empty() {
+                convert::face_id(&face_id, "face_id")?;
+            }
             let upload = FaceUpload {
                 user: convert::user_ref(user, "user")?,
                 image,
                 comment,
-                reject_duplicates: reject(duplicate_policy),
+                reject_duplicates: convert::reject_duplicates(duplicate_policy)?,
             };
             let out = self.app.get()?.update_face(credential, upload, Some(&face_id)).await?;
             Ok(Response::new(pb::UpdateFaceResponse {
@@ -101,6 +100,7 @@ impl FaceService for FaceApi {
         observed("GetFace", async move {
             let who = caller(&request, Scope::FacesRead)?;
             let pb::GetFaceRequest { face_id } = request.into_inner();
+            convert::face_id(&face_id, "face_id")?;
             Ok(Response::new(self.app.get()?.get_face(&who, &face_id).await?.into()))
         })
         .await
@@ -126,6 +126,7 @@ impl FaceService for FaceApi {
         observed("DeleteFace", async move {
             let who = caller(&request, Scope::FacesWrite)?;
             let pb::DeleteFaceRequest { face_id } = request.into_inner();
+            convert::face_id(&face_id, "face_id")?;
             self.app.get()?.delete_face(&who, &face_id).await?;
             Ok(Response::new(pb::DeleteFaceResponse {}))
         })
@@ -139,7 +140,8 @@ impl FaceService for FaceApi {
         observed("GetFaceImage", async move {
             let who = caller(&request, Scope::FacesRead)?;
             let pb::GetFaceImageRequest { face_id, kind } = request.into_inner();
-            let kind = if kind == pb::ImageKind::Thumbnail as i32 { ImageKind::Thumbnail } else { ImageKind::Original };
+            convert::face_id(&face_id, "face_id")?;
+            let kind = convert::image_kind(kind)?;
             Ok(Response::new(self.app.get()?.face_image(&who, &face_id, kind).await?.into()))
         })
         .await

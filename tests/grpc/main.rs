@@ -6,6 +6,7 @@ mod common;
 mod cookbook;
 mod crash;
 mod detect;
+mod edges;
 mod encryption;
 mod enroll;
 mod errors;
