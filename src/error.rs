@@ -223,6 +223,16 @@ impl Error {
         }
     }
 
+    /// A re-enrollment token has used up its tries for now.
+    pub fn token_rate_limited(retry_after: Duration) -> Self {
+        Error::ResourceExhausted {
+            reason: Reason::RateLimited,
+            message: "the re-enrollment token's tries are used up for now, retry later".into(),
+            retry_after: Some(retry_after),
+            metadata: Vec::new(),
+        }
+    }
+
     /// A tenant quota (`what`: "users" or "faces") is reached.
     pub fn quota_exceeded(what: &'static str, limit: usize) -> Self {
         // FAILED_PRECONDITION like the per-user FACE_LIMIT_REACHED: retrying does not help until

@@ -49,6 +49,7 @@ pub async fn serve_with_slot(
     shutdown: impl Future<Output = ()> + Send + 'static,
     slot: grpc::AppSlot,
 ) -> Result<()> {
+    config.validate().map_err(|message| Error::Unavailable { message: format!("invalid configuration: {message}") })?;
     let keys = match &config.keys_file {
         Some(path) => app::KeyRing::load(path)?,
         None => {
@@ -103,10 +104,12 @@ pub async fn serve_with_slot(
             ..observed.gauges()
         }));
     }
+    let purge = tokio::spawn(app.clone().purge_tokens_periodically());
     slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");
     stop.await;
+    purge.abort();
     drain(server, config.drain_timeout).await?;
     // Every acknowledged write was flushed already; this covers anything sled buffered since.
     app.flush().await?;

@@ -1,5 +1,8 @@
-//! The contract at its edges, through the real server: malformed and non-canonical ids, and
-//! unknown enum values.
+//! The contract at its edges, through the real server: malformed and non-canonical ids, unknown
+//! enum values, a configuration that cannot work, expired tokens left in the store, and what a
+//! re-enrollment token's caller is told.
+
+use std::time::Duration;
 
 use facevault::grpc::pb::{
     DeleteFaceRequest, DeleteUserRequest, GetFaceImageRequest, GetFaceRequest, GetUserRequest, ListFacesRequest,
@@ -8,7 +11,7 @@ use facevault::grpc::pb::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{ADMIN_A, TestServer, fixture_bytes, reason};
+use crate::common::{ADMIN_A, TestServer, fixture_bytes, reason, root};
 use crate::users::{by_id, create};
 
 /// Not the wire form of an id: wrong length, not hex, a sign, the wrong case, no prefix.
@@ -133,4 +136,112 @@ async fn malformed_ids_and_unknown_enum_values_are_invalid_argument() {
     let listed = faces.list_faces(ListFacesRequest { user: by_id(&user.user_id) }).await.expect("list").into_inner();
     assert_eq!(listed.faces.len(), 1);
     assert_eq!(listed.faces[0].face_id, face.face_id);
+}
+
+/// Starts `serve` with `config` and a shutdown 3 s later; returns what it returned.
+async fn serve_briefly(config: facevault::Config) -> facevault::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let serving = facevault::serve(config, listener, tokio::time::sleep(Duration::from_secs(3)));
+    tokio::time::timeout(Duration::from_secs(120), serving).await.expect("serve returned")
+}
+
+#[tokio::test]
+async fn a_configuration_that_cannot_work_stops_the_start_naming_the_flag() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let base = || {
+        let mut config = facevault::Config::for_root(root());
+        config.data_dir = data.path().join("db");
+        config.workers = 1;
+        config
+    };
+    type Edit = fn(&mut facevault::Config);
+    let cases: &[(&str, Edit)] = &[
+        ("--match-threshold", |c| c.match_threshold = 1.5),
+        ("--match-threshold", |c| c.match_threshold = f32::NAN),
+        ("--possible-match-threshold", |c| c.possible_match_threshold = -0.5),
+        ("--possible-match-threshold", |c| c.possible_match_threshold = 0.9),
+        ("--reenrollment-token-ttl", |c| c.reenrollment_token_ttl = u64::MAX),
+        ("--reenrollment-token-ttl", |c| c.reenrollment_token_ttl = 0),
+        ("--drain-timeout", |c| c.drain_timeout = u64::MAX),
+        ("--thumbnail-margin", |c| c.thumbnail_margin = -1.0),
+        ("--thumbnail-margin", |c| c.thumbnail_margin = f32::INFINITY),
+        ("--min-face-size", |c| c.min_face_size = 0.0),
+        ("--min-face-score", |c| c.min_face_score = 2.0),
+        ("--max-image-bytes", |c| c.max_image_bytes = 0),
+        ("--max-image-bytes", |c| c.max_image_bytes = usize::MAX),
+        ("--max-image-dimension", |c| c.max_image_dimension = 0),
+        ("--max-image-pixels", |c| c.max_image_pixels = 0),
+        ("--detect-fine-size", |c| c.detect_fine_size = 100),
+        ("--max-yaw", |c| c.max_yaw = f32::NAN),
+    ];
+    for (flag, edit) in cases {
+        let mut config = base();
+        edit(&mut config);
+        let err = serve_briefly(config).await.expect_err(&format!("a server started with a bad {flag}"));
+        assert!(err.to_string().contains(flag), "{flag}: the error does not name it: {err}");
+    }
+}
+
+#[tokio::test]
+async fn expired_reenrollment_tokens_are_purged_from_the_store() {
+    let server = TestServer::start_keyed_with(|c| c.reenrollment_token_ttl = 1).await;
+    let mut users = server.users_as(ADMIN_A).await;
+    let user = create(&mut users, "purged").await;
+    let request = UpdateUserRequest {
+        user: by_id(&user.user_id),
+        require_face_reenrollment: true,
+        ..UpdateUserRequest::default()
+    };
+    let token = users.update_user(request).await.expect("token").into_inner().reenrollment_token;
+    assert!(!token.is_empty());
+    let tokens = |server: &TestServer| server.app().store().raw_entries("reenrollment_tokens").expect("scan").len();
+    assert_eq!(tokens(&server), 1);
+
+    // The token lives 1 s; it must leave the store soon after, without a restart or a call.
+    let started = std::time::Instant::now();
+    while tokens(&server) > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "an expired token stayed in the store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(500), "purged before it expired");
+    let integrity = server.app().store().verify(5).expect("verify");
+    assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
+    // The user still has to re-enroll; only the dead token is gone.
+    let read = users.get_user(GetUserRequest { user: by_id(&user.user_id) }).await.expect("get").into_inner();
+    assert_eq!(read.enrollment_status, facevault::grpc::pb::EnrollmentStatus::ReenrollmentRequired as i32);
+}
+
+#[tokio::test]
+async fn a_token_caller_is_told_about_its_token_not_an_api_key() {
+    // Attempts enough to reach the rate limit (5 tries at once) before the token is spent.
+    let server = TestServer::start_keyed_with(|c| c.token_max_attempts = 100).await;
+    let mut users = server.users_as(ADMIN_A).await;
+    let user = create(&mut users, "token-holder").await;
+    let request = UpdateUserRequest {
+        user: by_id(&user.user_id),
+        require_face_reenrollment: true,
+        ..UpdateUserRequest::default()
+    };
+    let token = users.update_user(request).await.expect("token").into_inner().reenrollment_token;
+    let mut with_token = server.faces_with(None, Some(&token)).await;
+
+    let err = with_token.get_face(GetFaceRequest { face_id: "fce_0123456789abcdef".into() }).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "REENROLLMENT_TOKEN_INVALID"));
+    assert!(err.message().contains("re-enrollment token"), "{err:?}");
+
+    // Past the token's burst of tries: RATE_LIMITED, worded for the token.
+    let update = || UpdateFaceRequest { user: by_id(&user.user_id), ..UpdateFaceRequest::default() };
+    let mut limited = None;
+    for _ in 0..10 {
+        if let Err(err) = with_token.update_face(update()).await
+            && err.code() == Code::ResourceExhausted
+        {
+            limited = Some(err);
+            break;
+        }
+    }
+    let err = limited.expect("the token is rate-limited");
+    assert_eq!(reason(&err), "RATE_LIMITED");
+    assert!(err.message().contains("re-enrollment token"), "{err:?}");
+    assert!(!err.message().contains("API key"), "{err:?}");
 }
