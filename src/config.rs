@@ -195,6 +195,11 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Label facevault_index_faces on the metrics endpoint with each tenant's name. Off: one
+    /// unlabelled total, so whoever can scrape the endpoint does not learn the tenants.
+    #[arg(long, env = "FACEVAULT_METRICS_TENANT_LABELS", default_value_t = false)]
+    pub metrics_tenant_labels: bool,
+
     /// Log format: text or json.
     #[arg(long, env = "FACEVAULT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -99,7 +99,7 @@ pub async fn serve_with_slot(
             TcpListener::bind(address).await.map_err(|e| Error::internal("binding the metrics listener", e))?;
         tracing::info!(%address, "metrics on http://{address}/metrics");
         let (observed, callers) = (app.clone(), keys.clone());
-        tokio::spawn(metrics::serve(listener, move || metrics::Gauges {
+        tokio::spawn(metrics::serve(listener, config.metrics_tenant_labels, move || metrics::Gauges {
             token_buckets: callers.token_buckets(),
             ..observed.gauges()
         }));

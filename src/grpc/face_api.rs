@@ -5,9 +5,9 @@ use tonic::{Request, Response, Status};
 use super::AppSlot;
 use super::auth::{caller, update_credential};
 use super::convert;
-use super::observed;
 use super::pb;
 use super::pb::face_service_server::FaceService;
+use super::{call_deadline, observed};
 use crate::app::FaceUpload;
 use crate::domain::Scope;
 
@@ -29,7 +29,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::DetectFacesRequest>,
     ) -> Result<Response<pb::DetectFacesResponse>, Status> {
-        observed("DetectFaces", async move {
+        observed("DetectFaces", call_deadline(&request), async move {
             caller(&request, Scope::FacesRead)?;
             let pb::DetectFacesRequest { image, include_embeddings, include_thumbnails } = request.into_inner();
             let analysis = self.app.get()?.detect_faces(image, include_embeddings, include_thumbnails).await?;
@@ -47,7 +47,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::UploadFaceRequest>,
     ) -> Result<Response<pb::UploadFaceResponse>, Status> {
-        observed("UploadFace", async move {
+        observed("UploadFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesWrite)?;
             let pb::UploadFaceRequest { user, image, comment, duplicate_policy } = request.into_inner();
             let upload = FaceUpload {
@@ -71,7 +71,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::UpdateFaceRequest>,
     ) -> Result<Response<pb::UpdateFaceResponse>, Status> {
-        observed("UpdateFace", async move {
+        observed("UpdateFace", call_deadline(&request), async move {
             let credential = update_credential(&request)?;
             let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy } = request.into_inner();
             if !face_id.is_empty() {
@@ -97,7 +97,7 @@ impl FaceService for FaceApi {
     }
 
     async fn get_face(&self, request: Request<pb::GetFaceRequest>) -> Result<Response<pb::Face>, Status> {
-        observed("GetFace", async move {
+        observed("GetFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesRead)?;
             let pb::GetFaceRequest { face_id } = request.into_inner();
             convert::face_id(&face_id, "face_id")?;
@@ -110,7 +110,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::ListFacesRequest>,
     ) -> Result<Response<pb::ListFacesResponse>, Status> {
-        observed("ListFaces", async move {
+        observed("ListFaces", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesRead)?;
             let pb::ListFacesRequest { user } = request.into_inner();
             let faces = self.app.get()?.list_faces(&who, &convert::user_ref(user, "user")?).await?;
@@ -123,7 +123,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::DeleteFaceRequest>,
     ) -> Result<Response<pb::DeleteFaceResponse>, Status> {
-        observed("DeleteFace", async move {
+        observed("DeleteFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesWrite)?;
             let pb::DeleteFaceRequest { face_id } = request.into_inner();
             convert::face_id(&face_id, "face_id")?;
@@ -137,7 +137,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::GetFaceImageRequest>,
     ) -> Result<Response<pb::FaceImage>, Status> {
-        observed("GetFaceImage", async move {
+        observed("GetFaceImage", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesRead)?;
             let pb::GetFaceImageRequest { face_id, kind } = request.into_inner();
             convert::face_id(&face_id, "face_id")?;
@@ -151,7 +151,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::SearchFacesRequest>,
     ) -> Result<Response<pb::SearchFacesResponse>, Status> {
-        observed("SearchFaces", async move {
+        observed("SearchFaces", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesSearch)?;
             let pb::SearchFacesRequest { image, top_k, min_similarity } = request.into_inner();
             let out = self.app.get()?.search_faces(&who, image, top_k, min_similarity).await?;
@@ -170,7 +170,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::VerifyFaceRequest>,
     ) -> Result<Response<pb::VerifyFaceResponse>, Status> {
-        observed("VerifyFace", async move {
+        observed("VerifyFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesSearch)?;
             let pb::VerifyFaceRequest { user, image } = request.into_inner();
             let out = self.app.get()?.verify_face(&who, &convert::user_ref(user, "user")?, image).await?;

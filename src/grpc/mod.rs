@@ -12,6 +12,7 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::app::App;
 use crate::config::Config;
@@ -86,19 +87,66 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
     (routes, health)
 }
 
-/// Runs a handler and records its latency and status code in the metrics.
+/// Runs a handler and records its latency and status code in the metrics, also when the call
+/// never finishes: tonic drops the handler when the client cancels or its deadline passes.
 async fn observed<T>(
     rpc: &'static str,
+    deadline: Option<Instant>,
     handler: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
-    let started = std::time::Instant::now();
+    let mut call = Observation { rpc, started: Instant::now(), deadline, done: false };
     let result = handler.await;
+    call.done = true;
     let code = match &result {
         Ok(_) => "OK",
         Err(status) => code_name(status.code()),
     };
-    crate::metrics::record_rpc(rpc, code, started.elapsed());
+    crate::metrics::record_rpc(rpc, code, call.started.elapsed());
     result
+}
+
+/// One call in progress; dropped unfinished, it records CANCELLED, or DEADLINE_EXCEEDED when
+/// the client's deadline has passed (tonic itself answers a server-side timeout as CANCELLED).
+#[derive(Debug)]
+struct Observation {
+    rpc: &'static str,
+    started: Instant,
+    deadline: Option<Instant>,
+    done: bool,
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // tonic's timer starts a moment before the handler does: allow for that.
+        let expired = self.deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d);
+        let code = if expired { "DEADLINE_EXCEEDED" } else { "CANCELLED" };
+        crate::metrics::record_rpc(self.rpc, code, self.started.elapsed());
+    }
+}
+
+const DEADLINE_SLACK: Duration = Duration::from_millis(2);
+
+/// The instant the client's `grpc-timeout` (1-8 digits and a unit: H M S m u n) runs out.
+fn call_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

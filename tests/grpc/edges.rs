@@ -1,18 +1,19 @@
 //! The contract at its edges, through the real server: malformed and non-canonical ids, unknown
-//! enum values, a configuration that cannot work, expired tokens left in the store, and what a
-//! re-enrollment token's caller is told.
+//! enum values, a configuration that cannot work, expired tokens left in the store, what a
+//! re-enrollment token's caller is told, calls that never finish in the metrics, and tenant
+//! names on the metrics endpoint.
 
 use std::time::Duration;
 
 use facevault::grpc::pb::{
-    DeleteFaceRequest, DeleteUserRequest, GetFaceImageRequest, GetFaceRequest, GetUserRequest, ListFacesRequest,
-    UpdateFaceRequest, UpdateUserRequest, UploadFaceRequest, VerifyFaceRequest,
+    DeleteFaceRequest, DeleteUserRequest, DetectFacesRequest, GetFaceImageRequest, GetFaceRequest, GetUserRequest,
+    ListFacesRequest, UpdateFaceRequest, UpdateUserRequest, UploadFaceRequest, VerifyFaceRequest,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::common::{ADMIN_A, TestServer, fixture_bytes, reason, root};
-use crate::users::{by_id, create};
+use crate::users::{by_external, by_id, create};
 
 /// Not the wire form of an id: wrong length, not hex, a sign, the wrong case, no prefix.
 const BAD_USER_IDS: &[&str] = &[
@@ -244,4 +245,77 @@ async fn a_token_caller_is_told_about_its_token_not_an_api_key() {
     assert_eq!(reason(&err), "RATE_LIMITED");
     assert!(err.message().contains("re-enrollment token"), "{err:?}");
     assert!(!err.message().contains("API key"), "{err:?}");
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut body = String::new();
+    socket.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr")
+}
+
+fn count(text: &str, series: &str) -> u64 {
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn metrics_hide_tenant_names_by_default() {
+    let metrics = free_addr();
+    let server = TestServer::start_keyed_with(|c| c.metrics_listen = Some(metrics)).await;
+    create(&mut server.users_as(ADMIN_A).await, "counted").await;
+    let mut faces = server.faces_as(ADMIN_A).await;
+    faces
+        .upload_face(UploadFaceRequest {
+            user: by_external("counted"),
+            image: fixture_bytes("yaoming.jpg").into(),
+            ..UploadFaceRequest::default()
+        })
+        .await
+        .expect("upload");
+    let text = scrape(metrics).await;
+    assert!(!text.contains("tenant="), "tenant names on the metrics endpoint:\n{text}");
+    assert!(!text.contains("alpha"), "{text}");
+    assert!(text.lines().any(|l| l == "facevault_index_faces 1"), "the total is reported:\n{text}");
+}
+
+#[tokio::test]
+async fn metrics_record_cancelled_and_expired_calls() {
+    let metrics = free_addr();
+    let server = TestServer::start_keyed_with(|c| c.metrics_listen = Some(metrics)).await;
+    let mut faces = server.faces_as(ADMIN_A).await;
+    let slow = || DetectFacesRequest {
+        image: fixture_bytes("players.jpg").into(),
+        include_embeddings: true,
+        include_thumbnails: true,
+    };
+    let expired = "facevault_rpc_duration_seconds_count{rpc=\"DetectFaces\",code=\"DEADLINE_EXCEEDED\"}";
+    let cancelled = "facevault_rpc_duration_seconds_count{rpc=\"DetectFaces\",code=\"CANCELLED\"}";
+    let before = scrape(metrics).await;
+
+    // A deadline the 22-face photo cannot meet: the server gives up on it.
+    let mut request = tonic::Request::new(slow());
+    request.set_timeout(Duration::from_millis(30));
+    let err = faces.detect_faces(request).await.unwrap_err();
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+    // The client goes away mid-call.
+    let mut client = server.faces_as(ADMIN_A).await;
+    let call = tokio::spawn(async move { client.detect_faces(slow()).await });
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    call.abort();
+
+    let started = std::time::Instant::now();
+    loop {
+        let text = scrape(metrics).await;
+        if count(&text, expired) > count(&before, expired) && count(&text, cancelled) > count(&before, cancelled) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "unfinished calls not recorded:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
