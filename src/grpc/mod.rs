@@ -106,7 +106,7 @@ async fn observed<T>(
 }
 
 /// One call in progress; dropped unfinished, it records CANCELLED, or DEADLINE_EXCEEDED when
-/// the client's deadline has passed (tonic itself answers a server-side timeout as CANCELLED).
+/// the client's deadline or the server's request timeout has passed.
 #[derive(Debug)]
 struct Observation {
     rpc: &'static str,
@@ -120,7 +120,7 @@ impl Drop for Observation {
         if self.done {
             return;
         }
-        // tonic's timer starts a moment before the handler does: allow for that.
+        // The timers start a moment before the call is stamped: allow for that.
         let expired = self.deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d);
         let code = if expired { "DEADLINE_EXCEEDED" } else { "CANCELLED" };
         crate::metrics::record_rpc(self.rpc, code, self.started.elapsed());
@@ -129,8 +129,26 @@ impl Drop for Observation {
 
 const DEADLINE_SLACK: Duration = Duration::from_millis(2);
 
-/// The instant the client's `grpc-timeout` (1-8 digits and a unit: H M S m u n) runs out.
-fn call_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
+/// When a call reached the services, before its message was read (where tonic's
+/// `grpc-timeout` timer starts too, give or take microseconds), and when the server's own
+/// request timeout (`--request-timeout`) runs out. The auth layer stamps it on every call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrived {
+    at: Instant,
+    server_deadline: Option<Instant>,
+}
+
+impl Arrived {
+    /// Now, for a call the server gives at most `timeout`.
+    pub(crate) fn now(timeout: Duration) -> Self {
+        let at = Instant::now();
+        Arrived { at, server_deadline: at.checked_add(timeout) }
+    }
+}
+
+/// The instant the client's `grpc-timeout` (1-8 digits and a unit: H M S m u n) runs out,
+/// counted from the call's arrival (reading a large message can take a while).
+fn client_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -146,7 +164,17 @@ fn call_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Instant::now().checked_add(timeout)
+    let arrived = request.extensions().get::<Arrived>().map_or_else(Instant::now, |a| a.at);
+    arrived.checked_add(timeout)
+}
+
+/// The earlier of the client's deadline and the server's request timeout.
+fn call_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    let server = request.extensions().get::<Arrived>().and_then(|a| a.server_deadline);
+    match (client_deadline(request), server) {
+        (Some(client), Some(server)) => Some(client.min(server)),
+        (client, server) => client.or(server),
+    }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -199,4 +227,35 @@ pub fn tls_config(config: &Config) -> crate::Result<Option<tonic::transport::Ser
     }
     tracing::info!(mutual = config.tls_client_ca.is_some(), "TLS on the gRPC listener");
     Ok(Some(tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline_of(timeout: &str) -> Option<Duration> {
+        let mut request = tonic::Request::new(());
+        let arrived = Instant::now();
+        request.extensions_mut().insert(Arrived { at: arrived, server_deadline: None });
+        request.metadata_mut().insert("grpc-timeout", timeout.parse().expect("ascii"));
+        client_deadline(&request).map(|d| d - arrived)
+    }
+
+    #[test]
+    fn grpc_timeout_sets_the_deadline_from_the_arrival() {
+        assert_eq!(deadline_of("30m"), Some(Duration::from_millis(30)));
+        assert_eq!(deadline_of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(deadline_of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline_of("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "5x", "-5m", "5 m"] {
+            assert_eq!(deadline_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(client_deadline(&tonic::Request::new(())), None);
+        // The server's request timeout caps the client's deadline.
+        let mut request = tonic::Request::new(());
+        let arrived = Arrived::now(Duration::from_secs(5));
+        request.extensions_mut().insert(arrived);
+        request.metadata_mut().insert("grpc-timeout", "1H".parse().expect("ascii"));
+        assert_eq!(call_deadline(&request), arrived.server_deadline);
+    }
 }
