@@ -3,6 +3,20 @@
 
 use std::path::PathBuf;
 
+/// facevault.v1 messages whose Debug src/grpc/redact.rs writes by hand.
+const REDACTED: [&str; 10] = [
+    "DetectFacesRequest",
+    "UploadFaceRequest",
+    "UpdateFaceRequest",
+    "SearchFacesRequest",
+    "VerifyFaceRequest",
+    "UpdateUserResponse",
+    "FaceImage",
+    "UploadFaceResponse",
+    "UpdateFaceResponse",
+    "DetectedFace",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/facevault/v1/types.proto",
@@ -20,9 +34,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // Image fields are `bytes::Bytes`: the enrollment flow keeps the original without copying.
+    // Messages with images, embeddings or tokens get a hand-written Debug (src/grpc/redact.rs)
+    // that prints lengths, so a `{:?}` in a log or a panic never carries them.
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("facevault_descriptor.bin"))
         .bytes(".facevault.v1")
+        .skip_debug(REDACTED.map(|m| format!(".facevault.v1.{m}")))
         .compile_protos(&protos.map(PathBuf::from), &[PathBuf::from("proto"), include.clone()])?;
     let records = "proto/facevault/storage/v1/records.proto";
     println!("cargo:rerun-if-changed={records}");

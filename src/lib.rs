@@ -50,6 +50,7 @@ pub async fn serve_with_slot(
     shutdown: impl Future<Output = ()> + Send + 'static,
     slot: grpc::AppSlot,
 ) -> Result<()> {
+    config.validate().map_err(|message| Error::Unavailable { message: format!("invalid configuration: {message}") })?;
     let keys = match &config.keys_file {
         Some(path) => app::KeyRing::load(path)?,
         None => {
@@ -99,15 +100,17 @@ pub async fn serve_with_slot(
             TcpListener::bind(address).await.map_err(|e| Error::internal("binding the metrics listener", e))?;
         tracing::info!(%address, "metrics on http://{address}/metrics");
         let (observed, callers) = (app.clone(), keys.clone());
-        tokio::spawn(metrics::serve(listener, move || metrics::Gauges {
+        tokio::spawn(metrics::serve(listener, config.metrics_tenant_labels, move || metrics::Gauges {
             token_buckets: callers.token_buckets(),
             ..observed.gauges()
         }));
     }
+    let purge = tokio::spawn(app.clone().purge_tokens_periodically());
     slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");
     stop.await;
+    purge.abort();
     drain(server, config.drain_timeout).await?;
     // Every acknowledged write was flushed already; this covers anything sled buffered since.
     app.flush().await?;

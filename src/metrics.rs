@@ -1,7 +1,7 @@
 //! Prometheus metrics: request counts and latency histograms per rpc and status code, per-stage
 //! histograms (decode, detect, align, embed, thumbnail, store, search), and scrape-time gauges
-//! (queue depth, overload rejections, index size per tenant), served as text on a separate
-//! HTTP port. All metric names live here.
+//! (queue depth, overload rejections, index size: per tenant only with --metrics-tenant-labels),
+//! served as text on a separate HTTP port. All metric names live here.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -80,8 +80,9 @@ pub struct Gauges {
     pub token_buckets: usize,
 }
 
-/// The whole exposition, Prometheus text format 0.0.4.
-pub fn render(gauges: &Gauges) -> String {
+/// The whole exposition, Prometheus text format 0.0.4. `tenant_labels`: the index size per
+/// tenant, labelled with its name; otherwise one total that names no tenant.
+pub fn render(gauges: &Gauges, tenant_labels: bool) -> String {
     let mut out = String::new();
     out.push_str("# HELP facevault_rpc_duration_seconds Latency of facevault rpcs by method and gRPC status code.\n");
     out.push_str("# TYPE facevault_rpc_duration_seconds histogram\n");
@@ -106,16 +107,24 @@ pub fn render(gauges: &Gauges) -> String {
     out.push_str("# HELP facevault_token_buckets Rate-limit buckets held for re-enrollment tokens.\n");
     out.push_str("# TYPE facevault_token_buckets gauge\n");
     let _ = writeln!(out, "facevault_token_buckets {}", gauges.token_buckets);
-    out.push_str("# HELP facevault_index_faces Faces in the search index per tenant.\n");
-    out.push_str("# TYPE facevault_index_faces gauge\n");
-    for (tenant, n) in &gauges.index_faces {
-        let _ = writeln!(out, "facevault_index_faces{{tenant=\"{tenant}\"}} {n}");
+    if tenant_labels {
+        out.push_str("# HELP facevault_index_faces Faces in the search index per tenant.\n");
+        out.push_str("# TYPE facevault_index_faces gauge\n");
+        for (tenant, n) in &gauges.index_faces {
+            let _ = writeln!(out, "facevault_index_faces{{tenant=\"{tenant}\"}} {n}");
+        }
+    } else {
+        out.push_str("# HELP facevault_index_faces Faces in the search index, all tenants together.\n");
+        out.push_str("# TYPE facevault_index_faces gauge\n");
+        let total: usize = gauges.index_faces.iter().map(|(_, n)| n).sum();
+        let _ = writeln!(out, "facevault_index_faces {total}");
     }
     out
 }
 
-/// Serves `GET /metrics` on `listener` with `gauges` read at each scrape, until dropped.
-pub async fn serve(listener: TcpListener, gauges: impl Fn() -> Gauges + Send + Sync + 'static) {
+/// Serves `GET /metrics` on `listener` with `gauges` read at each scrape, until dropped
+/// (`tenant_labels`: see [`render`]).
+pub async fn serve(listener: TcpListener, tenant_labels: bool, gauges: impl Fn() -> Gauges + Send + Sync + 'static) {
     let gauges = std::sync::Arc::new(gauges);
     loop {
         let Ok((mut socket, _)) = listener.accept().await else { continue };
@@ -137,7 +146,7 @@ pub async fn serve(listener: TcpListener, gauges: impl Fn() -> Gauges + Send + S
             }
             let head = String::from_utf8_lossy(&request);
             let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
-                ("200 OK", render(&gauges()))
+                ("200 OK", render(&gauges(), tenant_labels))
             } else {
                 ("404 Not Found", "not found; try /metrics\n".to_owned())
             };

@@ -13,8 +13,8 @@ use crate::error::{Error, Reason, Result};
 use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
 use crate::storage::{NewFace, Replace};
 
-/// An UploadFace or UpdateFace request after conversion.
-#[derive(Debug, Clone)]
+/// An UploadFace or UpdateFace request after conversion (Debug: app/redact.rs).
+#[derive(Clone)]
 pub struct FaceUpload {
     pub user: UserRef,
     pub image: Bytes,
@@ -31,8 +31,8 @@ pub enum UpdateCredential {
     Token(TokenHolder),
 }
 
-/// What an enrollment stored and found.
-#[derive(Debug, Clone)]
+/// What an enrollment stored and found (Debug: app/redact.rs).
+#[derive(Clone)]
 pub struct EnrollOutcome {
     pub face: Face,
     pub user: User,
@@ -49,8 +49,8 @@ pub enum ImageKind {
     Thumbnail,
 }
 
-/// A stored image with its type and size.
-#[derive(Debug, Clone)]
+/// A stored image with its type and size (Debug: app/redact.rs).
+#[derive(Clone)]
 pub struct StoredImage {
     pub data: Vec<u8>,
     pub mime_type: String,
@@ -324,7 +324,7 @@ impl App {
         blocking(move || {
             // The user and its faces from one snapshot: a face deleted meanwhile is either
             // listed with its record or not listed at all.
-            let Some(key) = user.storage_key() else { return Err(Error::user_not_found()) };
+            let key = user.storage_key();
             let (_, faces) = store.user_with_faces(&tenant, key)?.ok_or_else(Error::user_not_found)?;
             Ok(faces)
         })

@@ -118,7 +118,7 @@ impl App {
         let query = query.embedding.ok_or_else(|| Error::bug("the query face was not embedded"))?;
         let (store, tenant, user) = (self.store.clone(), caller.tenant.clone(), user.clone());
         let best = blocking(move || {
-            let Some(key) = user.storage_key() else { return Err(Error::user_not_found()) };
+            let key = user.storage_key();
             let (_, faces) = store.user_with_embeddings(&tenant, key)?.ok_or_else(Error::user_not_found)?;
             // Scored as the index scores (f16 rows, f32 query), so Verify and Search agree.
             Ok(faces

@@ -332,7 +332,9 @@ impl KeyRing {
     /// for tokens that exist: every call may create a bucket (at most `max_token_buckets`).
     pub fn admit_token(&self, hash: &[u8; 32]) -> Result<()> {
         let mut buckets = self.token_buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        buckets.take(hash, self.token_limit, self.limits.max_token_buckets, Instant::now()).map_err(Error::rate_limited)
+        buckets
+            .take(hash, self.token_limit, self.limits.max_token_buckets, Instant::now())
+            .map_err(Error::token_rate_limited)
     }
 
     /// Rate-limit buckets held for re-enrollment tokens (tests check the cap).

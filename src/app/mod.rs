@@ -7,6 +7,7 @@ mod detect;
 mod enroll;
 mod identify;
 pub mod keys;
+mod redact;
 mod tokens;
 mod users;
 pub mod validate;
@@ -199,7 +200,7 @@ impl App {
         blocking(move || {
             // One snapshot: a user deleted and created again under the same external id is
             // found (old or new), never lost between the two lookups.
-            let Some(key) = user.storage_key() else { return Err(Error::user_not_found()) };
+            let key = user.storage_key();
             store.find_user(&tenant, key)?.ok_or_else(Error::user_not_found)
         })
         .await

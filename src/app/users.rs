@@ -2,7 +2,7 @@
 //! removal from the index (store first, then index). Never touches tensors.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -16,17 +16,14 @@ use crate::storage::{TokenGrant, UserKey, UserPatch};
 pub enum UserRef {
     Id(UserId),
     External(String),
-    /// A user_id that is not in the server's format: no such user can exist.
-    Malformed,
 }
 
 impl UserRef {
     /// The store's key of the user; `None` when no user can have this reference.
-    pub(crate) fn storage_key(&self) -> Option<UserKey<'_>> {
+    pub(crate) fn storage_key(&self) -> UserKey<'_> {
         match self {
-            UserRef::Id(id) => Some(UserKey::Id(*id)),
-            UserRef::External(external) => Some(UserKey::External(external)),
-            UserRef::Malformed => None,
+            UserRef::Id(id) => UserKey::Id(*id),
+            UserRef::External(external) => UserKey::External(external),
         }
     }
 }
@@ -119,6 +116,29 @@ pub(super) fn hash_token(token: &str) -> [u8; 32] {
 }
 
 impl App {
+    /// Removes the re-enrollment tokens that have expired from the store.
+    pub async fn purge_expired_tokens(&self) -> Result<usize> {
+        let store = self.store.clone();
+        blocking(move || store.purge_expired_tokens(SystemTime::now())).await
+    }
+
+    /// Purges expired tokens now and then every token lifetime (at least a second, at most a
+    /// minute apart), so no token outlives its expiry in the store by more than that. Runs until
+    /// its task is aborted (at shutdown).
+    pub async fn purge_tokens_periodically(self) {
+        let period = self.settings.token_ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match self.purge_expired_tokens().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "expired re-enrollment tokens purged"),
+                Err(err) => tracing::warn!(error = %err, "purging expired re-enrollment tokens failed"),
+            }
+        }
+    }
+
     pub async fn create_user(&self, caller: &Principal, new: NewUser) -> Result<User> {
         let as_update = UserUpdate {
             external_id: Some(new.external_id.clone()),

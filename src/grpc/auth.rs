@@ -155,6 +155,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
+        request.extensions_mut().insert(super::Arrived::now(auth.timeout));
         Box::pin(async move {
             match auth.admit(request.uri().path(), request.headers()).await {
                 Ok((credential, permit)) => {

@@ -3,10 +3,10 @@
 use std::time::SystemTime;
 
 use super::pb;
-use crate::app::{NewUser, StoredImage, UserRef, UserUpdate};
+use crate::app::{ImageKind, NewUser, StoredImage, UserRef, UserUpdate};
 use crate::domain::{
-    AnalyzedFace, BoundingBox, EnrollmentStatus, Face, FaceMatch, FaceQuality, MatchDecision, Point, QualityIssue,
-    User, UserId,
+    AnalyzedFace, BoundingBox, EnrollmentStatus, Face, FaceId, FaceMatch, FaceQuality, MatchDecision, Point,
+    QualityIssue, User, UserId,
 };
 use crate::error::{Error, Reason, Result};
 
@@ -169,15 +169,58 @@ impl From<Point> for pb::Point {
     }
 }
 
-/// A required user reference (`field` names it for BadRequest).
+/// A required user reference (`field` names it for BadRequest). A user_id that is not one this
+/// server writes is INVALID_ARGUMENT, not a lookup that finds nobody.
 pub(super) fn user_ref(value: Option<pb::UserRef>, field: &'static str) -> Result<UserRef> {
     let missing = || Error::invalid(Reason::UserRefInvalid, field, "give user.user_id or user.external_id");
     match value.and_then(|r| r.r#ref) {
-        Some(pb::user_ref::Ref::UserId(id)) if !id.is_empty() => {
-            Ok(UserId::parse(&id).map_or(UserRef::Malformed, UserRef::Id))
-        }
+        Some(pb::user_ref::Ref::UserId(id)) if !id.is_empty() => UserId::parse(&id).map(UserRef::Id).ok_or_else(|| {
+            let id_field = match field {
+                "user" => "user.user_id",
+                other => other,
+            };
+            Error::invalid(
+                Reason::UserRefInvalid,
+                id_field,
+                "user_id is not a user id: usr_ and 16 lowercase hex digits",
+            )
+        }),
         Some(pb::user_ref::Ref::ExternalId(external)) if !external.is_empty() => Ok(UserRef::External(external)),
         Some(pb::user_ref::Ref::UserId(_) | pb::user_ref::Ref::ExternalId(_)) | None => Err(missing()),
+    }
+}
+
+/// A face id as this server writes it: `fce_` and 16 lowercase hex digits.
+pub(super) fn face_id(text: &str, field: &'static str) -> Result<FaceId> {
+    FaceId::parse(text)
+        .ok_or_else(|| Error::invalid(Reason::FaceIdInvalid, field, "not a face id: fce_ and 16 lowercase hex digits"))
+}
+
+/// UploadFace's and UpdateFace's duplicate_policy: true for REJECT. A value the proto does not
+/// define is refused rather than read as REPORT.
+pub(super) fn reject_duplicates(value: i32) -> Result<bool> {
+    match pb::DuplicatePolicy::try_from(value) {
+        Ok(pb::DuplicatePolicy::Report) => Ok(false),
+        Ok(pb::DuplicatePolicy::Reject) => Ok(true),
+        Err(_) => Err(Error::invalid(
+            Reason::DuplicatePolicyInvalid,
+            "duplicate_policy",
+            "duplicate_policy is REPORT or REJECT",
+        )
+        .with_meta("duplicate_policy", value)),
+    }
+}
+
+/// GetFaceImage's kind; a value the proto does not define is refused rather than read as
+/// ORIGINAL.
+pub(super) fn image_kind(value: i32) -> Result<ImageKind> {
+    match pb::ImageKind::try_from(value) {
+        Ok(pb::ImageKind::Original) => Ok(ImageKind::Original),
+        Ok(pb::ImageKind::Thumbnail) => Ok(ImageKind::Thumbnail),
+        Err(_) => {
+            Err(Error::invalid(Reason::ImageKindInvalid, "kind", "kind is ORIGINAL or THUMBNAIL")
+                .with_meta("kind", value))
+        }
     }
 }
 

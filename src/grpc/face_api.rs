@@ -5,10 +5,10 @@ use tonic::{Request, Response, Status};
 use super::AppSlot;
 use super::auth::{caller, update_credential};
 use super::convert;
-use super::observed;
 use super::pb;
 use super::pb::face_service_server::FaceService;
-use crate::app::{FaceUpload, ImageKind};
+use super::{call_deadline, observed};
+use crate::app::FaceUpload;
 use crate::domain::Scope;
 
 /// The FaceService implementation.
@@ -23,17 +23,13 @@ impl FaceApi {
     }
 }
 
-fn reject(policy: i32) -> bool {
-    policy == pb::DuplicatePolicy::Reject as i32
-}
-
 #[tonic::async_trait]
 impl FaceService for FaceApi {
     async fn detect_faces(
         &self,
         request: Request<pb::DetectFacesRequest>,
     ) -> Result<Response<pb::DetectFacesResponse>, Status> {
-        observed("DetectFaces", async move {
+        observed("DetectFaces", call_deadline(&request), async move {
             caller(&request, Scope::FacesRead)?;
             let pb::DetectFacesRequest { image, include_embeddings, include_thumbnails } = request.into_inner();
             let analysis = self.app.get()?.detect_faces(image, include_embeddings, include_thumbnails).await?;
@@ -51,14 +47,14 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::UploadFaceRequest>,
     ) -> Result<Response<pb::UploadFaceResponse>, Status> {
-        observed("UploadFace", async move {
+        observed("UploadFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesWrite)?;
             let pb::UploadFaceRequest { user, image, comment, duplicate_policy } = request.into_inner();
             let upload = FaceUpload {
                 user: convert::user_ref(user, "user")?,
                 image,
                 comment,
-                reject_duplicates: reject(duplicate_policy),
+                reject_duplicates: convert::reject_duplicates(duplicate_policy)?,
             };
             let out = self.app.get()?.upload_face(&who, upload).await?;
             Ok(Response::new(pb::UploadFaceResponse {
@@ -75,14 +71,17 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::UpdateFaceRequest>,
     ) -> Result<Response<pb::UpdateFaceResponse>, Status> {
-        observed("UpdateFace", async move {
+        observed("UpdateFace", call_deadline(&request), async move {
             let credential = update_credential(&request)?;
             let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy } = request.into_inner();
+            if !face_id.is_empty() {
+                convert::face_id(&face_id, "face_id")?;
+            }
             let upload = FaceUpload {
                 user: convert::user_ref(user, "user")?,
                 image,
                 comment,
-                reject_duplicates: reject(duplicate_policy),
+                reject_duplicates: convert::reject_duplicates(duplicate_policy)?,
             };
             let out = self.app.get()?.update_face(credential, upload, Some(&face_id)).await?;
             Ok(Response::new(pb::UpdateFaceResponse {
@@ -98,9 +97,10 @@ impl FaceService for FaceApi {
     }
 
     async fn get_face(&self, request: Request<pb::GetFaceRequest>) -> Result<Response<pb::Face>, Status> {
-        observed("GetFace", async move {
+        observed("GetFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesRead)?;
             let pb::GetFaceRequest { face_id } = request.into_inner();
+            convert::face_id(&face_id, "face_id")?;
             Ok(Response::new(self.app.get()?.get_face(&who, &face_id).await?.into()))
         })
         .await
@@ -110,7 +110,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::ListFacesRequest>,
     ) -> Result<Response<pb::ListFacesResponse>, Status> {
-        observed("ListFaces", async move {
+        observed("ListFaces", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesRead)?;
             let pb::ListFacesRequest { user } = request.into_inner();
             let faces = self.app.get()?.list_faces(&who, &convert::user_ref(user, "user")?).await?;
@@ -123,9 +123,10 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::DeleteFaceRequest>,
     ) -> Result<Response<pb::DeleteFaceResponse>, Status> {
-        observed("DeleteFace", async move {
+        observed("DeleteFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesWrite)?;
             let pb::DeleteFaceRequest { face_id } = request.into_inner();
+            convert::face_id(&face_id, "face_id")?;
             self.app.get()?.delete_face(&who, &face_id).await?;
             Ok(Response::new(pb::DeleteFaceResponse {}))
         })
@@ -136,10 +137,11 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::GetFaceImageRequest>,
     ) -> Result<Response<pb::FaceImage>, Status> {
-        observed("GetFaceImage", async move {
+        observed("GetFaceImage", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesRead)?;
             let pb::GetFaceImageRequest { face_id, kind } = request.into_inner();
-            let kind = if kind == pb::ImageKind::Thumbnail as i32 { ImageKind::Thumbnail } else { ImageKind::Original };
+            convert::face_id(&face_id, "face_id")?;
+            let kind = convert::image_kind(kind)?;
             Ok(Response::new(self.app.get()?.face_image(&who, &face_id, kind).await?.into()))
         })
         .await
@@ -149,7 +151,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::SearchFacesRequest>,
     ) -> Result<Response<pb::SearchFacesResponse>, Status> {
-        observed("SearchFaces", async move {
+        observed("SearchFaces", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesSearch)?;
             let pb::SearchFacesRequest { image, top_k, min_similarity } = request.into_inner();
             let out = self.app.get()?.search_faces(&who, image, top_k, min_similarity).await?;
@@ -168,7 +170,7 @@ impl FaceService for FaceApi {
         &self,
         request: Request<pb::VerifyFaceRequest>,
     ) -> Result<Response<pb::VerifyFaceResponse>, Status> {
-        observed("VerifyFace", async move {
+        observed("VerifyFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesSearch)?;
             let pb::VerifyFaceRequest { user, image } = request.into_inner();
             let out = self.app.get()?.verify_face(&who, &convert::user_ref(user, "user")?, image).await?;

@@ -4,6 +4,7 @@
 mod auth;
 mod convert;
 mod face_api;
+mod redact;
 pub mod status;
 mod user_api;
 
@@ -11,6 +12,7 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::app::App;
 use crate::config::Config;
@@ -85,19 +87,94 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
     (routes, health)
 }
 
-/// Runs a handler and records its latency and status code in the metrics.
+/// Runs a handler and records its latency and status code in the metrics, also when the call
+/// never finishes: tonic drops the handler when the client cancels or its deadline passes.
 async fn observed<T>(
     rpc: &'static str,
+    deadline: Option<Instant>,
     handler: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
-    let started = std::time::Instant::now();
+    let mut call = Observation { rpc, started: Instant::now(), deadline, done: false };
     let result = handler.await;
+    call.done = true;
     let code = match &result {
         Ok(_) => "OK",
         Err(status) => code_name(status.code()),
     };
-    crate::metrics::record_rpc(rpc, code, started.elapsed());
+    crate::metrics::record_rpc(rpc, code, call.started.elapsed());
     result
+}
+
+/// One call in progress; dropped unfinished, it records CANCELLED, or DEADLINE_EXCEEDED when
+/// the client's deadline or the server's request timeout has passed.
+#[derive(Debug)]
+struct Observation {
+    rpc: &'static str,
+    started: Instant,
+    deadline: Option<Instant>,
+    done: bool,
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The timers start a moment before the call is stamped: allow for that.
+        let expired = self.deadline.is_some_and(|d| Instant::now() + DEADLINE_SLACK >= d);
+        let code = if expired { "DEADLINE_EXCEEDED" } else { "CANCELLED" };
+        crate::metrics::record_rpc(self.rpc, code, self.started.elapsed());
+    }
+}
+
+const DEADLINE_SLACK: Duration = Duration::from_millis(2);
+
+/// When a call reached the services, before its message was read (where tonic's
+/// `grpc-timeout` timer starts too, give or take microseconds), and when the server's own
+/// request timeout (`--request-timeout`) runs out. The auth layer stamps it on every call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrived {
+    at: Instant,
+    server_deadline: Option<Instant>,
+}
+
+impl Arrived {
+    /// Now, for a call the server gives at most `timeout`.
+    pub(crate) fn now(timeout: Duration) -> Self {
+        let at = Instant::now();
+        Arrived { at, server_deadline: at.checked_add(timeout) }
+    }
+}
+
+/// The instant the client's `grpc-timeout` (1-8 digits and a unit: H M S m u n) runs out,
+/// counted from the call's arrival (reading a large message can take a while).
+fn client_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    let arrived = request.extensions().get::<Arrived>().map_or_else(Instant::now, |a| a.at);
+    arrived.checked_add(timeout)
+}
+
+/// The earlier of the client's deadline and the server's request timeout.
+fn call_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    let server = request.extensions().get::<Arrived>().and_then(|a| a.server_deadline);
+    match (client_deadline(request), server) {
+        (Some(client), Some(server)) => Some(client.min(server)),
+        (client, server) => client.or(server),
+    }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -150,4 +227,35 @@ pub fn tls_config(config: &Config) -> crate::Result<Option<tonic::transport::Ser
     }
     tracing::info!(mutual = config.tls_client_ca.is_some(), "TLS on the gRPC listener");
     Ok(Some(tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline_of(timeout: &str) -> Option<Duration> {
+        let mut request = tonic::Request::new(());
+        let arrived = Instant::now();
+        request.extensions_mut().insert(Arrived { at: arrived, server_deadline: None });
+        request.metadata_mut().insert("grpc-timeout", timeout.parse().expect("ascii"));
+        client_deadline(&request).map(|d| d - arrived)
+    }
+
+    #[test]
+    fn grpc_timeout_sets_the_deadline_from_the_arrival() {
+        assert_eq!(deadline_of("30m"), Some(Duration::from_millis(30)));
+        assert_eq!(deadline_of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(deadline_of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(deadline_of("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "5x", "-5m", "5 m"] {
+            assert_eq!(deadline_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(client_deadline(&tonic::Request::new(())), None);
+        // The server's request timeout caps the client's deadline.
+        let mut request = tonic::Request::new(());
+        let arrived = Arrived::now(Duration::from_secs(5));
+        request.extensions_mut().insert(arrived);
+        request.metadata_mut().insert("grpc-timeout", "1H".parse().expect("ascii"));
+        assert_eq!(call_deadline(&request), arrived.server_deadline);
+    }
 }

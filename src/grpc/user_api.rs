@@ -5,9 +5,9 @@ use tonic::{Request, Response, Status};
 use super::AppSlot;
 use super::auth::caller;
 use super::convert;
-use super::observed;
 use super::pb;
 use super::pb::user_service_server::UserService;
+use super::{call_deadline, observed};
 use crate::app::parse_etag;
 use crate::domain::Scope;
 
@@ -26,7 +26,7 @@ impl UserApi {
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
-        observed("CreateUser", async move {
+        observed("CreateUser", call_deadline(&request), async move {
             let who = caller(&request, Scope::UsersWrite)?;
             let pb::CreateUserRequest { user } = request.into_inner();
             let user = self.app.get()?.create_user(&who, convert::new_user(user)).await?;
@@ -36,7 +36,7 @@ impl UserService for UserApi {
     }
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
-        observed("GetUser", async move {
+        observed("GetUser", call_deadline(&request), async move {
             let who = caller(&request, Scope::UsersRead)?;
             let pb::GetUserRequest { user } = request.into_inner();
             let user = self.app.get()?.get_user(&who, &convert::user_ref(user, "user")?).await?;
@@ -49,7 +49,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        observed("UpdateUser", async move {
+        observed("UpdateUser", call_deadline(&request), async move {
             let who = caller(&request, Scope::UsersWrite)?;
             let pb::UpdateUserRequest { user, user_update, update_mask, etag, require_face_reenrollment } =
                 request.into_inner();
@@ -69,7 +69,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        observed("DeleteUser", async move {
+        observed("DeleteUser", call_deadline(&request), async move {
             let who = caller(&request, Scope::UsersWrite)?;
             let pb::DeleteUserRequest { user, etag } = request.into_inner();
             let target = convert::user_ref(user, "user")?;
@@ -83,7 +83,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        observed("ListUsers", async move {
+        observed("ListUsers", call_deadline(&request), async move {
             let who = caller(&request, Scope::UsersRead)?;
             let pb::ListUsersRequest { page_size, page_token } = request.into_inner();
             let (users, next_page_token) = self.app.get()?.list_users(&who, page_size, &page_token).await?;

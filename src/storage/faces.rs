@@ -15,13 +15,25 @@ use super::{Store, db_error, decode, keys};
 use crate::domain::{EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Reason, Result};
 
-/// A face to store, with everything kept beside it.
-#[derive(Debug, Clone)]
+/// A face to store, with everything kept beside it (Debug shows the images' lengths only).
+#[derive(Clone)]
 pub struct NewFace {
     pub face: Face,
     pub embedding: Embedding,
     pub original: Vec<u8>,
     pub thumbnail: Vec<u8>,
+}
+
+impl std::fmt::Debug for NewFace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let NewFace { face, embedding, original, thumbnail } = self;
+        f.debug_struct("NewFace")
+            .field("face", face)
+            .field("embedding", embedding)
+            .field("original", &format_args!("<{} bytes>", original.len()))
+            .field("thumbnail", &format_args!("<{} bytes>", thumbnail.len()))
+            .finish()
+    }
 }
 
 /// Which face a new one replaces.

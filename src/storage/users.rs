@@ -227,6 +227,46 @@ impl Store {
         Ok(out)
     }
 
+    /// Removes every re-enrollment token that expired by `now`, and its hash from the user's
+    /// record (the user stays REENROLLMENT_REQUIRED: only the dead token goes). Returns how
+    /// many went.
+    pub fn purge_expired_tokens(&self, now: SystemTime) -> Result<usize> {
+        let expired = |bytes: &[u8]| -> Result<Option<pb::TokenRecord>> {
+            let token: pb::TokenRecord = decode(bytes, "decoding a token record")?;
+            Ok((records::from_nanos(token.expires_at_ns) <= now).then_some(token))
+        };
+        let mut purged = 0;
+        for entry in self.tokens.iter() {
+            let (hash, value) = entry.map_err(db_error)?;
+            if expired(&value)?.is_none() {
+                continue;
+            }
+            let removed = (&self.users, &self.tokens).transaction(|(users, tokens)| {
+                // Read again inside the transaction: UpdateUser or UpdateFace may have replaced
+                // or spent the token since the scan.
+                let Some(bytes) = tokens.get(&hash)? else { return Ok(false) };
+                let Some(token) = expired(&bytes).map_err(ConflictableTransactionError::Abort)? else {
+                    return Ok(false);
+                };
+                tokens.remove(hash.clone())?;
+                let id = UserId(token.user_id);
+                if let Some(tenant) = Tenant::new(&token.tenant)
+                    && let Some(mut record) = tx_user(users, &tenant, id)?
+                    && record.reenrollment_token_hash == hash.as_ref()
+                {
+                    record.reenrollment_token_hash.clear();
+                    users.insert(keys::user_key(&tenant, id), record.encode_to_vec())?;
+                }
+                Ok(true)
+            });
+            purged += usize::from(removed.map_err(tx_error)?);
+        }
+        if purged > 0 {
+            self.commit()?;
+        }
+        Ok(purged)
+    }
+
     /// The tenant and user a token hash was issued for, if it exists, has not expired and has
     /// attempts left (fewer than `max_attempts` admitted so far).
     pub fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {

@@ -46,7 +46,9 @@ async fn deadlines_expiring_mid_upload_leave_whole_faces_or_none() {
 
 #[tokio::test]
 async fn many_concurrent_streams_on_one_connection_are_all_answered() {
-    let server = TestServer::start_keyed().await;
+    // The transport is under test here, not the per-key share (bounds.rs covers that): one key
+    // may have all 500 calls in flight. Beyond --max-concurrent-streams they wait for a stream.
+    let server = TestServer::start_keyed_with(|c| c.max_concurrent_per_key = 1000).await;
     let channel = server.channel().await;
     let mut calls = Vec::new();
     for i in 0..500 {

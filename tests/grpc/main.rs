@@ -8,6 +8,7 @@ mod consistency;
 mod cookbook;
 mod crash;
 mod detect;
+mod edges;
 mod embedder;
 mod encryption;
 mod enroll;

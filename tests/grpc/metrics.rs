@@ -18,7 +18,11 @@ async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
 async fn metrics_count_rpcs_stages_and_index_size() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let server = TestServer::start_keyed_with(|c| c.metrics_listen = Some(metrics)).await;
+    let server = TestServer::start_keyed_with(|c| {
+        c.metrics_listen = Some(metrics);
+        c.metrics_tenant_labels = true;
+    })
+    .await;
     create(&mut server.users_as(ADMIN_A).await, "m").await;
     let mut faces = server.faces_as(ADMIN_A).await;
     upload(&mut faces, "m", fixture_bytes("yaoming.jpg")).await.expect("upload");
@@ -36,6 +40,7 @@ async fn metrics_count_rpcs_stages_and_index_size() {
     }
     assert!(text.contains("facevault_inference_queue_depth 0"));
     assert!(text.contains("facevault_overload_rejections_total"));
+    // --metrics-tenant-labels: per tenant, by name (tests/grpc/edges.rs: without it, a total).
     assert!(text.contains("facevault_index_faces{tenant=\"alpha\"} 1"), "{text}");
     assert!(scrape(metrics, "/other").await.starts_with("HTTP/1.1 404"));
 }

@@ -172,8 +172,9 @@ async fn validation_codes_name_the_field() {
     assert_eq!(reason(&err), "USER_REF_INVALID");
     let err = users.get_user(GetUserRequest { user: by_id("usr_0000000000000001") }).await.unwrap_err();
     assert_eq!(reason(&err), "USER_NOT_FOUND");
+    // Not an id this server writes: a bad argument, not a lookup (tests/grpc/edges.rs has more).
     let err = users.get_user(GetUserRequest { user: by_id("garbage") }).await.unwrap_err();
-    assert_eq!(reason(&err), "USER_NOT_FOUND");
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::InvalidArgument, "USER_REF_INVALID"));
     let err = users.list_users(ListUsersRequest { page_size: 5000, page_token: String::new() }).await.unwrap_err();
     assert_eq!(reason(&err), "PAGE_SIZE_INVALID");
     let err = users.list_users(ListUsersRequest { page_size: 5, page_token: "forged".into() }).await.unwrap_err();
