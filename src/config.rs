@@ -243,6 +243,11 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 20)]
     pub http2_keepalive_timeout: u64,
 
+    /// Seconds a new connection may stay silent before the server closes it (a client that
+    /// connects and sends nothing holds one of --max-connections meanwhile).
+    #[arg(long, env = "FACEVAULT_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u64,
+
     /// Seconds a facevault call may run on the server before it is answered DEADLINE_EXCEEDED
     /// and its work dropped (a shorter grpc-timeout from the client wins).
     #[arg(long, env = "FACEVAULT_REQUEST_TIMEOUT", default_value_t = 60)]
@@ -323,6 +328,7 @@ impl Config {
             ("http2-keepalive-interval", self.http2_keepalive_interval),
             ("http2-keepalive-timeout", self.http2_keepalive_timeout),
             ("request-timeout", self.request_timeout),
+            ("handshake-timeout", self.handshake_timeout),
             ("max-faces-per-image", self.max_faces_per_image as u64),
         ] {
             if value == 0 {
@@ -333,6 +339,7 @@ impl Config {
             ("http2-keepalive-interval", self.http2_keepalive_interval),
             ("http2-keepalive-timeout", self.http2_keepalive_timeout),
             ("request-timeout", self.request_timeout),
+            ("handshake-timeout", self.handshake_timeout),
         ] {
             if seconds > 86_400 {
                 return Err(format!("--{name} must be at most 86400 seconds, got {seconds}"));

@@ -1,6 +1,7 @@
 //! The listener's accept loop with a cap on open connections: a connection holds a permit
 //! until it closes, and while every permit is taken the loop stops accepting, so further
-//! clients wait in the kernel's listen backlog instead of costing the server memory.
+//! clients wait in the kernel's listen backlog instead of costing the server memory. A client
+//! that sends nothing within `--handshake-timeout` of connecting is closed.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,8 +23,12 @@ pub(crate) struct Connection {
 /// Accepts on `listener`, at most `max` connections open at once, with TCP_NODELAY set (without
 /// it small HTTP/2 frames wait on delayed ACKs, about 40 ms a reply). The loop ends when the
 /// server drops the stream.
-pub(crate) fn limited(listener: TcpListener, max: usize) -> ReceiverStream<std::io::Result<Connection>> {
-    let (tx, rx) = mpsc::channel(1);
+pub(crate) fn limited(
+    listener: TcpListener,
+    max: usize,
+    first_bytes_within: std::time::Duration,
+) -> ReceiverStream<std::io::Result<Connection>> {
+    let (tx, rx) = mpsc::channel(16);
     let open = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
     tokio::spawn(async move {
         loop {
@@ -39,7 +44,18 @@ pub(crate) fn limited(listener: TcpListener, max: usize) -> ReceiverStream<std::
                 Ok((stream, _)) => {
                     // A socket that refuses the option still works, only slower.
                     let _ = stream.set_nodelay(true);
-                    Ok(Connection { stream, _permit: permit })
+                    // A client that connects and says nothing gives its slot back after
+                    // `first_bytes_within`, so silent sockets cannot hold every slot for long.
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let mut byte = [0u8; 1];
+                        if let Ok(Ok(n)) = tokio::time::timeout(first_bytes_within, stream.peek(&mut byte)).await
+                            && n > 0
+                        {
+                            let _ = tx.send(Ok(Connection { stream, _permit: permit })).await;
+                        }
+                    });
+                    continue;
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: pause instead of spinning.

@@ -80,9 +80,12 @@ pub async fn serve_with_slot(
         .http2_keepalive_timeout(Some(seconds(config.http2_keepalive_timeout)))
         .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(connections::limited(listener, config.max_connections), async move {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            connections::limited(listener, config.max_connections, seconds(config.handshake_timeout)),
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
     let server = tokio::spawn(server);
 
     let stop = async {
@@ -109,13 +112,28 @@ pub async fn serve_with_slot(
     slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");
+    let watch = tokio::spawn(not_serving_once_writes_fail(app.clone(), health.clone()));
     stop.await;
     purge.abort();
+    watch.abort();
     drain(server, config.drain_timeout).await?;
     // Every acknowledged write was flushed already; this covers anything sled buffered since.
     app.flush().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reports NOT_SERVING from the moment the store can no longer make writes durable (a failed
+/// fsync): a load balancer then sends traffic elsewhere until the process is restarted.
+async fn not_serving_once_writes_fail(app: app::App, health: tonic_health::server::HealthReporter) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if let Some(reason) = app.store().write_failure() {
+            tracing::error!(reason, "writes cannot be made durable: health reports NOT_SERVING until a restart");
+            grpc::set_not_serving(&health).await;
+            return;
+        }
+    }
 }
 
 /// Waits for the stopping server to finish its calls and connections, for at most

@@ -65,6 +65,16 @@ pub const SELF_MISMATCH: &str = "SELF_MISMATCH";
 fn sole_face(analysis: &ImageAnalysis, min_face_size: f32) -> Result<usize> {
     let acceptable: Vec<usize> =
         (0..analysis.faces.len()).filter(|&i| analysis.faces[i].quality.acceptable()).collect();
+    if analysis.omitted_faces > 0 && !acceptable.is_empty() {
+        // Faces past the per-image cap were not assessed: one of them could be enrollable too.
+        let count = analysis.faces.len() + analysis.omitted_faces;
+        return Err(Error::invalid(
+            Reason::MultipleFacesDetected,
+            "image",
+            format!("{count} faces were found; an enrollment photo must show exactly one"),
+        )
+        .with_meta("face_count", count));
+    }
     match acceptable.as_slice() {
         [index] => Ok(*index),
         [] => {
@@ -274,12 +284,13 @@ impl App {
         let (face_id, indexed) = (face.id, embedding.clone());
         let started = std::time::Instant::now();
         // The store write and the index update are one blocking task: a cancelled request cannot
-        // leave the index different from the store.
+        // leave the index different from the store. The index follows the committed write before
+        // it is made durable, so a failed sync cannot leave them apart either.
         let (user, replaced) = blocking(move || {
             let _writes = writes;
-            let (user, replaced) = store.put_face(&tenant_c, &new, replace, max, token)?;
-            index.replace(&tenant_c, replaced, face_id, user_id, &indexed);
-            Ok((user, replaced))
+            let pending = store.put_face_pending(&tenant_c, &new, replace, max, token)?;
+            index.replace(&tenant_c, pending.value().1, face_id, user_id, &indexed);
+            pending.durable()
         })
         .await?;
         crate::metrics::record_stage("store", started.elapsed());
@@ -338,9 +349,9 @@ impl App {
         let (store, index, tenant) = (self.store.clone(), self.index.clone(), caller.tenant.clone());
         blocking(move || {
             let _writes = writes;
-            let user = store.delete_face(&tenant, id)?;
+            let pending = store.delete_face_pending(&tenant, id)?;
             index.remove(&tenant, id);
-            Ok(user)
+            pending.durable()
         })
         .await
     }

@@ -41,11 +41,13 @@ impl App {
             embeddings: FaceSelection::Largest,
             thumbnails: FaceSelection::None,
         };
-        let mut faces = self.pool.analyze(image, options).await?.image.faces;
+        let analysis = self.pool.analyze(image, options).await?.image;
+        let mut faces = analysis.faces;
         if faces.is_empty() {
             return Err(Error::invalid(Reason::NoFaceDetected, "image", "no face was found in the image"));
         }
-        let others = faces.len() - 1;
+        // Faces past the per-image cap were not searched either.
+        let others = faces.len() - 1 + analysis.omitted_faces;
         Ok((faces.swap_remove(0), others))
     }
 

@@ -218,10 +218,11 @@ impl App {
         let (store, index, tenant) = (self.store.clone(), self.index.clone(), caller.tenant.clone());
         blocking(move || {
             let _writes = writes;
-            for face in store.delete_user(&tenant, current.id, expected_version)? {
+            let pending = store.delete_user_pending(&tenant, current.id, expected_version)?;
+            for &face in pending.value() {
                 index.remove(&tenant, face);
             }
-            Ok(())
+            pending.durable().map(|_| ())
         })
         .await
     }

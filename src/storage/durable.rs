@@ -1,9 +1,16 @@
 //! Durable commits with group commit. sled's `flush` ends in `sync_file_range`, which neither
 //! flushes the drive's cache nor the file's metadata, and sled fsyncs its log only from a
-//! background thread every 500 ms; so after sled's flush we fsync its log file and the store's
-//! directory ourselves. Writers that arrive while a sync runs wait for the next one, which covers
-//! them all: one sync per batch of concurrent writers, not one per write.
+//! background thread (which the store turns off); so after sled's flush we fsync its new blob
+//! files, its log file and the store's directory ourselves, blobs before the log that points at
+//! them. Writers that arrive while a sync runs wait for the next one, which covers them all: one
+//! sync per batch of concurrent writers, not one per write.
+//!
+//! A failed sync is final for this process: after a failed fsync the kernel may have dropped
+//! the dirty pages it could not write, so a later fsync that succeeds proves nothing about them.
+//! Every waiting and later write fails UNAVAILABLE, health reports NOT_SERVING, and a restart
+//! (which rebuilds the index from what is durable) is the way back.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -18,6 +25,8 @@ struct State {
     synced: u64,
     /// A sync is running.
     syncing: bool,
+    /// Why writes can no longer be made durable, once a sync failed.
+    failed: Option<String>,
 }
 
 /// The group-commit point of one store.
@@ -25,14 +34,47 @@ struct State {
 pub(crate) struct GroupSync {
     state: Mutex<State>,
     done: Condvar,
-    /// sled's log file and the directory that holds it.
+    /// sled's log file, its blob directory and the directory that holds them.
     log_file: PathBuf,
+    blobs: PathBuf,
     dir: PathBuf,
+    /// Blob files already fsynced (sled names them by log sequence number and never rewrites one).
+    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+}
+
+/// Clears `syncing` and wakes the waiters however the sync ends, a panic included.
+struct SyncingGuard<'a>(&'a GroupSync);
+
+impl Drop for SyncingGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.syncing = false;
+        if std::thread::panicking() && state.failed.is_none() {
+            state.failed = Some("a sync of the store panicked".into());
+        }
+        self.0.done.notify_all();
+    }
+}
+
+fn not_durable(reason: &str) -> Error {
+    Error::Unavailable { message: format!("writes cannot be made durable ({reason}); the server must be restarted") }
 }
 
 impl GroupSync {
     pub(crate) fn new(dir: PathBuf) -> Self {
-        GroupSync { state: Mutex::default(), done: Condvar::new(), log_file: dir.join("db"), dir }
+        GroupSync {
+            state: Mutex::default(),
+            done: Condvar::new(),
+            log_file: dir.join("db"),
+            blobs: dir.join("blobs"),
+            dir,
+            synced_blobs: Mutex::default(),
+        }
+    }
+
+    /// Why writes cannot be made durable, once a sync has failed.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).failed.clone()
     }
 
     /// Returns once every write committed before the call is on stable storage.
@@ -41,6 +83,9 @@ impl GroupSync {
         state.requested += 1;
         let ticket = state.requested;
         loop {
+            if let Some(reason) = &state.failed {
+                return Err(not_durable(reason));
+            }
             if state.synced >= ticket {
                 return Ok(());
             }
@@ -51,26 +96,86 @@ impl GroupSync {
             state.syncing = true;
             let target = state.requested;
             drop(state);
+            let guard = SyncingGuard(self);
             let result = self.sync_now(db);
             state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.syncing = false;
-            if result.is_ok() {
-                state.synced = state.synced.max(target);
+            match &result {
+                Ok(()) => state.synced = state.synced.max(target),
+                Err(e) => {
+                    tracing::error!(error = %e, "a sync of the store failed: no further write is acknowledged");
+                    state.failed = Some(e.to_string());
+                }
             }
-            self.done.notify_all();
-            // On failure the waiters try a sync of their own, and fail or succeed by it.
-            return result;
+            drop(state);
+            drop(guard);
+            return result.map_err(|e| not_durable(&e.to_string()));
         }
     }
 
     fn sync_now(&self, db: &sled::Db) -> Result<()> {
         let started = std::time::Instant::now();
         db.flush().map_err(super::db_error)?;
+        self.sync_new_blobs()?;
         File::open(&self.log_file)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::internal("syncing the store's log", e))?;
         super::files::sync_dir(&self.dir)?;
         crate::metrics::record_stage("fsync", started.elapsed());
         Ok(())
+    }
+
+    /// sled writes a page above about a quarter of its segment size to a blob file and never
+    /// fsyncs it; the store keeps its values far below that, but should one appear, it is made
+    /// durable before the log that points at it.
+    fn sync_new_blobs(&self) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::internal("listing sled's blobs", e)),
+        };
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut any = false;
+        let mut present = HashSet::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::internal("listing sled's blobs", e))?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                File::open(entry.path())
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::internal("syncing a blob", e))?;
+                any = true;
+            }
+            present.insert(name);
+        }
+        *synced = present;
+        if any {
+            super::files::sync_dir(&self.blobs)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sync_fails_every_later_write_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path().join("store")).flush_every_ms(None).open().unwrap();
+        let sync = GroupSync::new(dir.path().join("store"));
+        db.insert(b"k", b"v").unwrap();
+        sync.sync(&db).expect("a sync of a healthy store");
+        assert!(sync.failure().is_none());
+        // The log file vanishes (standing in for an fsync that fails with EIO).
+        let broken = GroupSync::new(dir.path().join("elsewhere"));
+        db.insert(b"k2", b"v").unwrap();
+        let err = broken.sync(&db).unwrap_err();
+        assert!(matches!(err, Error::Unavailable { .. }) && err.to_string().contains("restarted"), "{err}");
+        // Nothing is acknowledged after it, even though the next attempt would find nothing wrong.
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::fs::write(dir.path().join("elsewhere/db"), b"").unwrap();
+        assert!(broken.sync(&db).is_err());
+        assert!(broken.failure().is_some());
     }
 }

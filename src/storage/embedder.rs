@@ -68,7 +68,7 @@ impl Store {
         let record = pb::EmbedderRecord { id: embedder.id.clone(), sha256: embedder.sha256.clone() };
         let meta = self.db.open_tree(keys::META).map_err(db_error)?;
         meta.insert(keys::EMBEDDER_KEY, record.encode_to_vec()).map_err(db_error)?;
-        meta.flush().map_err(db_error)?;
+        self.flush()?;
         tracing::info!(embedder = %embedder.id, sha256 = %embedder.sha256, "recorded the store's embedder");
         Ok(())
     }

@@ -11,7 +11,7 @@ use sled::Transactional;
 use super::files::FileKind;
 use super::records::{self, pb};
 use super::users::{abort, tx_decode, tx_error, tx_user};
-use super::{Store, db_error, decode, keys};
+use super::{Pending, Store, db_error, decode, keys};
 use crate::domain::{EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Reason, Result};
 
@@ -88,7 +88,7 @@ pub(super) fn decode_embedding(bytes: &[u8]) -> Option<(UserId, Embedding)> {
 impl Store {
     /// Stores `new` for its user, replacing per `replace`, consuming the re-enrollment token
     /// `token` if given (it must belong to this user). Returns the updated user and the face
-    /// that was replaced.
+    /// that was replaced, once durable.
     pub fn put_face(
         &self,
         tenant: &Tenant,
@@ -97,6 +97,18 @@ impl Store {
         max_faces: usize,
         token: Option<[u8; 32]>,
     ) -> Result<(User, Option<FaceId>)> {
+        self.put_face_pending(tenant, new, replace, max_faces, token)?.durable()
+    }
+
+    /// [`Store::put_face`], committed but not yet durable (see [`Pending`]).
+    pub fn put_face_pending(
+        &self,
+        tenant: &Tenant,
+        new: &NewFace,
+        replace: Replace,
+        max_faces: usize,
+        token: Option<[u8; 32]>,
+    ) -> Result<Pending<(User, Option<FaceId>)>> {
         let user_id = new.face.user_id;
         // Sealed outside the transaction: a retried closure reuses them, and no crypto runs
         // while sled holds its locks.
@@ -184,11 +196,8 @@ impl Store {
                 return Err(e);
             }
         };
-        self.commit()?;
-        if let Some(old) = out.1 {
-            self.files.remove(&keys::face_key(tenant, old))?;
-        }
-        Ok(out)
+        let removed = out.1.map(|old| (tenant.clone(), old)).into_iter().collect();
+        Ok(Pending::new(out, self, removed))
     }
 
     pub fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
@@ -215,8 +224,13 @@ impl Store {
         Ok(Some(self.unseal(name, &key, &bytes)?.into_owned()))
     }
 
-    /// Deletes one face and everything stored with it; returns the updated user.
+    /// Deletes one face and everything stored with it; returns the updated user, once durable.
     pub fn delete_face(&self, tenant: &Tenant, id: FaceId) -> Result<User> {
+        self.delete_face_pending(tenant, id)?.durable()
+    }
+
+    /// [`Store::delete_face`], committed but not yet durable (see [`Pending`]).
+    pub fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
         let trees = (&self.users, &self.faces, &self.embeddings);
         let result = trees.transaction(|(users, faces, embeddings)| {
             let key = keys::face_key(tenant, id);
@@ -242,9 +256,7 @@ impl Store {
             Ok(user)
         });
         let user = result.map_err(tx_error)?;
-        self.commit()?;
-        self.files.remove(&keys::face_key(tenant, id))?;
-        Ok(user)
+        Ok(Pending::new(user, self, vec![(tenant.clone(), id)]))
     }
 
     /// Every stored embedding of every tenant (start-up index rebuild).

@@ -27,8 +27,13 @@ impl FileKind {
     }
 }
 
+/// A failed file operation: UNAVAILABLE (disk full, I/O error), never a half-done write, since
+/// every write is finished by a rename.
 fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::internal(what, e)
+    move |e| {
+        tracing::error!(error = %e, "{what}");
+        Error::Unavailable { message: format!("storage: {what} failed") }
+    }
 }
 
 /// Fsyncs a directory, so that the entries created, renamed or removed in it are durable.
@@ -66,6 +71,19 @@ impl FaceFiles {
     /// Opens (creating) the directory; its entry in the parent is made durable.
     pub(crate) fn open(dir: PathBuf) -> Result<Self> {
         create_dir_durable(&dir)?;
+        // Every shard exists, durably, before any write: a writer never relies on a shard that
+        // another writer created a moment ago and has not made durable yet.
+        let mut created = false;
+        for shard in 0..=255u8 {
+            let path = dir.join(format!("{shard:02x}"));
+            if !path.is_dir() {
+                fs::create_dir(&path).map_err(io_error("creating an image shard"))?;
+                created = true;
+            }
+        }
+        if created {
+            sync_dir(&dir)?;
+        }
         Ok(FaceFiles { dir })
     }
 
@@ -101,7 +119,6 @@ impl FaceFiles {
         for &(kind, bytes) in files {
             let name = Self::name(key, kind);
             let shard = self.shard(&name);
-            create_dir_durable(&shard)?;
             let temp = shard.join(format!("{name}.tmp"));
             let mut file = OpenOptions::new()
                 .write(true)
@@ -150,9 +167,24 @@ impl FaceFiles {
         }
     }
 
-    /// The record keys that have at least one file (for verification and orphan sweeps), with
-    /// leftover temporary files removed.
+    /// The record keys that have at least one file, with their kinds (verification, counts).
     pub(crate) fn keys(&self) -> Result<Vec<(Vec<u8>, FileKind)>> {
+        Ok(self.entries()?.into_iter().filter_map(|(_, entry)| entry).collect())
+    }
+
+    /// Removes temporary files that no rename finished: call only while no write runs (open).
+    pub(crate) fn remove_partial_writes(&self) -> Result<usize> {
+        let partial: Vec<PathBuf> =
+            self.entries()?.into_iter().filter(|(_, entry)| entry.is_none()).map(|(path, _)| path).collect();
+        for path in &partial {
+            fs::remove_file(path).map_err(io_error("removing a partial image file"))?;
+        }
+        Ok(partial.len())
+    }
+
+    /// Every file: its path, and its key and kind (`None` for a temporary file).
+    #[expect(clippy::type_complexity, reason = "a private listing helper")]
+    fn entries(&self) -> Result<Vec<(PathBuf, Option<(Vec<u8>, FileKind)>)>> {
         let mut out = Vec::new();
         let shards = match fs::read_dir(&self.dir) {
             Ok(shards) => shards,
@@ -165,8 +197,8 @@ impl FaceFiles {
                 let path = entry.map_err(io_error("listing an image shard"))?.path();
                 let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
                 if name.ends_with(".tmp") {
-                    // A write cut short before its rename: never referenced.
-                    fs::remove_file(&path).map_err(io_error("removing a partial image file"))?;
+                    // A write cut short before its rename (or one in flight): never referenced.
+                    out.push((path.clone(), None));
                     continue;
                 }
                 let Some((hex, suffix)) = name.split_once('.') else { continue };
@@ -176,7 +208,7 @@ impl FaceFiles {
                     _ => continue,
                 };
                 if let Some(key) = parse_hex(hex) {
-                    out.push((key, kind));
+                    out.push((path.clone(), Some((key, kind))));
                 }
             }
         }
@@ -205,12 +237,13 @@ mod tests {
         files.put(&key, FileKind::Thumbnail, b"thumb").unwrap();
         assert_eq!(files.get(&key, FileKind::Original).unwrap().as_deref(), Some(&b"original"[..]));
         assert_eq!(files.get(&key, FileKind::Thumbnail).unwrap().as_deref(), Some(&b"thumb"[..]));
-        // A partial write left by a crash is swept, never listed.
+        // A partial write left by a crash is never listed, and removed when asked.
         let shard = files.path(&key, FileKind::Original).parent().unwrap().to_path_buf();
         std::fs::write(shard.join("00.orig.tmp"), b"partial").unwrap();
         let mut listed = files.keys().unwrap();
         listed.sort_by_key(|(_, kind)| *kind == FileKind::Thumbnail);
         assert_eq!(listed, vec![(key.clone(), FileKind::Original), (key.clone(), FileKind::Thumbnail)]);
+        assert_eq!(files.remove_partial_writes().unwrap(), 1);
         assert!(!shard.join("00.orig.tmp").exists());
         files.remove(&key).unwrap();
         assert!(files.keys().unwrap().is_empty());

@@ -9,6 +9,7 @@ mod embedder;
 mod faces;
 mod files;
 pub mod keys;
+mod pending;
 mod reads;
 mod records;
 mod seal;
@@ -22,6 +23,7 @@ use prost::Message;
 use crate::error::{Error, Result};
 pub use embedder::EmbedderRecord;
 pub use faces::{NewFace, Replace, StoredEmbedding};
+pub use pending::Pending;
 pub use reads::{FaceEmbeddings, UserKey};
 pub use seal::EncryptionKey;
 pub use users::{TokenGrant, UserPatch};
@@ -129,6 +131,12 @@ impl Store {
         self.sync.sync(&self.db)
     }
 
+    /// Why writes can no longer be made durable (a sync failed), if so: the server stops
+    /// acknowledging writes and reports NOT_SERVING until it is restarted.
+    pub fn write_failure(&self) -> Option<String> {
+        self.sync.failure()
+    }
+
     /// Ends a write: makes it durable unless this is a bulk import.
     fn commit(&self) -> Result<()> {
         if self.durable_writes { self.flush() } else { Ok(()) }
@@ -137,7 +145,7 @@ impl Store {
     /// Removes image files that no face record names: what a crash between writing a face's
     /// files and committing (or between committing a delete and removing them) leaves behind.
     fn sweep_orphan_files(&self) -> Result<usize> {
-        let mut swept = 0;
+        let mut swept = self.files.remove_partial_writes()?;
         for (key, _) in self.files.keys()? {
             if !self.faces.contains_key(&key).map_err(db_error)? {
                 self.files.remove(&key)?;

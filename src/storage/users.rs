@@ -170,6 +170,16 @@ impl Store {
     /// Erases the user and every face, embedding, original, thumbnail and token of it, in one
     /// transaction. Returns the erased face ids (for the search index).
     pub fn delete_user(&self, tenant: &Tenant, id: UserId, expected_version: Option<u64>) -> Result<Vec<FaceId>> {
+        self.delete_user_pending(tenant, id, expected_version)?.durable()
+    }
+
+    /// [`Store::delete_user`], committed but not yet durable (see [`super::Pending`]).
+    pub fn delete_user_pending(
+        &self,
+        tenant: &Tenant,
+        id: UserId,
+        expected_version: Option<u64>,
+    ) -> Result<super::Pending<Vec<FaceId>>> {
         let trees = (&self.users, &self.external_ids, &self.faces, &self.embeddings, &self.tokens);
         let result = trees.transaction(|(users, external, faces, embeddings, tokens)| {
             let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
@@ -188,11 +198,8 @@ impl Store {
             Ok(record.face_ids.iter().copied().map(FaceId).collect::<Vec<_>>())
         });
         let removed = result.map_err(tx_error)?;
-        self.commit()?;
-        for &face in &removed {
-            self.files.remove(&keys::face_key(tenant, face))?;
-        }
-        Ok(removed)
+        let files = removed.iter().map(|&face| (tenant.clone(), face)).collect();
+        Ok(super::Pending::new(removed, self, files))
     }
 
     /// Number of users of a tenant (a key scan).

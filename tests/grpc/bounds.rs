@@ -195,3 +195,21 @@ async fn a_call_that_runs_past_the_request_timeout_is_ended() {
     }
     assert!(expired >= 1, "six crowd photos on one worker all finished within 1 s");
 }
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_gives_its_slot_back() {
+    let server = TestServer::start_keyed_with(|c| {
+        c.handshake_timeout = 1;
+        c.max_connections = 1;
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "a silent connection stayed open: {closed:?}");
+    println!("silent connection closed after {:?}", started.elapsed());
+    // Its slot (the only one) serves the next client.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health");
+}
