@@ -2,7 +2,7 @@
 # Installs what the power-cut test (tests/powercut.rs, `make powercut`) needs beyond `make setup`:
 #   fuse3     (Debian) fusermount3 and the FUSE kernel interface tools
 #   libfuse2  (Debian) libfuse.so.2, which fusepy loads through ctypes
-#   third_party/powercut-venv   a Python venv with fusepy, pinned and sha256-checked
+#   third_party/powercut-venv   a Python venv with fusepy's fuse.py, pinned and sha256-checked
 #                               (tests/powercut/requirements.txt), from PyPI through pip
 # Idempotent: with everything in place it touches no network. Needs root for apt-get and a
 # /dev/fuse (a container needs --device /dev/fuse and CAP_SYS_ADMIN).
@@ -28,10 +28,18 @@ fi
 
 if ! "$VENV/bin/python" -c 'import fuse' 2>/dev/null; then
   rm -rf "$VENV"
-  "$PYTHON" -m venv "$VENV"
-  # The sdist is hash-checked; pip builds it with setuptools in an isolated build environment.
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+  "$PYTHON" -m venv --without-pip "$VENV"
+  # No code of the package runs: pip fetches the sdist only after checking its sha256
+  # (--require-hashes), takes its metadata from PKG-INFO through the stand-in build backend of
+  # scripts/pip-metadata-only (no setup.py, no build isolation fetching unpinned setuptools),
+  # and fuse.py, the package's one module, is then copied out of the checked archive.
+  dl="$(mktemp -d)"
+  trap 'rm -rf "$dl"' EXIT
+  PYTHONPATH="$ROOT/scripts/pip-metadata-only" "$PYTHON" -m pip download --quiet --disable-pip-version-check \
+    --no-deps --require-hashes --no-build-isolation --use-pep517 --no-binary=:all: -d "$dl" \
     -r "$ROOT/tests/powercut/requirements.txt" >&2
+  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  tar -xzOf "$dl/fusepy-3.0.1.tar.gz" fusepy-3.0.1/fuse.py > "$site/fuse.py"
   "$VENV/bin/python" -c 'import fuse' >&2
-  echo "powercut-setup: installed fusepy into third_party/powercut-venv" >&2
+  echo "powercut-setup: installed fusepy's fuse.py into third_party/powercut-venv" >&2
 fi
