@@ -12,8 +12,7 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use facevault::domain::{
-    BoundingBox, Detection, EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, FaceQuality, Point, Tenant, User,
-    UserId,
+    BoundingBox, Detection, EMBEDDING_DIM, Embedding, Face, FaceId, FaceQuality, Point, Tenant, User,
 };
 use facevault::search::index::DEFAULT_EXACT_MAX_FACES;
 use facevault::storage::{NewFace, Replace, Store};
@@ -43,20 +42,7 @@ fn fill(store: &Store, tenant: &Tenant, from: usize, n: usize) -> facevault::Res
     let started = Instant::now();
     for i in from..from + n {
         let now = SystemTime::now();
-        let user = User {
-            id: UserId(0),
-            external_id: format!("user-{i}"),
-            display_name: String::new(),
-            email: String::new(),
-            phone: String::new(),
-            address: String::new(),
-            metadata: Default::default(),
-            enrollment: EnrollmentStatus::NotEnrolled,
-            face_ids: Vec::new(),
-            create_time: now,
-            update_time: now,
-            version: 1,
-        };
+        let user = User::unenrolled(format!("user-{i}"), now);
         let user = store.create_user(tenant, user)?;
         let raw = (0..EMBEDDING_DIM).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
         let face = Face {

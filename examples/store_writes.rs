@@ -8,32 +8,14 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use facevault::domain::{Detection, EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, Tenant, User, UserId};
+use facevault::domain::{Detection, EMBEDDING_DIM, Embedding, Face, FaceId, Tenant, User};
 use facevault::storage::{NewFace, Replace, Store};
-
-fn user(external_id: String) -> User {
-    let now = SystemTime::now();
-    User {
-        id: UserId(0),
-        external_id,
-        display_name: String::new(),
-        email: String::new(),
-        phone: String::new(),
-        address: String::new(),
-        metadata: Default::default(),
-        enrollment: EnrollmentStatus::NotEnrolled,
-        face_ids: Vec::new(),
-        create_time: now,
-        update_time: now,
-        version: 1,
-    }
-}
 
 /// `writes` durable face writes for one user of `tenant` (replacing its oldest face once it
 /// has five); the latency of each.
 fn writer(store: &Store, tenant: &Tenant, seed: u64, writes: usize) -> Vec<Duration> {
     let mut state = seed;
-    let owner = store.create_user(tenant, user(format!("writer-{seed}"))).expect("user");
+    let owner = store.create_user(tenant, User::unenrolled(format!("writer-{seed}"), SystemTime::now())).expect("user");
     let (original, thumbnail) = (vec![0x5Au8; 150 * 1024], vec![0xA5u8; 20 * 1024]);
     (0..writes)
         .map(|i| {

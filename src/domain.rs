@@ -256,6 +256,25 @@ pub struct User {
 }
 
 impl User {
+    /// A user with only an external id, not yet stored (the store assigns the id) and with no
+    /// face, created and updated at `now`, version 1.
+    pub fn unenrolled(external_id: impl Into<String>, now: std::time::SystemTime) -> Self {
+        User {
+            id: UserId(0),
+            external_id: external_id.into(),
+            display_name: String::new(),
+            email: String::new(),
+            phone: String::new(),
+            address: String::new(),
+            metadata: Default::default(),
+            enrollment: EnrollmentStatus::NotEnrolled,
+            face_ids: Vec::new(),
+            create_time: now,
+            update_time: now,
+            version: 1,
+        }
+    }
+
     /// The etag clients send back for optimistic concurrency.
     pub fn etag(&self) -> String {
         format!("v{}", self.version)

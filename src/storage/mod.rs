@@ -281,25 +281,7 @@ pub fn random_id() -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EnrollmentStatus, Tenant, User, UserId};
-
-    fn user() -> User {
-        let now = std::time::SystemTime::now();
-        User {
-            id: UserId(0),
-            external_id: "u".into(),
-            display_name: String::new(),
-            email: String::new(),
-            phone: String::new(),
-            address: String::new(),
-            metadata: Default::default(),
-            enrollment: EnrollmentStatus::NotEnrolled,
-            face_ids: Vec::new(),
-            create_time: now,
-            update_time: now,
-            version: 1,
-        }
-    }
+    use crate::domain::{Tenant, User};
 
     #[test]
     fn a_version_1_store_is_migrated_with_its_images_moved_into_files() {
@@ -307,7 +289,7 @@ mod tests {
         let tenant = Tenant::new("t").unwrap();
         let face = {
             let store = Store::open(dir.path()).unwrap();
-            let user = store.create_user(&tenant, user()).unwrap();
+            let user = store.create_user(&tenant, User::unenrolled("u", std::time::SystemTime::now())).unwrap();
             let new = seal::tests::new_face(user.id, 7, 0.3);
             store.put_face(&tenant, &new, Replace::Nothing, 5, None).unwrap();
             // Turn it into what version 1 wrote: images in sled trees, schema version 1.

@@ -144,25 +144,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Detection, EMBEDDING_DIM, EnrollmentStatus, FaceQuality};
+    use crate::domain::{Detection, EMBEDDING_DIM, FaceQuality};
     use crate::storage::{NewFace, Replace};
 
     fn user(external_id: &str) -> User {
         let now = std::time::SystemTime::now();
-        User {
-            id: UserId(0),
-            external_id: external_id.into(),
-            display_name: String::new(),
-            email: String::new(),
-            phone: String::new(),
-            address: String::new(),
-            metadata: Default::default(),
-            enrollment: EnrollmentStatus::NotEnrolled,
-            face_ids: Vec::new(),
-            create_time: now,
-            update_time: now,
-            version: 1,
-        }
+        User::unenrolled(external_id, now)
     }
 
     fn face(user: UserId, id: u64) -> NewFace {

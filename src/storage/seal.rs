@@ -158,9 +158,7 @@ impl Store {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::domain::{
-        Detection, EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, FaceQuality, Tenant, User, UserId,
-    };
+    use crate::domain::{Detection, EMBEDDING_DIM, Embedding, Face, FaceId, FaceQuality, Tenant, User, UserId};
     use crate::storage::{NewFace, Replace};
 
     const KEY: [u8; 32] = [7; 32];
@@ -250,20 +248,7 @@ pub(super) mod tests {
         let store = Store::open_with_key(dir.path(), Some(key())).unwrap();
         let tenant = Tenant::new("acme").unwrap();
         let now = std::time::SystemTime::now();
-        let user = User {
-            id: UserId(0),
-            external_id: "u".into(),
-            display_name: String::new(),
-            email: String::new(),
-            phone: String::new(),
-            address: String::new(),
-            metadata: Default::default(),
-            enrollment: EnrollmentStatus::NotEnrolled,
-            face_ids: Vec::new(),
-            create_time: now,
-            update_time: now,
-            version: 1,
-        };
+        let user = User::unenrolled("u", now);
         let user = store.create_user(&tenant, user).unwrap();
         let (a, b) = (new_face(user.id, 1, 0.1), new_face(user.id, 2, 0.2));
         for face in [&a, &b] {

@@ -247,15 +247,6 @@ async fn a_token_caller_is_told_about_its_token_not_an_api_key() {
     assert!(!err.message().contains("API key"), "{err:?}");
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
-    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
-    let mut body = String::new();
-    socket.read_to_string(&mut body).await.expect("read");
-    body
-}
-
 fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr")
 }
@@ -278,7 +269,7 @@ async fn metrics_hide_tenant_names_by_default() {
         })
         .await
         .expect("upload");
-    let text = scrape(metrics).await;
+    let text = crate::common::scrape(metrics, "/metrics").await;
     assert!(!text.contains("tenant="), "tenant names on the metrics endpoint:\n{text}");
     assert!(!text.contains("alpha"), "{text}");
     assert!(text.lines().any(|l| l == "facevault_index_faces 1"), "the total is reported:\n{text}");
@@ -296,7 +287,7 @@ async fn metrics_record_cancelled_and_expired_calls() {
     };
     let expired = "facevault_rpc_duration_seconds_count{rpc=\"DetectFaces\",code=\"DEADLINE_EXCEEDED\"}";
     let cancelled = "facevault_rpc_duration_seconds_count{rpc=\"DetectFaces\",code=\"CANCELLED\"}";
-    let before = scrape(metrics).await;
+    let before = crate::common::scrape(metrics, "/metrics").await;
 
     // A deadline the 22-face photo cannot meet: the server gives up on it.
     let mut request = tonic::Request::new(slow());
@@ -311,7 +302,7 @@ async fn metrics_record_cancelled_and_expired_calls() {
 
     let started = std::time::Instant::now();
     loop {
-        let text = scrape(metrics).await;
+        let text = crate::common::scrape(metrics, "/metrics").await;
         if count(&text, expired) > count(&before, expired) && count(&text, cancelled) > count(&before, cancelled) {
             break;
         }

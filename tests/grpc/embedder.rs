@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use facevault::Config;
 use facevault::config::EMBEDDER_SHA256;
-use facevault::domain::{Detection, Embedding, EnrollmentStatus, Face, FaceId, FaceQuality, Tenant, User, UserId};
+use facevault::domain::{Detection, Embedding, Face, FaceId, FaceQuality, Tenant, User};
 use facevault::grpc::pb::ListFacesRequest;
 use facevault::inference::session::{self, ModelBytes, ModelSpec, SessionOptions};
 use facevault::storage::{NewFace, Replace, Store};
@@ -89,20 +89,7 @@ fn older_store(dir: &std::path::Path, model: &str) {
     let store = Store::open(dir).expect("open the store");
     let tenant = Tenant::new("alpha").expect("tenant");
     let now = std::time::SystemTime::now();
-    let user = User {
-        id: UserId(0),
-        external_id: "old".into(),
-        display_name: String::new(),
-        email: String::new(),
-        phone: String::new(),
-        address: String::new(),
-        metadata: Default::default(),
-        enrollment: EnrollmentStatus::NotEnrolled,
-        face_ids: Vec::new(),
-        create_time: now,
-        update_time: now,
-        version: 1,
-    };
+    let user = User::unenrolled("old", now);
     let user = store.create_user(&tenant, user).expect("user");
     let raw = (0..facevault::domain::EMBEDDING_DIM).map(|i| (i as f32).sin()).collect();
     let face = Face {

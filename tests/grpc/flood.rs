@@ -38,15 +38,6 @@ fn random_token(state: &mut u64) -> String {
     hex
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
-    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
-    let mut body = String::new();
-    socket.read_to_string(&mut body).await.expect("read");
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_by_weak_callers_leave_memory_bounded_and_health_answering() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -117,7 +108,7 @@ async fn floods_by_weak_callers_leave_memory_bounded_and_health_answering() {
     for task in tasks {
         task.await.expect("token flood task");
     }
-    let text = scrape(metrics).await;
+    let text = crate::common::scrape(metrics, "/metrics").await;
     assert!(text.contains("\nfacevault_token_buckets 0\n"), "random tokens made buckets: {text}");
     println!("20,000 random tokens in {:?}; RSS {} MiB", started.elapsed(), rss_mib(pid));
 

@@ -1,18 +1,8 @@
 //! The Prometheus endpoint as a scraper sees it.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::common::{ADMIN_A, TestServer, fixture_bytes};
 use crate::enroll::upload;
 use crate::users::create;
-
-async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
-    socket.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
-    let mut body = String::new();
-    socket.read_to_string(&mut body).await.expect("read");
-    body
-}
 
 #[tokio::test]
 async fn metrics_count_rpcs_stages_and_index_size() {
@@ -28,7 +18,7 @@ async fn metrics_count_rpcs_stages_and_index_size() {
     upload(&mut faces, "m", fixture_bytes("yaoming.jpg")).await.expect("upload");
     let _ = upload(&mut faces, "nobody", fixture_bytes("yaoming.jpg")).await.unwrap_err();
 
-    let text = scrape(metrics, "/metrics").await;
+    let text = crate::common::scrape(metrics, "/metrics").await;
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("Content-Type: text/plain; version=0.0.4"));
     // Counters are process-wide (tests share the process), so check presence, not exact values.
@@ -42,5 +32,5 @@ async fn metrics_count_rpcs_stages_and_index_size() {
     assert!(text.contains("facevault_overload_rejections_total"));
     // --metrics-tenant-labels: per tenant, by name (tests/grpc/edges.rs: without it, a total).
     assert!(text.contains("facevault_index_faces{tenant=\"alpha\"} 1"), "{text}");
-    assert!(scrape(metrics, "/other").await.starts_with("HTTP/1.1 404"));
+    assert!(crate::common::scrape(metrics, "/other").await.starts_with("HTTP/1.1 404"));
 }

@@ -482,3 +482,13 @@ pub(crate) fn yao_in_players() -> Vec<u8> {
 pub(crate) const ADMIN_A: Option<&str> = Some("secret-admin-a");
 pub(crate) const ADMIN_B: Option<&str> = Some("secret-admin-b");
 pub(crate) const READER_A: Option<&str> = Some("secret-reader-a");
+
+/// GET `path` from the metrics endpoint at `addr`: the whole HTTP response.
+pub(crate) async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
+    socket.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut body = String::new();
+    socket.read_to_string(&mut body).await.expect("read");
+    body
+}
