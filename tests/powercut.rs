@@ -687,3 +687,93 @@ async fn power_cut_during_writes_loses_no_acknowledged_write_and_leaves_a_whole_
     }
     assert!(failures.is_empty(), "{} of {cycles} power cuts failed:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// The disk fails under a running server (the layer's cut with the server still up: the
+/// unsynced changes are gone and every later change fails with EIO). The write that meets the
+/// failure is not acknowledged (UNAVAILABLE, never OK or INTERNAL), no later write is, health
+/// turns NOT_SERVING, and after a restart every write acknowledged before the failure is there.
+#[tokio::test]
+async fn a_disk_that_fails_under_a_running_server_stops_acknowledgements_and_loses_nothing() {
+    let people = people();
+    let temp = tempfile::tempdir().expect("temp dir");
+    println!("disk-fault test in {}", temp.path().display());
+    let temp = FaultDir(temp);
+    let layout =
+        Layout { dir: temp.path().to_owned(), backing: temp.path().join("backing"), mnt: temp.path().join("mnt") };
+    std::fs::create_dir_all(&layout.backing).expect("backing dir");
+    let fs = Lossyfs::mount(&layout.backing, &layout.mnt, &layout.log());
+    let mut server = Server::spawn(&layout.dir, &layout.data_dir_mounted()).await;
+    let channel = server.channel().await;
+    let (mut faces, mut users) = (faces_client(channel.clone(), ADMIN_A, None), users_client(channel.clone(), ADMIN_A));
+    let user = User { external_id: "disk-fault".into(), ..User::default() };
+    let user_id =
+        users.create_user(CreateUserRequest { user: Some(user) }).await.expect("CreateUser").into_inner().user_id;
+    let mut kept = Vec::new();
+    for person in &people[..2] {
+        let upload = UploadFaceRequest { user: by_id(&user_id), image: person.clone().into(), ..Default::default() };
+        kept.push(
+            faces.upload_face(upload).await.expect("upload before the fault").into_inner().face.expect("face").face_id,
+        );
+    }
+
+    fs.cut();
+    // A delete commits in memory, then its sync fails: not acknowledged.
+    let err = faces.delete_face(DeleteFaceRequest { face_id: kept[0].clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "the write that met the failure: {err:?}");
+    // Nothing later is acknowledged either, whatever the disk does next.
+    let upload = UploadFaceRequest { user: by_id(&user_id), image: people[2].clone().into(), ..Default::default() };
+    let err = faces.upload_face(upload).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "a write after the failure: {err:?}");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let started = Instant::now();
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .expect("health")
+            .into_inner();
+        if status.status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "health still SERVING 5 s after the failure");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill();
+    fs.unmount();
+
+    // On what was durable: both acknowledged faces, a whole store, an index equal to it.
+    let report = check_store_in_child(&layout.data_dir_backing()).expect("the store opens after the fault");
+    for key in ["verify_problems", "index_only", "store_only"] {
+        assert!(report[key].as_array().is_some_and(Vec::is_empty), "{key}: {report}");
+    }
+    let stored = stored_models(&report);
+    let faces_stored = &stored.get(&user_id).expect("the user is durable").faces;
+    for face in &kept {
+        assert!(faces_stored.contains(face), "acknowledged face {face} lost: {report}");
+    }
+    let fs = Lossyfs::mount(&layout.backing, &layout.mnt, &layout.log());
+    let server = Server::spawn(&layout.dir, &layout.data_dir_mounted()).await;
+    let mut faces = faces_client(server.channel().await, ADMIN_A, None);
+    let listed = faces.list_faces(ListFacesRequest { user: by_id(&user_id) }).await.expect("list").into_inner().faces;
+    assert_eq!(listed.len(), 2, "after the restart");
+    drop(server);
+    fs.unmount();
+}
+
+/// Keeps the directory of a failed test for its logs.
+struct FaultDir(tempfile::TempDir);
+
+impl FaultDir {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for FaultDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = std::mem::replace(&mut self.0, tempfile::tempdir().expect("temp dir"));
+            let _ = kept.keep();
+        }
+    }
+}

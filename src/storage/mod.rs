@@ -58,8 +58,16 @@ pub struct Store {
     encryption: Option<EncryptionKey>,
 }
 
+/// A sled error: an I/O error (disk full, a failing disk; sled keeps returning it once its log
+/// could not be written) is UNAVAILABLE, anything else INTERNAL.
 pub(crate) fn db_error(err: sled::Error) -> Error {
-    Error::internal("storage", err)
+    match err {
+        sled::Error::Io(e) => {
+            tracing::error!(error = %e, "storage I/O error");
+            Error::Unavailable { message: "storage I/O error: writes cannot be made durable".into() }
+        }
+        other => Error::internal("storage", other),
+    }
 }
 
 impl Store {
