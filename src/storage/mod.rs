@@ -66,7 +66,10 @@ pub(crate) fn db_error(err: sled::Error) -> Error {
             tracing::error!(error = %e, "storage I/O error");
             Error::Unavailable { message: "storage I/O error: writes cannot be made durable".into() }
         }
-        other => Error::internal("storage", other),
+        other @ (sled::Error::CollectionNotFound(_)
+        | sled::Error::Unsupported(_)
+        | sled::Error::ReportableBug(_)
+        | sled::Error::Corruption { .. }) => Error::internal("storage", other),
     }
 }
 
