@@ -40,7 +40,7 @@ pub struct Report {
 /// Opens the store and checks it.
 pub fn verify(args: &VerifyArgs) -> crate::Result<Report> {
     let key = args.encryption_key_file.as_deref().map(crate::app::keys::load_encryption_key).transpose()?;
-    let store = Store::open_with_key(&args.data_dir, key)?;
+    let store = Store::open_unswept(&args.data_dir, key)?;
     let integrity = store.verify(args.max_faces_per_user)?;
     let mut report =
         Report { users: integrity.users, faces: integrity.faces, problems: integrity.problems, indexed: 0 };

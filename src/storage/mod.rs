@@ -76,19 +76,25 @@ pub(crate) fn db_error(err: sled::Error) -> Error {
 impl Store {
     /// Opens (or creates) an unencrypted store under `dir/v1` and checks its schema version.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, true, None)
+        Self::open_with(dir, true, None)?.swept()
     }
 
     /// Opens (or creates) the store under `dir/v1`, encrypted with `key` when one is given. A
     /// store is tied to its key at creation: see `check_encryption` for what is refused.
     pub fn open_with_key(dir: &Path, key: Option<EncryptionKey>) -> Result<Self> {
+        Self::open_with(dir, true, key)?.swept()
+    }
+
+    /// Opens the store as it is, for `facevault verify`: image files that no face names are
+    /// left in place (and reported by `verify`) instead of being swept.
+    pub fn open_unswept(dir: &Path, key: Option<EncryptionKey>) -> Result<Self> {
         Self::open_with(dir, true, key)
     }
 
     /// Opens an unencrypted store for a bulk import: writes are not flushed one by one, so a
     /// crash may lose any of them until `flush` returns. Never used by the server.
     pub fn open_for_import(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, false, None)
+        Self::open_with(dir, false, None)?.swept()
     }
 
     fn open_with(dir: &Path, durable_writes: bool, encryption: Option<EncryptionKey>) -> Result<Self> {
@@ -134,8 +140,12 @@ impl Store {
         };
         store.check_schema(&meta, &path)?;
         store.check_encryption(&meta, &path)?;
-        store.sweep_orphan_files()?;
         Ok(store)
+    }
+
+    fn swept(self) -> Result<Self> {
+        self.sweep_orphan_files()?;
+        Ok(self)
     }
 
     /// Makes every write so far durable.

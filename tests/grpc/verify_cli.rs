@@ -37,6 +37,15 @@ async fn verify_reports_a_whole_store_a_lost_file_and_a_running_server() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("1 users, 1 faces, 1 indexed") && text.contains("OK"), "{text}");
 
+    // An image file no face names (what a crash between a file and its transaction leaves):
+    // reported, not swept.
+    let shard = data.join("v1/faces/ab");
+    std::fs::write(shard.join("616c7068610000000000000000ab.orig"), b"orphan").expect("orphan file");
+    let (code, text) = verify(&data);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("PROBLEM: images: orphan face"), "{text}");
+    std::fs::remove_file(shard.join("616c7068610000000000000000ab.orig")).expect("remove the orphan");
+
     // Lose the face's original: the report names it and the exit code says so.
     let original = walk(&data.join("v1/faces")).into_iter().find(|p| p.extension().is_some_and(|e| e == "orig"));
     std::fs::remove_file(original.expect("an original image file")).expect("remove");
