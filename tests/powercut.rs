@@ -720,6 +720,7 @@ async fn a_disk_that_fails_under_a_running_server_stops_acknowledgements_and_los
     // A delete commits in memory, then its sync fails: not acknowledged.
     let err = faces.delete_face(DeleteFaceRequest { face_id: kept[0].clone() }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "the write that met the failure: {err:?}");
+    assert!(tonic_types::StatusExt::get_error_details(&err).retry_info().is_some(), "RetryInfo attached");
     // Nothing later is acknowledged either, whatever the disk does next.
     let upload = UploadFaceRequest { user: by_id(&user_id), image: people[2].clone().into(), ..Default::default() };
     let err = faces.upload_face(upload).await.unwrap_err();

@@ -46,7 +46,10 @@ impl From<Error> for Status {
             }
             Error::Unavailable { message } => {
                 tracing::warn!(%message, "unavailable");
-                let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+                let mut details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+                // Loading models, or a store that cannot make writes durable: retry shortly (on
+                // another node, which a NOT_SERVING health check steers a balancer to).
+                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
                 Status::with_error_details(Code::Unavailable, "the service is not ready", details)
             }
             Error::Internal { context, source } => {
