@@ -41,6 +41,11 @@ const SCOPES: &[(&str, Scope)] = &[
     ("/facevault.v1.UserService/ListUsers", Scope::UsersRead),
 ];
 
+/// The rpc's name for metrics ("UploadFace"), "unknown" for a path not in [`SCOPES`].
+fn rpc_name(path: &str) -> &'static str {
+    SCOPES.iter().find(|(p, _)| *p == path).and_then(|(p, _)| p.rsplit('/').next()).unwrap_or("unknown")
+}
+
 fn scope_of(path: &str) -> Option<Scope> {
     SCOPES.iter().find(|(p, _)| *p == path).map(|(_, scope)| *scope)
 }
@@ -157,6 +162,7 @@ where
         let auth = self.auth.clone();
         request.extensions_mut().insert(super::Arrived::now(auth.timeout));
         Box::pin(async move {
+            let started = std::time::Instant::now();
             match auth.admit(request.uri().path(), request.headers()).await {
                 Ok((credential, permit)) => {
                     request.extensions_mut().insert(credential);
@@ -171,7 +177,14 @@ where
                     drop(permit);
                     response
                 }
-                Err(error) => Ok(Status::from(error).into_http()),
+                Err(error) => {
+                    // Refused before any handler ran: counted here, so /metrics shows the
+                    // refusals (wrong keys, missing scopes, spent tokens) by rpc and code.
+                    let status = Status::from(error);
+                    let rpc = rpc_name(request.uri().path());
+                    crate::metrics::record_rpc(rpc, super::code_name(status.code()), started.elapsed());
+                    Ok(status.into_http())
+                }
             }
         })
     }

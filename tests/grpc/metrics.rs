@@ -17,6 +17,9 @@ async fn metrics_count_rpcs_stages_and_index_size() {
     let mut faces = server.faces_as(ADMIN_A).await;
     upload(&mut faces, "m", fixture_bytes("yaoming.jpg")).await.expect("upload");
     let _ = upload(&mut faces, "nobody", fixture_bytes("yaoming.jpg")).await.unwrap_err();
+    // Refused by the auth layer before any handler: counted too.
+    let mut intruder = server.users_as(Some("not-a-key")).await;
+    let _ = intruder.get_user(crate::users::get(crate::users::by_external("m"))).await.unwrap_err();
 
     let text = crate::common::scrape(metrics, "/metrics").await;
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
@@ -25,6 +28,7 @@ async fn metrics_count_rpcs_stages_and_index_size() {
     assert!(text.contains("facevault_rpc_duration_seconds_count{rpc=\"UploadFace\",code=\"OK\"}"), "{text}");
     assert!(text.contains("facevault_rpc_duration_seconds_count{rpc=\"UploadFace\",code=\"NOT_FOUND\"}"));
     assert!(text.contains("facevault_rpc_duration_seconds_bucket{rpc=\"CreateUser\",code=\"OK\",le=\"+Inf\"}"));
+    assert!(text.contains("facevault_rpc_duration_seconds_count{rpc=\"GetUser\",code=\"UNAUTHENTICATED\"}"), "{text}");
     for stage in ["decode", "detect", "align", "embed", "thumbnail", "store", "search"] {
         assert!(text.contains(&format!("facevault_stage_duration_seconds_count{{stage=\"{stage}\"}}")), "{stage}");
     }
