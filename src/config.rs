@@ -212,12 +212,12 @@ pub struct Config {
 
     /// Re-enrollment tokens whose rate-limit buckets are kept in memory; past it the least
     /// recently used are dropped. Buckets exist only for tokens the store knows.
-    #[arg(long, env = "FACEVAULT_MAX_TOKEN_BUCKETS", default_value_t = 10_000)]
+    #[arg(long, env = "FACEVAULT_MAX_TOKEN_BUCKETS", default_value_t = crate::app::keys::DEFAULT_MAX_TOKEN_BUCKETS)]
     pub max_token_buckets: usize,
 
     /// Calls one API key may have in flight at once; more get RESOURCE_EXHAUSTED RATE_LIMITED
     /// with a short RetryInfo. Keeps one client from taking every slot of the server.
-    #[arg(long, env = "FACEVAULT_MAX_CONCURRENT_PER_KEY", default_value_t = 64)]
+    #[arg(long, env = "FACEVAULT_MAX_CONCURRENT_PER_KEY", default_value_t = crate::app::keys::DEFAULT_MAX_CONCURRENT_PER_KEY)]
     pub max_concurrent_per_key: usize,
 
     /// Open client connections at once; further connections wait in the listen backlog until
@@ -314,43 +314,6 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("--log-format must be text or json".into());
         }
-        self.validate_caller_limits()
-    }
-
-    /// The limits on what one caller or connection may hold: each at least 1, times bounded.
-    fn validate_caller_limits(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("token-max-attempts", u64::from(self.token_max_attempts)),
-            ("max-token-buckets", self.max_token_buckets as u64),
-            ("max-concurrent-per-key", self.max_concurrent_per_key as u64),
-            ("max-connections", self.max_connections as u64),
-            ("max-concurrent-streams", u64::from(self.max_concurrent_streams)),
-            ("http2-keepalive-interval", self.http2_keepalive_interval),
-            ("http2-keepalive-timeout", self.http2_keepalive_timeout),
-            ("request-timeout", self.request_timeout),
-            ("handshake-timeout", self.handshake_timeout),
-            ("max-faces-per-image", self.max_faces_per_image as u64),
-        ] {
-            if value == 0 {
-                return Err(format!("--{name} must be at least 1"));
-            }
-        }
-        for (name, seconds) in [
-            ("http2-keepalive-interval", self.http2_keepalive_interval),
-            ("http2-keepalive-timeout", self.http2_keepalive_timeout),
-            ("request-timeout", self.request_timeout),
-            ("handshake-timeout", self.handshake_timeout),
-        ] {
-            if seconds > 86_400 {
-                return Err(format!("--{name} must be at most 86400 seconds, got {seconds}"));
-            }
-        }
-        if self.max_header_bytes < 1024 {
-            return Err(format!("--max-header-bytes must be at least 1024, got {}", self.max_header_bytes));
-        }
-        if self.max_concurrent_per_key > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err("--max-concurrent-per-key is too large".into());
-        }
         Ok(())
     }
 
@@ -397,6 +360,23 @@ impl Config {
         count("intra-threads", self.intra_threads as u64, 1, 256)?;
         count("queue-capacity", self.queue_capacity as u64, 0, 1 << 20)?;
         count("max-faces-per-user", self.max_faces_per_user as u64, 1, 10_000)?;
+        count("compute-threads", self.compute_threads as u64, 0, 1024)?;
+        // What one caller or connection may hold, and for how long.
+        count("token-max-attempts", u64::from(self.token_max_attempts), 1, 1000)?;
+        count("max-token-buckets", self.max_token_buckets as u64, 1, 10_000_000)?;
+        count("max-concurrent-per-key", self.max_concurrent_per_key as u64, 1, 1_000_000)?;
+        count("max-connections", self.max_connections as u64, 1, 1_000_000)?;
+        count("max-concurrent-streams", u64::from(self.max_concurrent_streams), 1, 1_000_000)?;
+        count("max-header-bytes", u64::from(self.max_header_bytes), 1024, 16 << 20)?;
+        count("max-faces-per-image", self.max_faces_per_image as u64, 1, 10_000)?;
+        for (name, seconds) in [
+            ("http2-keepalive-interval", self.http2_keepalive_interval),
+            ("http2-keepalive-timeout", self.http2_keepalive_timeout),
+            ("request-timeout", self.request_timeout),
+            ("handshake-timeout", self.handshake_timeout),
+        ] {
+            count(name, seconds, 1, 86_400)?;
+        }
         Ok(())
     }
 

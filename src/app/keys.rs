@@ -106,9 +106,17 @@ pub struct CallerLimits {
     pub max_token_buckets: usize,
 }
 
+/// Default of `--max-concurrent-per-key`.
+pub const DEFAULT_MAX_CONCURRENT_PER_KEY: usize = 64;
+/// Default of `--max-token-buckets`.
+pub const DEFAULT_MAX_TOKEN_BUCKETS: usize = 10_000;
+
 impl Default for CallerLimits {
     fn default() -> Self {
-        CallerLimits { max_concurrent_per_key: 64, max_token_buckets: 10_000 }
+        CallerLimits {
+            max_concurrent_per_key: DEFAULT_MAX_CONCURRENT_PER_KEY,
+            max_token_buckets: DEFAULT_MAX_TOKEN_BUCKETS,
+        }
     }
 }
 
