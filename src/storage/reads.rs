@@ -144,7 +144,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Detection, EMBEDDING_DIM, FaceQuality};
     use crate::storage::{NewFace, Replace};
 
     fn user(external_id: &str) -> User {
@@ -152,26 +151,9 @@ mod tests {
         User::unenrolled(external_id, now)
     }
 
+    /// A face as the seal tests make it (distinct embedding per id).
     fn face(user: UserId, id: u64) -> NewFace {
-        let raw = (0..EMBEDDING_DIM).map(|i| ((i as u64 * id) as f32).sin()).collect();
-        NewFace {
-            face: Face {
-                id: FaceId(id),
-                user_id: user,
-                detection: Detection { bbox: Default::default(), score: 0.9, landmarks: Default::default() },
-                quality: FaceQuality::default(),
-                comment: String::new(),
-                uploaded_by: "test".into(),
-                create_time: std::time::SystemTime::now(),
-                model: "w600k_mbf".into(),
-                mime_type: "image/png".into(),
-                width: 1,
-                height: 1,
-            },
-            embedding: Embedding::from_raw(raw).unwrap(),
-            original: format!("original {id}").into_bytes(),
-            thumbnail: format!("thumbnail {id}").into_bytes(),
-        }
+        crate::storage::seal::tests::new_face(user, id, id as f32 * 0.01)
     }
 
     #[test]
