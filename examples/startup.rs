@@ -94,7 +94,7 @@ fn main() -> facevault::Result<()> {
     let started = Instant::now();
     let store = Store::open(&dir)?;
     let opened = started.elapsed();
-    let index = facevault::app::rebuild_index(&store, DEFAULT_EXACT_MAX_FACES)?;
+    let (index, _) = facevault::app::rebuild_index(&store, DEFAULT_EXACT_MAX_FACES)?;
     let total = started.elapsed();
     let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
     println!(

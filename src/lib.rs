@@ -109,12 +109,14 @@ pub async fn serve_with_slot(
         }));
     }
     let purge = tokio::spawn(app.clone().purge_tokens_periodically());
+    let follow = tokio::spawn(app.clone().follow_log_periodically(std::time::Duration::from_secs(1)));
     slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");
     let watch = tokio::spawn(not_serving_once_writes_fail(app.clone(), health.clone()));
     stop.await;
     purge.abort();
+    follow.abort();
     watch.abort();
     drain(server, config.drain_timeout).await?;
     // Every acknowledged write was flushed already; this covers anything sled buffered since.

@@ -45,7 +45,7 @@ pub fn verify(args: &VerifyArgs) -> crate::Result<Report> {
     let mut report =
         Report { users: integrity.users, faces: integrity.faces, problems: integrity.problems, indexed: 0 };
     match crate::app::rebuild_index(&store, usize::MAX) {
-        Ok(index) => {
+        Ok((index, _)) => {
             report.indexed = index.sizes().iter().map(|(_, n)| n).sum();
             if report.indexed != report.faces {
                 report.problems.push(format!(

@@ -343,7 +343,7 @@ impl Drop for Server {
 fn check_store(dir: &Path) -> Value {
     let store = Store::open(dir).expect("Store::open");
     let integrity = store.verify(MAX_FACES).expect("Store::verify");
-    let index = facevault::app::rebuild_index(&store, facevault::search::index::DEFAULT_EXACT_MAX_FACES)
+    let (index, _) = facevault::app::rebuild_index(&store, facevault::search::index::DEFAULT_EXACT_MAX_FACES)
         .expect("rebuild_index");
     let tenant = Tenant::new(TENANT).expect("tenant");
     let mut users = BTreeMap::new();

@@ -207,6 +207,9 @@ impl App {
         // Held until the store write and the index update below are done, even if the caller
         // goes away (the guard moves into the blocking task, which always runs to the end).
         let writes = self.writes.lock(tenant).await;
+        // The index must hold every committed face of the tenant before the duplicate check.
+        let (store, feed) = (self.store.clone(), self.feed.clone());
+        blocking(move || feed.catch_up(&store)).await?;
         let thresholds = self.settings.thresholds;
         // Duplicates among the other users of the tenant, best first.
         let hits = self.search_index(tenant, &embedding, 20, thresholds.possible, Some(user_id)).await?;
@@ -279,17 +282,16 @@ impl App {
             original: upload.image.to_vec(),
             thumbnail: thumbnail.clone(),
         };
-        let (store, index, tenant_c, max) =
-            (self.store.clone(), self.index.clone(), tenant.clone(), self.settings.max_faces_per_user);
-        let (face_id, indexed) = (face.id, embedding.clone());
+        let (store, feed, tenant_c, max) =
+            (self.store.clone(), self.feed.clone(), tenant.clone(), self.settings.max_faces_per_user);
         let started = std::time::Instant::now();
-        // The store write and the index update are one blocking task: a cancelled request cannot
-        // leave the index different from the store. The index follows the committed write before
-        // it is made durable, so a failed sync cannot leave them apart either.
+        // The write, the wait for the feed to apply it (read-your-writes) and the sync are one
+        // blocking task that runs to its end even if the caller goes away. The index follows the
+        // change log, not this request: whatever happens here, it equals the store.
         let (user, replaced) = blocking(move || {
             let _writes = writes;
             let pending = store.put_face_pending(&tenant_c, &new, replace, max, token)?;
-            index.replace(&tenant_c, pending.value().1, face_id, user_id, &indexed);
+            feed.wait_for(&store, pending.seq())?;
             pending.durable()
         })
         .await?;
@@ -342,15 +344,15 @@ impl App {
         .await
     }
 
-    /// Deletes a face (store first, then index); returns the user afterwards.
+    /// Deletes a face; returns the user afterwards, once the index no longer has the face.
     pub async fn delete_face(&self, caller: &Principal, face_id: &str) -> Result<User> {
         let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
         let writes = self.writes.lock(&caller.tenant).await;
-        let (store, index, tenant) = (self.store.clone(), self.index.clone(), caller.tenant.clone());
+        let (store, feed, tenant) = (self.store.clone(), self.feed.clone(), caller.tenant.clone());
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_face_pending(&tenant, id)?;
-            index.remove(&tenant, id);
+            feed.wait_for(&store, pending.seq())?;
             pending.durable()
         })
         .await

@@ -5,6 +5,7 @@
 pub mod compute;
 mod detect;
 mod enroll;
+mod feed;
 mod identify;
 pub mod keys;
 mod redact;
@@ -25,6 +26,7 @@ use crate::storage::{EmbedderRecord, Store};
 use compute::ComputePool;
 
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
+pub use feed::IndexFeed;
 pub use identify::{SearchOutcome, VerifyOutcome};
 pub use keys::{CallerLimits, KeyRing};
 pub use tokens::TokenHolder;
@@ -53,10 +55,11 @@ pub struct App {
     compute: ComputePool,
     store: Store,
     index: FaceIndex,
+    /// Applies the store's change log to `index`: the only writer of the index.
+    feed: IndexFeed,
     settings: Arc<Settings>,
-    /// Serialises each tenant's face writes (tenants write in parallel): duplicate check, store
-    /// transaction and index update happen as one
-    /// step, so the index always equals the store.
+    /// Serialises each tenant's face writes (tenants write in parallel): the duplicate check,
+    /// the limits and the store transaction happen as one step.
     writes: Arc<TenantLocks>,
 }
 
@@ -77,6 +80,10 @@ impl TenantLocks {
     }
 }
 
+/// Applied change-log entries kept before the log is compacted (the index is rebuilt from the
+/// records at start-up, so applied entries are needed by no one).
+const COMPACT_AFTER: u64 = 10_000;
+
 /// Runs blocking work (sled, hashing) off the async threads, inside the caller's span.
 pub async fn blocking<T, F>(work: F) -> Result<T>
 where
@@ -89,15 +96,17 @@ where
         .map_err(|e| Error::internal("joining blocking work", e))?
 }
 
-/// The search index of every embedding in the store.
-pub fn rebuild_index(store: &Store, exact_max_faces: usize) -> Result<FaceIndex> {
+/// The search index of every embedding in the store, and the change-log entry it reflects. Call
+/// it while nothing writes (start-up, `facevault verify`).
+pub fn rebuild_index(store: &Store, exact_max_faces: usize) -> Result<(FaceIndex, u64)> {
+    let head = store.log_bounds()?.head;
     let index = FaceIndex::with_exact_max_faces(exact_max_faces);
     for entry in store.embeddings() {
         let e = entry?;
         index.insert(&e.tenant, e.face_id, e.user_id, &e.embedding);
     }
     index.shrink_to_fit();
-    Ok(index)
+    Ok((index, head))
 }
 
 impl App {
@@ -119,18 +128,20 @@ impl App {
         let data_dir = config.data_dir.clone();
         let key_file = config.encryption_key_file.clone();
         let exact_max_faces = config.search_exact_max_faces;
-        let (store, index) = blocking(move || {
+        let (store, index, applied) = blocking(move || {
             let started = std::time::Instant::now();
             let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
             let store = Store::open_with_key(&data_dir, key)?;
             store.check_embedder(&embedder)?;
             let opened_ms = started.elapsed().as_millis() as u64;
-            let index = rebuild_index(&store, exact_max_faces)?;
+            let (index, applied) = rebuild_index(&store, exact_max_faces)?;
             let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
             let total_ms = started.elapsed().as_millis() as u64;
             let encrypted = store.is_encrypted();
-            tracing::info!(faces, encrypted, opened_ms, total_ms, "search index rebuilt from the store");
-            Ok((store, index))
+            tracing::info!(faces, encrypted, opened_ms, total_ms, applied, "search index rebuilt from the store");
+            // Every entry the index reflects is no longer needed (the next start rebuilds).
+            store.compact_log(applied)?;
+            Ok((store, index, applied))
         })
         .await?;
         let pool = blocking(move || InferencePool::start(&inference, &models)).await?;
@@ -146,7 +157,8 @@ impl App {
             thumbnail_size: config.thumbnail_size,
             quotas,
         };
-        Ok(App { pool, compute, store, index, settings: Arc::new(settings), writes: Arc::default() })
+        let feed = IndexFeed::new(index.clone(), applied);
+        Ok(App { pool, compute, store, index, feed, settings: Arc::new(settings), writes: Arc::default() })
     }
 
     /// The inference pool (queue depth, rejections).
@@ -185,6 +197,34 @@ impl App {
             overload_rejections: self.pool.rejected() + self.compute.rejected(),
             index_faces: self.index.sizes().into_iter().map(|(t, n)| (t.as_str().to_owned(), n)).collect(),
             ..crate::metrics::Gauges::default()
+        }
+    }
+
+    /// The feed that applies the change log to the index.
+    pub fn feed(&self) -> &IndexFeed {
+        &self.feed
+    }
+
+    /// Applies what the change log holds beyond the index (the entries of writes whose sync
+    /// failed after they committed, which no writer waited for), and compacts the log up to
+    /// what is applied, every `period`. Runs until its task is aborted (at shutdown).
+    pub async fn follow_log_periodically(self, period: Duration) {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (store, feed) = (self.store.clone(), self.feed.clone());
+            let done = blocking(move || {
+                let applied = feed.catch_up(&store)?;
+                let bounds = store.log_bounds()?;
+                if applied >= bounds.compacted + COMPACT_AFTER {
+                    store.compact_log(applied)?;
+                }
+                Ok(())
+            });
+            if let Err(err) = done.await {
+                tracing::warn!(error = %err, "applying the change log failed");
+            }
         }
     }
 

@@ -211,17 +211,15 @@ impl App {
         Ok((updated, token.map(|(t, _)| t)))
     }
 
-    /// Erases the user with all faces; the index follows the store.
+    /// Erases the user with all faces; returns once the index no longer has them.
     pub async fn delete_user(&self, caller: &Principal, user: &UserRef, expected_version: Option<u64>) -> Result<()> {
         let current = self.resolve_user(&caller.tenant, user).await?;
         let writes = self.writes.lock(&caller.tenant).await;
-        let (store, index, tenant) = (self.store.clone(), self.index.clone(), caller.tenant.clone());
+        let (store, feed, tenant) = (self.store.clone(), self.feed.clone(), caller.tenant.clone());
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_user_pending(&tenant, current.id, expected_version)?;
-            for &face in pending.value() {
-                index.remove(&tenant, face);
-            }
+            feed.wait_for(&store, pending.seq())?;
             pending.durable().map(|_| ())
         })
         .await

@@ -11,7 +11,7 @@ use sled::Transactional;
 use super::files::FileKind;
 use super::records::{self, pb};
 use super::users::{abort, tx_decode, tx_error, tx_user};
-use super::{Pending, Store, db_error, decode, keys};
+use super::{Pending, Store, db_error, decode, keys, log};
 use crate::domain::{EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Reason, Result};
 
@@ -119,8 +119,8 @@ impl Store {
         let thumbnail = self.seal(keys::THUMBNAILS, &key, &new.thumbnail)?;
         // Durable before the transaction that names them (and removed again if it fails).
         self.files.put_pair(&key, &original, &thumbnail)?;
-        let trees = (&self.users, &self.faces, &self.embeddings, &self.tokens);
-        let result = trees.transaction(|(users, faces, embeddings, tokens)| {
+        let trees = (&self.users, &self.faces, &self.embeddings, &self.tokens, &self.log);
+        let result = trees.transaction(|(users, faces, embeddings, tokens, log)| {
             let Some(record) = tx_user(users, tenant, user_id)? else { return abort(Error::user_not_found()) };
             let mut token_hash = record.reenrollment_token_hash.clone();
             let mut user = records::user_from_record(record);
@@ -186,7 +186,8 @@ impl Store {
             user.update_time = SystemTime::now();
             users
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
-            Ok((user, removed))
+            let seq = log::tx_append(log, &log::put_record(tenant, new.face.id, user_id, &embedding, removed))?;
+            Ok((user, removed, seq))
         });
         let out = match result.map_err(tx_error) {
             Ok(out) => out,
@@ -196,8 +197,9 @@ impl Store {
                 return Err(e);
             }
         };
-        let removed = out.1.map(|old| (tenant.clone(), old)).into_iter().collect();
-        Ok(Pending::new(out, self, removed))
+        let (user, replaced, seq) = out;
+        let removed = replaced.map(|old| (tenant.clone(), old)).into_iter().collect();
+        Ok(Pending::new((user, replaced), self, seq, removed))
     }
 
     pub fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
@@ -231,8 +233,8 @@ impl Store {
 
     /// [`Store::delete_face`], committed but not yet durable (see [`Pending`]).
     pub fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
-        let trees = (&self.users, &self.faces, &self.embeddings);
-        let result = trees.transaction(|(users, faces, embeddings)| {
+        let trees = (&self.users, &self.faces, &self.embeddings, &self.log);
+        let result = trees.transaction(|(users, faces, embeddings, log)| {
             let key = keys::face_key(tenant, id);
             let Some(bytes) = faces.get(key.as_slice())? else { return abort(Error::face_not_found()) };
             let face: pb::FaceRecord = tx_decode(&bytes, "decoding a face record")?;
@@ -253,10 +255,11 @@ impl Store {
             user.update_time = SystemTime::now();
             users
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
-            Ok(user)
+            let seq = log::tx_append(log, &log::removed_record(tenant, &[id]))?;
+            Ok((user, seq))
         });
-        let user = result.map_err(tx_error)?;
-        Ok(Pending::new(user, self, vec![(tenant.clone(), id)]))
+        let (user, seq) = result.map_err(tx_error)?;
+        Ok(Pending::new(user, self, seq, vec![(tenant.clone(), id)]))
     }
 
     /// Every stored embedding of every tenant (start-up index rebuild).

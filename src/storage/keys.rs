@@ -12,6 +12,8 @@ pub(crate) const EMBEDDINGS: &str = "embeddings";
 pub(crate) const IMAGES: &str = "images";
 pub(crate) const THUMBNAILS: &str = "thumbnails";
 pub(crate) const TOKENS: &str = "reenrollment_tokens";
+/// The ordered change log the search index is derived from (log.rs).
+pub(crate) const CHANGE_LOG: &str = "change_log";
 
 /// Every tree that holds tenant data (for scans that check nothing is left behind).
 pub const TENANT_TREES: [&str; 6] = [USERS, EXTERNAL_IDS, FACES, EMBEDDINGS, IMAGES, THUMBNAILS];

@@ -9,6 +9,7 @@ mod embedder;
 mod faces;
 mod files;
 pub mod keys;
+mod log;
 mod pending;
 mod reads;
 mod records;
@@ -23,9 +24,13 @@ use prost::Message;
 use crate::error::{Error, Result};
 pub use embedder::EmbedderRecord;
 pub use faces::{NewFace, Replace, StoredEmbedding};
+pub use log::{Change, LogBounds, LogEntry};
 pub use pending::Pending;
 pub use reads::{FaceEmbeddings, UserKey};
 pub use seal::EncryptionKey;
+/// A face with a distinct embedding per seed (unit tests outside the storage module).
+#[cfg(test)]
+pub(crate) use seal::tests::new_face as test_face;
 pub use users::{TokenGrant, UserPatch};
 pub use verify::Integrity;
 
@@ -48,6 +53,8 @@ pub struct Store {
     faces: sled::Tree,
     embeddings: sled::Tree,
     tokens: sled::Tree,
+    /// The change log (log.rs).
+    log: sled::Tree,
     /// Originals and thumbnails.
     files: files::FaceFiles,
     /// Where writes become durable (shared by the clones of this store).
@@ -131,6 +138,7 @@ impl Store {
             faces: tree(keys::FACES)?,
             embeddings: tree(keys::EMBEDDINGS)?,
             tokens: tree(keys::TOKENS)?,
+            log: tree(keys::CHANGE_LOG)?,
             files: files::FaceFiles::open(path.join("faces"))?,
             sync: std::sync::Arc::new(durable::GroupSync::new(path.clone())),
             durable_writes,
@@ -241,6 +249,7 @@ impl Store {
             (keys::IMAGES, self.file_count(files::FileKind::Original)),
             (keys::THUMBNAILS, self.file_count(files::FileKind::Thumbnail)),
             (keys::TOKENS, self.tokens.len()),
+            (keys::CHANGE_LOG, self.log.len()),
         ]
     }
 

@@ -14,13 +14,21 @@ use crate::error::Result;
 pub struct Pending<T> {
     value: T,
     store: Store,
+    /// The change-log entry of the write; 0: it changed no face.
+    seq: u64,
     /// Faces whose image files go once the write is durable.
     removed: Vec<(Tenant, FaceId)>,
 }
 
 impl<T> Pending<T> {
-    pub(super) fn new(value: T, store: &Store, removed: Vec<(Tenant, FaceId)>) -> Self {
-        Pending { value, store: store.clone(), removed }
+    pub(super) fn new(value: T, store: &Store, seq: u64, removed: Vec<(Tenant, FaceId)>) -> Self {
+        Pending { value, store: store.clone(), seq, removed }
+    }
+
+    /// The sequence number of the write's change-log entry (0: it changed no face): the index
+    /// reflects the write once its feed has applied this entry.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// What the write did (visible to every read already).

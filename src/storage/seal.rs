@@ -219,7 +219,7 @@ pub(super) mod tests {
         assert_eq!(format!("{other:?}"), "EncryptionKey(<redacted>)");
     }
 
-    pub(in crate::storage) fn new_face(user: UserId, id: u64, seed: f32) -> NewFace {
+    pub(crate) fn new_face(user: UserId, id: u64, seed: f32) -> NewFace {
         let raw = (0..EMBEDDING_DIM).map(|i| (i as f32 * seed).sin()).collect();
         let face = Face {
             id: FaceId(id),

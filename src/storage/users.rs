@@ -180,8 +180,8 @@ impl Store {
         id: UserId,
         expected_version: Option<u64>,
     ) -> Result<super::Pending<Vec<FaceId>>> {
-        let trees = (&self.users, &self.external_ids, &self.faces, &self.embeddings, &self.tokens);
-        let result = trees.transaction(|(users, external, faces, embeddings, tokens)| {
+        let trees = (&self.users, &self.external_ids, &self.faces, &self.embeddings, &self.tokens, &self.log);
+        let result = trees.transaction(|(users, external, faces, embeddings, tokens, log)| {
             let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
             check_version(&record, expected_version)?;
             users.remove(keys::user_key(tenant, id))?;
@@ -195,11 +195,18 @@ impl Store {
                     tree.remove(key.as_slice())?;
                 }
             }
-            Ok(record.face_ids.iter().copied().map(FaceId).collect::<Vec<_>>())
+            let removed = record.face_ids.iter().copied().map(FaceId).collect::<Vec<_>>();
+            // A user without faces changes no face: no entry, nothing for the index to apply.
+            let seq = if removed.is_empty() {
+                0
+            } else {
+                super::log::tx_append(log, &super::log::removed_record(tenant, &removed))?
+            };
+            Ok((removed, seq))
         });
-        let removed = result.map_err(tx_error)?;
+        let (removed, seq) = result.map_err(tx_error)?;
         let files = removed.iter().map(|&face| (tenant.clone(), face)).collect();
-        Ok(super::Pending::new(removed, self, files))
+        Ok(super::Pending::new(removed, self, seq, files))
     }
 
     /// Number of users of a tenant (a key scan).

@@ -1,0 +1,126 @@
+//! `IndexFeed`: the one path by which the search index changes. It applies the store's change
+//! log in sequence order and remembers the last entry applied. A request that wrote waits until
+//! its entry is applied before it replies (read-your-writes); a writer of a tenant brings the
+//! feed up to date before its duplicate check; a background task applies what no waiting writer
+//! did (the entry of a write whose sync failed after it committed). So the index equals the
+//! store's committed state by construction, whatever happened to the request that wrote.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::{Error, Result};
+use crate::search::FaceIndex;
+use crate::storage::{Change, LogEntry, Store};
+
+/// Entries read from the log at a time.
+const BATCH: usize = 1024;
+
+/// Applies the change log to one index. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct IndexFeed {
+    index: FaceIndex,
+    /// Held while entries are read and applied, so they are applied once and in order.
+    applying: Arc<Mutex<()>>,
+    /// The last sequence number applied (readable without the lock).
+    applied: Arc<AtomicU64>,
+}
+
+/// Applies one entry to the index. Idempotent: a face put twice is overwritten, a face removed
+/// twice is already gone.
+pub(crate) fn apply(index: &FaceIndex, entry: &LogEntry) {
+    match &entry.change {
+        Change::Put { face, user, embedding, replaced } => {
+            index.replace(&entry.tenant, *replaced, *face, *user, embedding)
+        }
+        Change::Removed { faces } => {
+            for face in faces {
+                index.remove(&entry.tenant, *face);
+            }
+        }
+    }
+}
+
+impl IndexFeed {
+    /// A feed for `index`, which holds the store's state up to entry `applied`.
+    pub fn new(index: FaceIndex, applied: u64) -> Self {
+        IndexFeed { index, applying: Arc::default(), applied: Arc::new(AtomicU64::new(applied)) }
+    }
+
+    /// The last sequence number applied to the index.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Applies every entry committed after the last one applied; returns the last applied.
+    /// Blocking (reads the store).
+    pub fn catch_up(&self, store: &Store) -> Result<u64> {
+        let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut applied = self.applied();
+        loop {
+            let entries = store.read_log(applied, BATCH)?;
+            let Some(last) = entries.last().map(|e| e.seq) else { return Ok(applied) };
+            for entry in &entries {
+                apply(&self.index, entry);
+            }
+            applied = last;
+            self.applied.store(applied, Ordering::Release);
+            if entries.len() < BATCH {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Returns once entry `seq` is applied (0: nothing to wait for). Blocking.
+    pub fn wait_for(&self, store: &Store, seq: u64) -> Result<()> {
+        if self.applied() >= seq {
+            return Ok(());
+        }
+        let applied = self.catch_up(store)?;
+        if applied < seq {
+            return Err(Error::bug("a committed change-log entry is missing"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{FaceId, Tenant, User};
+    use crate::storage::{NewFace, Replace};
+
+    fn new_face(user: crate::domain::UserId, id: u64) -> NewFace {
+        crate::storage::test_face(user, id, id as f32 * 0.01)
+    }
+
+    #[test]
+    fn the_index_follows_the_log_in_order_and_only_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = Tenant::new("t").unwrap();
+        let feed = IndexFeed::new(FaceIndex::new(), 0);
+        let a = store.create_user(&t, User::unenrolled("a", std::time::SystemTime::now())).unwrap();
+        let p1 = store.put_face_pending(&t, &new_face(a.id, 1), Replace::Nothing, 5, None).unwrap();
+        let p2 = store.put_face_pending(&t, &new_face(a.id, 2), Replace::Face(FaceId(1)), 5, None).unwrap();
+        assert_eq!((p1.seq(), p2.seq()), (1, 2), "one entry per face write, in commit order");
+        // Nothing is indexed until the feed applies the log.
+        assert!(feed.index.entries(&t).is_empty());
+        feed.wait_for(&store, p2.seq()).unwrap();
+        assert_eq!(feed.index.entries(&t), vec![(FaceId(2), a.id)]);
+        p1.durable().unwrap();
+        p2.durable().unwrap();
+        let p3 = store.delete_user_pending(&t, a.id, None).unwrap();
+        assert_eq!(feed.catch_up(&store).unwrap(), 3);
+        assert!(feed.index.entries(&t).is_empty());
+        p3.durable().unwrap();
+        // A user without faces writes no entry.
+        let b = store.create_user(&t, User::unenrolled("b", std::time::SystemTime::now())).unwrap();
+        assert_eq!(store.delete_user_pending(&t, b.id, None).unwrap().seq(), 0);
+        // Compacted entries are gone; a reader behind them is refused, one at the head is not.
+        assert_eq!(store.compact_log(2).unwrap(), 2);
+        assert_eq!(store.log_bounds().unwrap(), crate::storage::LogBounds { head: 3, compacted: 2 });
+        assert_eq!(store.read_log(2, 10).unwrap().len(), 1);
+        assert!(store.read_log(0, 10).is_err());
+        assert!(store.read_log(3, 10).unwrap().is_empty());
+    }
+}

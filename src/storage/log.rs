@@ -1,0 +1,179 @@
+//! The change log: one ordered history of what every committed write did to the faces of a
+//! tenant, appended in the same transaction as the records (so a write that fails leaves no
+//! entry, and a committed one always has one). The search index of a node is derived from it
+//! (search/feed.rs): applied in sequence order, never updated by the request that wrote.
+//!
+//! In sled the log is the `change_log` tree: the big-endian sequence number maps to a
+//! `ChangeRecord`; the empty key holds the last sequence number assigned. The counter is read
+//! and written inside each transaction, so sequence order is commit order (sled retries a
+//! transaction that raced another on it). Entries a snapshot of the index covers are removed by
+//! `compact_log`; the counter stays.
+
+use prost::Message;
+use sled::transaction::TransactionalTree;
+
+use super::faces::decode_embedding;
+use super::records::pb;
+use super::users::{TxResult, abort};
+use super::{Store, db_error, decode, keys};
+use crate::domain::{Embedding, FaceId, Tenant, UserId};
+use crate::error::{Error, Result};
+
+/// The key of the counter in the log tree (no sequence number encodes to it).
+const HEAD_KEY: &[u8] = b"";
+
+/// What one write did to a tenant's faces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A face was stored, replacing `replaced` if any.
+    Put { face: FaceId, user: UserId, embedding: Embedding, replaced: Option<FaceId> },
+    /// Faces were deleted.
+    Removed { faces: Vec<FaceId> },
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub tenant: Tenant,
+    pub change: Change,
+}
+
+/// Where the log stands: entries after `compacted` up to `head` are present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The last sequence number assigned (0: none yet).
+    pub head: u64,
+    /// Every entry up to this one has been compacted away (0: none).
+    pub compacted: u64,
+}
+
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// Appends `record` to the log inside a transaction; returns its sequence number.
+pub(super) fn tx_append(log: &TransactionalTree, record: &pb::ChangeRecord) -> TxResult<u64> {
+    let head = match log.get(HEAD_KEY)? {
+        None => 0,
+        Some(bytes) => match seq_of(&bytes) {
+            Some(seq) => seq,
+            None => return abort(Error::bug("malformed change-log head")),
+        },
+    };
+    let seq = head + 1;
+    log.insert(HEAD_KEY, &seq_key(seq))?;
+    log.insert(&seq_key(seq), record.encode_to_vec())?;
+    Ok(seq)
+}
+
+/// The log record of a stored face (`embedding` as stored in the embeddings tree).
+pub(super) fn put_record(
+    tenant: &Tenant,
+    face: FaceId,
+    user: UserId,
+    embedding: &[u8],
+    replaced: Option<FaceId>,
+) -> pb::ChangeRecord {
+    pb::ChangeRecord {
+        tenant: tenant.as_str().to_owned(),
+        change: Some(pb::change_record::Change::Put(pb::FacePut {
+            face_id: face.0,
+            user_id: user.0,
+            embedding: embedding.to_vec(),
+            replaced_face_id: replaced.map_or(0, |f| f.0),
+        })),
+    }
+}
+
+/// The log record of deleted faces.
+pub(super) fn removed_record(tenant: &Tenant, faces: &[FaceId]) -> pb::ChangeRecord {
+    pb::ChangeRecord {
+        tenant: tenant.as_str().to_owned(),
+        change: Some(pb::change_record::Change::Removed(pb::FacesRemoved {
+            face_ids: faces.iter().map(|f| f.0).collect(),
+        })),
+    }
+}
+
+impl Store {
+    /// The last sequence number assigned, and how far the log is compacted.
+    pub fn log_bounds(&self) -> Result<LogBounds> {
+        let head = match self.log.get(HEAD_KEY).map_err(db_error)? {
+            None => 0,
+            Some(bytes) => seq_of(&bytes).ok_or_else(|| Error::bug("malformed change-log head"))?,
+        };
+        let first = self.log.range(seq_key(1)..).next().transpose().map_err(db_error)?;
+        let compacted = match first {
+            Some((key, _)) => seq_of(&key).ok_or_else(|| Error::bug("malformed change-log key"))? - 1,
+            None => head,
+        };
+        Ok(LogBounds { head, compacted })
+    }
+
+    /// Up to `limit` entries with sequence numbers above `after`, in order. Refused when `after`
+    /// is below what was compacted away (a reader that far behind must start from a snapshot or
+    /// the records).
+    pub fn read_log(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        let mut out = Vec::new();
+        let mut expected = after + 1;
+        for entry in self.log.range(seq_key(after + 1)..) {
+            if out.len() == limit {
+                break;
+            }
+            let (key, value) = entry.map_err(db_error)?;
+            let seq = seq_of(&key).ok_or_else(|| Error::bug("malformed change-log key"))?;
+            if seq != expected {
+                return Err(Error::bug("the change log has a gap (entries were compacted that a reader still needs)"));
+            }
+            expected += 1;
+            out.push(self.decode_entry(seq, &value)?);
+        }
+        if out.is_empty() && self.log_bounds()?.head > after {
+            return Err(Error::bug("the change log has a gap (entries were compacted that a reader still needs)"));
+        }
+        Ok(out)
+    }
+
+    fn decode_entry(&self, seq: u64, value: &[u8]) -> Result<LogEntry> {
+        let record: pb::ChangeRecord = decode(value, "decoding a change-log entry")?;
+        let tenant = Tenant::new(&record.tenant).ok_or_else(|| Error::bug("a change-log entry names a bad tenant"))?;
+        let change = match record.change {
+            Some(pb::change_record::Change::Put(put)) => {
+                let face = FaceId(put.face_id);
+                let key = keys::face_key(&tenant, face);
+                let plain = self.unseal(keys::EMBEDDINGS, &key, &put.embedding)?;
+                let (owner, embedding) = decode_embedding(&plain)
+                    .ok_or_else(|| Error::bug("a change-log entry has a malformed embedding"))?;
+                if owner.0 != put.user_id {
+                    return Err(Error::bug("a change-log entry's embedding belongs to another user"));
+                }
+                let replaced = (put.replaced_face_id != 0).then_some(FaceId(put.replaced_face_id));
+                Change::Put { face, user: owner, embedding, replaced }
+            }
+            Some(pb::change_record::Change::Removed(removed)) => {
+                Change::Removed { faces: removed.face_ids.into_iter().map(FaceId).collect() }
+            }
+            None => return Err(Error::bug("a change-log entry without a change")),
+        };
+        Ok(LogEntry { seq, tenant, change })
+    }
+
+    /// Removes every entry up to and including `upto` (a snapshot covers them). Not a write of
+    /// records: it is made durable with the next write or flush, and losing it in a crash only
+    /// leaves entries that are skipped again.
+    pub fn compact_log(&self, upto: u64) -> Result<usize> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for key in self.log.range(seq_key(1)..=seq_key(upto)).keys() {
+            batch.remove(key.map_err(db_error)?);
+            removed += 1;
+        }
+        self.log.apply_batch(batch).map_err(db_error)?;
+        Ok(removed)
+    }
+}
