@@ -120,8 +120,7 @@ impl Store {
     /// the records).
     pub fn read_log(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
         let mut out = Vec::new();
-        let mut expected = after + 1;
-        for entry in self.log.range(seq_key(after + 1)..) {
+        for (expected, entry) in (after + 1..).zip(self.log.range(seq_key(after + 1)..)) {
             if out.len() == limit {
                 break;
             }
@@ -130,7 +129,6 @@ impl Store {
             if seq != expected {
                 return Err(Error::bug("the change log has a gap (entries were compacted that a reader still needs)"));
             }
-            expected += 1;
             out.push(self.decode_entry(seq, &value)?);
         }
         if out.is_empty() && self.log_bounds()?.head > after {
