@@ -209,7 +209,7 @@ impl App {
         let writes = self.writes.lock(tenant).await;
         // The index must hold every committed face of the tenant before the duplicate check.
         let (store, feed) = (self.store.clone(), self.feed.clone());
-        blocking(move || feed.catch_up(&store)).await?;
+        blocking(move || feed.catch_up(store.as_ref())).await?;
         let thresholds = self.settings.thresholds;
         // Duplicates among the other users of the tenant, best first.
         let hits = self.search_index(tenant, &embedding, 20, thresholds.possible, Some(user_id)).await?;
@@ -291,7 +291,7 @@ impl App {
         let (user, replaced) = blocking(move || {
             let _writes = writes;
             let pending = store.put_face_pending(&tenant_c, &new, replace, max, token)?;
-            feed.wait_for(&store, pending.seq())?;
+            feed.wait_for(store.as_ref(), pending.seq())?;
             pending.durable()
         })
         .await?;
@@ -352,7 +352,7 @@ impl App {
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_face_pending(&tenant, id)?;
-            feed.wait_for(&store, pending.seq())?;
+            feed.wait_for(store.as_ref(), pending.seq())?;
             pending.durable()
         })
         .await

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::search::FaceIndex;
-use crate::storage::{Change, LogEntry, Store};
+use crate::storage::{Change, LogEntry, Storage};
 
 /// Entries read from the log at a time.
 const BATCH: usize = 1024;
@@ -53,7 +53,7 @@ impl IndexFeed {
 
     /// Applies every entry committed after the last one applied; returns the last applied.
     /// Blocking (reads the store).
-    pub fn catch_up(&self, store: &Store) -> Result<u64> {
+    pub fn catch_up(&self, store: &dyn Storage) -> Result<u64> {
         let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
         let mut applied = self.applied();
         loop {
@@ -71,7 +71,7 @@ impl IndexFeed {
     }
 
     /// Returns once entry `seq` is applied (0: nothing to wait for). Blocking.
-    pub fn wait_for(&self, store: &Store, seq: u64) -> Result<()> {
+    pub fn wait_for(&self, store: &dyn Storage, seq: u64) -> Result<()> {
         if self.applied() >= seq {
             return Ok(());
         }
@@ -87,7 +87,7 @@ impl IndexFeed {
 mod tests {
     use super::*;
     use crate::domain::{FaceId, Tenant, User};
-    use crate::storage::{NewFace, Replace};
+    use crate::storage::{NewFace, Replace, Store};
 
     fn new_face(user: crate::domain::UserId, id: u64) -> NewFace {
         crate::storage::test_face(user, id, id as f32 * 0.01)

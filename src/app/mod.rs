@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::inference::{InferencePool, Models};
 use crate::search::FaceIndex;
 use crate::search::similarity::Thresholds;
-use crate::storage::{EmbedderRecord, Store};
+use crate::storage::{EmbedderRecord, Storage, Store};
 use compute::ComputePool;
 
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
@@ -53,7 +53,8 @@ pub struct App {
     pool: InferencePool,
     /// Threads for vector scans: never run on the async runtime.
     compute: ComputePool,
-    store: Store,
+    /// The storage backend: every read and write of records.
+    store: Arc<dyn Storage>,
     index: FaceIndex,
     /// Applies the store's change log to `index`: the only writer of the index.
     feed: IndexFeed,
@@ -98,13 +99,13 @@ where
 
 /// The search index of every embedding in the store, and the change-log entry it reflects. Call
 /// it while nothing writes (start-up, `facevault verify`).
-pub fn rebuild_index(store: &Store, exact_max_faces: usize) -> Result<(FaceIndex, u64)> {
+pub fn rebuild_index(store: &dyn Storage, exact_max_faces: usize) -> Result<(FaceIndex, u64)> {
     let head = store.log_bounds()?.head;
     let index = FaceIndex::with_exact_max_faces(exact_max_faces);
-    for entry in store.embeddings() {
-        let e = entry?;
+    store.for_each_embedding(&mut |e| {
         index.insert(&e.tenant, e.face_id, e.user_id, &e.embedding);
-    }
+        Ok(())
+    })?;
     index.shrink_to_fit();
     Ok((index, head))
 }
@@ -131,10 +132,10 @@ impl App {
         let (store, index, applied) = blocking(move || {
             let started = std::time::Instant::now();
             let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
-            let store = Store::open_with_key(&data_dir, key)?;
+            let store: Arc<dyn Storage> = Arc::new(Store::open_with_key(&data_dir, key)?);
             store.check_embedder(&embedder)?;
             let opened_ms = started.elapsed().as_millis() as u64;
-            let (index, applied) = rebuild_index(&store, exact_max_faces)?;
+            let (index, applied) = rebuild_index(store.as_ref(), exact_max_faces)?;
             let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
             let total_ms = started.elapsed().as_millis() as u64;
             let encrypted = store.is_encrypted();
@@ -172,8 +173,8 @@ impl App {
     }
 
     /// The store (tests compare it with the index).
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn Storage {
+        self.store.as_ref()
     }
 
     /// The search index.
@@ -215,7 +216,7 @@ impl App {
             ticks.tick().await;
             let (store, feed) = (self.store.clone(), self.feed.clone());
             let done = blocking(move || {
-                let applied = feed.catch_up(&store)?;
+                let applied = feed.catch_up(store.as_ref())?;
                 let bounds = store.log_bounds()?;
                 if applied >= bounds.compacted + COMPACT_AFTER {
                     store.compact_log(applied)?;

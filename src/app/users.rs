@@ -219,7 +219,7 @@ impl App {
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_user_pending(&tenant, current.id, expected_version)?;
-            feed.wait_for(&store, pending.seq())?;
+            feed.wait_for(store.as_ref(), pending.seq())?;
             pending.durable().map(|_| ())
         })
         .await

@@ -199,7 +199,7 @@ impl Store {
         };
         let (user, replaced, seq) = out;
         let removed = replaced.map(|old| (tenant.clone(), old)).into_iter().collect();
-        Ok(Pending::new((user, replaced), self, seq, removed))
+        Ok(self.pending((user, replaced), seq, removed))
     }
 
     pub fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
@@ -259,7 +259,7 @@ impl Store {
             Ok((user, seq))
         });
         let (user, seq) = result.map_err(tx_error)?;
-        Ok(Pending::new(user, self, seq, vec![(tenant.clone(), id)]))
+        Ok(self.pending(user, seq, vec![(tenant.clone(), id)]))
     }
 
     /// Every stored embedding of every tenant (start-up index rebuild).

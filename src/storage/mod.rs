@@ -4,6 +4,7 @@
 //! on stable storage before they are acknowledged (durable.rs: fsync, with group commit).
 //! Originals, thumbnails and embeddings are sealed with AES-256-GCM when a key is given (seal.rs).
 
+mod backend;
 mod durable;
 mod embedder;
 mod faces;
@@ -21,7 +22,9 @@ use std::path::Path;
 
 use prost::Message;
 
+use crate::domain::{FaceId, Tenant};
 use crate::error::{Error, Result};
+pub use backend::Storage;
 pub use embedder::EmbedderRecord;
 pub use faces::{NewFace, Replace, StoredEmbedding};
 pub use log::{Change, LogBounds, LogEntry};
@@ -170,6 +173,22 @@ impl Store {
     /// Ends a write: makes it durable unless this is a bulk import.
     fn commit(&self) -> Result<()> {
         if self.durable_writes { self.flush() } else { Ok(()) }
+    }
+
+    /// A committed face write whose entry is `seq`: made durable by group commit, after which
+    /// the image files of the faces it dropped are removed. A file that cannot be removed is
+    /// only logged: nothing names it any more, and the sweep at the next start removes it.
+    fn pending<T>(&self, value: T, seq: u64, removed: Vec<(Tenant, FaceId)>) -> Pending<T> {
+        let store = self.clone();
+        Pending::new(value, seq, move || {
+            store.commit()?;
+            for (tenant, face) in &removed {
+                if let Err(e) = store.files.remove(&keys::face_key(tenant, *face)) {
+                    tracing::warn!(error = %e, face = %face, "an image file of a deleted face stays until the next start");
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Removes image files that no face record names: what a crash between writing a face's

@@ -1,28 +1,33 @@
 //! A write the store has committed (every read sees it) but not yet made durable. The caller
-//! updates what derives from the store (the search index) first, then makes it durable: so a
-//! failed sync can never leave the index different from the store, and a face's image files
-//! are removed only once the transaction that dropped the face is durable.
+//! waits for the index feed to apply the write's change-log entry first, then makes it durable:
+//! so the reply comes after both, and a failed sync can never leave the index different from
+//! the store. What finishes the write is the backend's (sled: group commit, then removing the
+//! image files of the faces the write dropped).
 
-use super::Store;
-use super::keys;
-use crate::domain::{FaceId, Tenant};
 use crate::error::Result;
 
+/// What makes a committed write durable.
+type Finish = Box<dyn FnOnce() -> Result<()> + Send>;
+
 /// A committed write: its value now, and [`Pending::durable`] to finish it.
-#[derive(Debug)]
 #[must_use = "a pending write is acknowledged only once it is durable"]
 pub struct Pending<T> {
     value: T,
-    store: Store,
     /// The change-log entry of the write; 0: it changed no face.
     seq: u64,
-    /// Faces whose image files go once the write is durable.
-    removed: Vec<(Tenant, FaceId)>,
+    finish: Finish,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("value", &self.value).field("seq", &self.seq).finish_non_exhaustive()
+    }
 }
 
 impl<T> Pending<T> {
-    pub(super) fn new(value: T, store: &Store, seq: u64, removed: Vec<(Tenant, FaceId)>) -> Self {
-        Pending { value, store: store.clone(), seq, removed }
+    /// A committed write whose entry is `seq`, made durable by `finish`.
+    pub fn new(value: T, seq: u64, finish: impl FnOnce() -> Result<()> + Send + 'static) -> Self {
+        Pending { value, seq, finish: Box::new(finish) }
     }
 
     /// The sequence number of the write's change-log entry (0: it changed no face): the index
@@ -36,16 +41,9 @@ impl<T> Pending<T> {
         &self.value
     }
 
-    /// Makes the write durable (group commit), then removes the image files of the faces it
-    /// dropped. A file that cannot be removed is only logged: nothing names it any more, and the
-    /// sweep at the next start removes it.
+    /// Makes the write durable.
     pub fn durable(self) -> Result<T> {
-        self.store.commit()?;
-        for (tenant, face) in &self.removed {
-            if let Err(e) = self.store.files.remove(&keys::face_key(tenant, *face)) {
-                tracing::warn!(error = %e, face = %face, "an image file of a deleted face stays until the next start");
-            }
-        }
+        (self.finish)()?;
         Ok(self.value)
     }
 }

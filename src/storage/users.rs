@@ -206,7 +206,7 @@ impl Store {
         });
         let (removed, seq) = result.map_err(tx_error)?;
         let files = removed.iter().map(|&face| (tenant.clone(), face)).collect();
-        Ok(super::Pending::new(removed, self, seq, files))
+        Ok(self.pending(removed, seq, files))
     }
 
     /// Number of users of a tenant (a key scan).

@@ -1,0 +1,217 @@
+//! `Storage`: the interface between the app and a storage backend. The app makes every read and
+//! write through it; sled (`Store`, embedded, the default) is the first backend, PostgreSQL the
+//! next. Every method is blocking (call it through `app::blocking`). What a backend promises:
+//!
+//! - Each write is one transaction: records, images and, for a write that changes faces, its
+//!   change-log entry (so the index, derived from the log, equals the store by construction).
+//! - A write returns once committed; a face write returns a [`Pending`] that its caller makes
+//!   durable after the index feed applied its entry; every other write is durable on return.
+//! - Each read that spans records sees one consistent state.
+//! - A tenant's invariants (face limit, external ids, tokens) hold however calls race: the app
+//!   orders a tenant's face writes, the backend's transactions do the rest.
+
+use std::time::SystemTime;
+
+use super::{
+    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, NewFace, Pending, Replace, Store, StoredEmbedding,
+    UserKey, UserPatch,
+};
+use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
+use crate::error::Result;
+
+/// A storage backend. See the module documentation for what every implementation guarantees.
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    // ---- users
+
+    /// Stores a new user under a fresh random id; its external id must be free in the tenant.
+    fn create_user(&self, tenant: &Tenant, user: User) -> Result<User>;
+    fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>>;
+    /// The user `key` names, from one consistent state.
+    fn find_user(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<User>>;
+    /// Applies `patch` if the user's version is `expected_version` (when given).
+    fn update_user(
+        &self,
+        tenant: &Tenant,
+        id: UserId,
+        expected_version: Option<u64>,
+        patch: &UserPatch,
+    ) -> Result<User>;
+    /// Erases the user with every face, image and token of it; returns the erased faces.
+    fn delete_user_pending(
+        &self,
+        tenant: &Tenant,
+        id: UserId,
+        expected_version: Option<u64>,
+    ) -> Result<Pending<Vec<FaceId>>>;
+    fn count_users(&self, tenant: &Tenant) -> Result<usize>;
+    /// Up to `limit` users with ids above `after`, in id order.
+    fn list_users(&self, tenant: &Tenant, after: Option<UserId>, limit: usize) -> Result<Vec<User>>;
+
+    // ---- faces
+
+    /// Stores `new` for its user, replacing per `replace`, within `max_faces`, consuming the
+    /// re-enrollment token whose hash is `token` if given. Returns the user and the face replaced.
+    fn put_face_pending(
+        &self,
+        tenant: &Tenant,
+        new: &NewFace,
+        replace: Replace,
+        max_faces: usize,
+        token: Option<[u8; 32]>,
+    ) -> Result<Pending<(User, Option<FaceId>)>>;
+    /// Deletes one face and everything stored with it; returns the user afterwards.
+    fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>>;
+    fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>>;
+    fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>>;
+    /// A face and its original (or thumbnail), from one consistent state.
+    fn face_with_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<(Face, Vec<u8>)>>;
+    /// The user `key` names and its faces, oldest first, from one consistent state.
+    fn user_with_faces(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, Vec<Face>)>>;
+    /// The user `key` names and the embedding of each of its faces, from one consistent state.
+    fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>>;
+    /// For each search hit, the user's external id while the face exists and is that user's.
+    fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>>;
+    /// Calls `each` with every stored embedding of every tenant (a full index rebuild).
+    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<()>;
+
+    // ---- re-enrollment tokens
+
+    /// The tenant and user of a usable token (exists, unexpired, attempts left).
+    fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>>;
+    /// Counts one attempt against a usable token, durably; its tenant and user.
+    fn use_token_attempt(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>>;
+    /// Removes the tokens expired by `now`; how many went.
+    fn purge_expired_tokens(&self, now: SystemTime) -> Result<usize>;
+
+    // ---- the change log
+
+    fn log_bounds(&self) -> Result<LogBounds>;
+    /// Up to `limit` entries after `after`, in order; refused when `after` was compacted away.
+    fn read_log(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>>;
+    /// Removes the entries up to `upto`; how many went.
+    fn compact_log(&self, upto: u64) -> Result<usize>;
+
+    // ---- the store as a whole
+
+    /// Refuses a store built with another embedder (records this one in a new store).
+    fn check_embedder(&self, embedder: &EmbedderRecord) -> Result<()>;
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<()>;
+    /// Why writes cannot be made durable now, if so (health reports NOT_SERVING meanwhile).
+    fn write_failure(&self) -> Option<String>;
+    fn is_encrypted(&self) -> bool;
+    /// Checks every invariant that spans records (an operator's and the tests' check).
+    fn verify(&self, max_faces: usize) -> Result<Integrity>;
+    /// Entries per table (tests check nothing is left behind).
+    fn tree_sizes(&self) -> Vec<(&'static str, usize)>;
+    /// Every raw key and value of a table as stored (tests scan them for plaintext).
+    fn raw_entries(&self, table: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+impl Storage for Store {
+    fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
+        Store::create_user(self, tenant, user)
+    }
+    fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>> {
+        Store::get_user(self, tenant, id)
+    }
+    fn find_user(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<User>> {
+        Store::find_user(self, tenant, key)
+    }
+    fn update_user(
+        &self,
+        tenant: &Tenant,
+        id: UserId,
+        expected_version: Option<u64>,
+        patch: &UserPatch,
+    ) -> Result<User> {
+        Store::update_user(self, tenant, id, expected_version, patch)
+    }
+    fn delete_user_pending(
+        &self,
+        tenant: &Tenant,
+        id: UserId,
+        expected_version: Option<u64>,
+    ) -> Result<Pending<Vec<FaceId>>> {
+        Store::delete_user_pending(self, tenant, id, expected_version)
+    }
+    fn count_users(&self, tenant: &Tenant) -> Result<usize> {
+        Store::count_users(self, tenant)
+    }
+    fn list_users(&self, tenant: &Tenant, after: Option<UserId>, limit: usize) -> Result<Vec<User>> {
+        Store::list_users(self, tenant, after, limit)
+    }
+    fn put_face_pending(
+        &self,
+        tenant: &Tenant,
+        new: &NewFace,
+        replace: Replace,
+        max_faces: usize,
+        token: Option<[u8; 32]>,
+    ) -> Result<Pending<(User, Option<FaceId>)>> {
+        Store::put_face_pending(self, tenant, new, replace, max_faces, token)
+    }
+    fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
+        Store::delete_face_pending(self, tenant, id)
+    }
+    fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
+        Store::get_face(self, tenant, id)
+    }
+    fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
+        Store::face_embedding(self, tenant, id)
+    }
+    fn face_with_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<(Face, Vec<u8>)>> {
+        Store::face_with_image(self, tenant, id, thumbnail)
+    }
+    fn user_with_faces(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, Vec<Face>)>> {
+        Store::user_with_faces(self, tenant, key)
+    }
+    fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>> {
+        Store::user_with_embeddings(self, tenant, key)
+    }
+    fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>> {
+        Store::hit_owners(self, tenant, hits)
+    }
+    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<()> {
+        self.embeddings().try_for_each(|e| each(e?))
+    }
+    fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
+        Store::token_user(self, hash, max_attempts)
+    }
+    fn use_token_attempt(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
+        Store::use_token_attempt(self, hash, max_attempts)
+    }
+    fn purge_expired_tokens(&self, now: SystemTime) -> Result<usize> {
+        Store::purge_expired_tokens(self, now)
+    }
+    fn log_bounds(&self) -> Result<LogBounds> {
+        Store::log_bounds(self)
+    }
+    fn read_log(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
+        Store::read_log(self, after, limit)
+    }
+    fn compact_log(&self, upto: u64) -> Result<usize> {
+        Store::compact_log(self, upto)
+    }
+    fn check_embedder(&self, embedder: &EmbedderRecord) -> Result<()> {
+        Store::check_embedder(self, embedder)
+    }
+    fn flush(&self) -> Result<()> {
+        Store::flush(self)
+    }
+    fn write_failure(&self) -> Option<String> {
+        Store::write_failure(self)
+    }
+    fn is_encrypted(&self) -> bool {
+        Store::is_encrypted(self)
+    }
+    fn verify(&self, max_faces: usize) -> Result<Integrity> {
+        Store::verify(self, max_faces)
+    }
+    fn tree_sizes(&self) -> Vec<(&'static str, usize)> {
+        Store::tree_sizes(self)
+    }
+    fn raw_entries(&self, table: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Store::raw_entries(self, table)
+    }
+}
