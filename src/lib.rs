@@ -88,8 +88,10 @@ pub async fn serve_with_slot(
         );
     let server = tokio::spawn(server);
 
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = async {
         shutdown.await;
+        stopping.store(true, std::sync::atomic::Ordering::Release);
         grpc::set_not_serving(&health).await;
         let _ = stop_tx.send(());
     };
@@ -113,11 +115,13 @@ pub async fn serve_with_slot(
     slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");
-    let watch = tokio::spawn(not_serving_once_writes_fail(app.clone(), health.clone()));
+    let watch = tokio::spawn(health_follows_the_store(app.clone(), health.clone(), stopping.clone()));
+    let recover = tokio::spawn(app.clone().recover_periodically(std::time::Duration::from_secs(1)));
     stop.await;
     purge.abort();
     follow.abort();
     watch.abort();
+    recover.abort();
     drain(server, config.drain_timeout).await?;
     // Every acknowledged write was flushed already; this covers anything sled buffered since.
     app.flush().await?;
@@ -125,15 +129,35 @@ pub async fn serve_with_slot(
     Ok(())
 }
 
-/// Reports NOT_SERVING from the moment the store can no longer make writes durable (a failed
-/// fsync): a load balancer then sends traffic elsewhere until the process is restarted.
-async fn not_serving_once_writes_fail(app: app::App, health: tonic_health::server::HealthReporter) {
+/// Reports NOT_SERVING while the store cannot make writes durable (a write or a sync failed,
+/// or the store is being reopened after such a fault), and SERVING again once it is reopened:
+/// a load balancer sends traffic elsewhere meanwhile. Leaves health alone once `stopping`.
+async fn health_follows_the_store(
+    app: app::App,
+    health: tonic_health::server::HealthReporter,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut failing = false;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        if let Some(reason) = app.store().write_failure() {
-            tracing::error!(reason, "writes cannot be made durable: health reports NOT_SERVING until a restart");
-            grpc::set_not_serving(&health).await;
+        if stopping.load(std::sync::atomic::Ordering::Acquire) {
             return;
+        }
+        match (app.write_failure(), failing) {
+            (Some(reason), false) => {
+                tracing::error!(
+                    reason,
+                    "writes cannot be made durable: health reports NOT_SERVING until the store is reopened"
+                );
+                grpc::set_not_serving(&health).await;
+                failing = true;
+            }
+            (None, true) => {
+                tracing::info!("the store is open again: health reports SERVING");
+                grpc::set_serving(&health).await;
+                failing = false;
+            }
+            _ => {}
         }
     }
 }

@@ -208,7 +208,7 @@ impl App {
         // goes away (the guard moves into the blocking task, which always runs to the end).
         let writes = self.writes.lock(tenant).await;
         // The index must hold every committed face of the tenant before the duplicate check.
-        let (store, feed) = (self.store.clone(), self.feed.clone());
+        let (store, feed) = (self.store()?, self.feed.clone());
         blocking(move || feed.catch_up(store.as_ref())).await?;
         let thresholds = self.settings.thresholds;
         // Duplicates among the other users of the tenant, best first.
@@ -232,7 +232,7 @@ impl App {
         // Other users' faces are reported to API-key callers only.
         let duplicates = if token.is_some() { Vec::new() } else { duplicates };
         // The user's own other faces (those that stay).
-        let store = self.store.clone();
+        let store = self.store()?;
         let (tenant_c, uid) = (tenant.clone(), user_id);
         let current = blocking(move || store.get_user(&tenant_c, uid)).await?.ok_or_else(Error::user_not_found)?;
         let adds_a_face = match replace {
@@ -283,7 +283,7 @@ impl App {
             thumbnail: thumbnail.clone(),
         };
         let (store, feed, tenant_c, max) =
-            (self.store.clone(), self.feed.clone(), tenant.clone(), self.settings.max_faces_per_user);
+            (self.store()?, self.feed.clone(), tenant.clone(), self.settings.max_faces_per_user);
         let started = std::time::Instant::now();
         // The write, the wait for the feed to apply it (read-your-writes) and the sync are one
         // blocking task that runs to its end even if the caller goes away. The index follows the
@@ -302,7 +302,7 @@ impl App {
     /// Search hits with each user's external id and the decision band.
     pub(super) async fn describe_hits(&self, tenant: &Tenant, hits: &[crate::search::Hit]) -> Result<Vec<FaceMatch>> {
         let (store, tenant, hits, thresholds) =
-            (self.store.clone(), tenant.clone(), hits.to_vec(), self.settings.thresholds);
+            (self.store()?, tenant.clone(), hits.to_vec(), self.settings.thresholds);
         blocking(move || {
             // The index is read before the store: a hit whose face (or user) was deleted since
             // the scan is left out, as if the scan had come after the delete.
@@ -327,13 +327,13 @@ impl App {
 
     pub async fn get_face(&self, caller: &Principal, face_id: &str) -> Result<Face> {
         let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
-        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let (store, tenant) = (self.store()?, caller.tenant.clone());
         blocking(move || store.get_face(&tenant, id)).await?.ok_or_else(Error::face_not_found)
     }
 
     /// The user's faces, oldest first.
     pub async fn list_faces(&self, caller: &Principal, user: &UserRef) -> Result<Vec<Face>> {
-        let (store, tenant, user) = (self.store.clone(), caller.tenant.clone(), user.clone());
+        let (store, tenant, user) = (self.store()?, caller.tenant.clone(), user.clone());
         blocking(move || {
             // The user and its faces from one snapshot: a face deleted meanwhile is either
             // listed with its record or not listed at all.
@@ -348,7 +348,7 @@ impl App {
     pub async fn delete_face(&self, caller: &Principal, face_id: &str) -> Result<User> {
         let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
         let writes = self.writes.lock(&caller.tenant).await;
-        let (store, feed, tenant) = (self.store.clone(), self.feed.clone(), caller.tenant.clone());
+        let (store, feed, tenant) = (self.store()?, self.feed.clone(), caller.tenant.clone());
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_face_pending(&tenant, id)?;
@@ -361,7 +361,7 @@ impl App {
     /// The stored original or thumbnail of a face.
     pub async fn face_image(&self, caller: &Principal, face_id: &str, kind: ImageKind) -> Result<StoredImage> {
         let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
-        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let (store, tenant) = (self.store()?, caller.tenant.clone());
         let thumbnail = kind == ImageKind::Thumbnail;
         // The record and the image from one snapshot (the type and size describe these bytes).
         let (face, data) =

@@ -51,6 +51,12 @@ impl IndexFeed {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// Starts over after the index was rebuilt to reflect entry `applied` (a reopened store).
+    pub(crate) fn reset(&self, applied: u64) {
+        let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        self.applied.store(applied, Ordering::Release);
+    }
+
     /// Applies every entry committed after the last one applied; returns the last applied.
     /// Blocking (reads the store).
     pub fn catch_up(&self, store: &dyn Storage) -> Result<u64> {

@@ -118,7 +118,7 @@ impl App {
         }
         let (query, _) = self.largest_face(image).await?;
         let query = query.embedding.ok_or_else(|| Error::bug("the query face was not embedded"))?;
-        let (store, tenant, user) = (self.store.clone(), caller.tenant.clone(), user.clone());
+        let (store, tenant, user) = (self.store()?, caller.tenant.clone(), user.clone());
         let best = blocking(move || {
             let key = user.storage_key();
             let (_, faces) = store.user_with_embeddings(&tenant, key)?.ok_or_else(Error::user_not_found)?;

@@ -8,6 +8,7 @@ mod enroll;
 mod feed;
 mod identify;
 pub mod keys;
+mod recovery;
 mod redact;
 mod tokens;
 mod users;
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::inference::{InferencePool, Models};
 use crate::search::FaceIndex;
 use crate::search::similarity::Thresholds;
-use crate::storage::{EmbedderRecord, Storage, Store};
+use crate::storage::{EmbedderRecord, Storage};
 use compute::ComputePool;
 
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
@@ -53,8 +54,10 @@ pub struct App {
     pool: InferencePool,
     /// Threads for vector scans: never run on the async runtime.
     compute: ComputePool,
-    /// The storage backend: every read and write of records.
-    store: Arc<dyn Storage>,
+    /// The storage backend: every read and write of records (reopened after a fault).
+    store: Arc<recovery::StoreSlot>,
+    /// Opens the store again after a fault.
+    opener: Arc<recovery::StoreOpener>,
     index: FaceIndex,
     /// Applies the store's change log to `index`: the only writer of the index.
     feed: IndexFeed,
@@ -79,6 +82,15 @@ impl TenantLocks {
         };
         lock.lock_owned().await
     }
+}
+
+/// The index of the store at start-up (or after a reopen), and the change-log entry it
+/// reflects; compacts the log up to it.
+pub(crate) fn load_index(store: &dyn Storage, exact_max_faces: usize) -> Result<(FaceIndex, u64)> {
+    let (index, applied) = rebuild_index(store, exact_max_faces)?;
+    // Every entry the index reflects is no longer needed (the next start rebuilds).
+    store.compact_log(applied)?;
+    Ok((index, applied))
 }
 
 /// Applied change-log entries kept before the log is compacted (the index is rebuilt from the
@@ -129,20 +141,18 @@ impl App {
         let data_dir = config.data_dir.clone();
         let key_file = config.encryption_key_file.clone();
         let exact_max_faces = config.search_exact_max_faces;
-        let (store, index, applied) = blocking(move || {
+        let (opener, store, index, applied) = blocking(move || {
             let started = std::time::Instant::now();
             let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
-            let store: Arc<dyn Storage> = Arc::new(Store::open_with_key(&data_dir, key)?);
-            store.check_embedder(&embedder)?;
+            let opener = recovery::StoreOpener { data_dir, key, embedder };
+            let store = opener.open()?;
             let opened_ms = started.elapsed().as_millis() as u64;
-            let (index, applied) = rebuild_index(store.as_ref(), exact_max_faces)?;
+            let (index, applied) = load_index(store.as_ref(), exact_max_faces)?;
             let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
             let total_ms = started.elapsed().as_millis() as u64;
             let encrypted = store.is_encrypted();
             tracing::info!(faces, encrypted, opened_ms, total_ms, applied, "search index rebuilt from the store");
-            // Every entry the index reflects is no longer needed (the next start rebuilds).
-            store.compact_log(applied)?;
-            Ok((store, index, applied))
+            Ok((opener, store, index, applied))
         })
         .await?;
         let pool = blocking(move || InferencePool::start(&inference, &models)).await?;
@@ -159,7 +169,16 @@ impl App {
             quotas,
         };
         let feed = IndexFeed::new(index.clone(), applied);
-        Ok(App { pool, compute, store, index, feed, settings: Arc::new(settings), writes: Arc::default() })
+        Ok(App {
+            pool,
+            compute,
+            store: Arc::new(recovery::StoreSlot::new(store)),
+            opener: Arc::new(opener),
+            index,
+            feed,
+            settings: Arc::new(settings),
+            writes: Arc::default(),
+        })
     }
 
     /// The inference pool (queue depth, rejections).
@@ -172,9 +191,9 @@ impl App {
         &self.compute
     }
 
-    /// The store (tests compare it with the index).
-    pub fn store(&self) -> &dyn Storage {
-        self.store.as_ref()
+    /// The open store; UNAVAILABLE while it is being reopened after a fault.
+    pub fn store(&self) -> Result<Arc<dyn Storage>> {
+        self.store.get()
     }
 
     /// The search index.
@@ -214,7 +233,8 @@ impl App {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let (store, feed) = (self.store.clone(), self.feed.clone());
+            let Ok(store) = self.store() else { continue };
+            let feed = self.feed.clone();
             let done = blocking(move || {
                 let applied = feed.catch_up(store.as_ref())?;
                 let bounds = store.log_bounds()?;
@@ -231,13 +251,13 @@ impl App {
 
     /// Flushes the store (shutdown).
     pub async fn flush(&self) -> Result<()> {
-        let store = self.store.clone();
+        let store = self.store()?;
         blocking(move || store.flush()).await
     }
 
     /// Resolves a user reference in the caller's tenant.
     async fn resolve_user(&self, tenant: &Tenant, user: &UserRef) -> Result<User> {
-        let (store, tenant, user) = (self.store.clone(), tenant.clone(), user.clone());
+        let (store, tenant, user) = (self.store()?, tenant.clone(), user.clone());
         blocking(move || {
             // One snapshot: a user deleted and created again under the same external id is
             // found (old or new), never lost between the two lookups.

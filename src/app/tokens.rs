@@ -41,7 +41,7 @@ impl App {
             return Err(invalid_token());
         }
         let hash = hash_token(token);
-        let (store, max) = (self.store.clone(), self.settings.token_max_attempts);
+        let (store, max) = (self.store()?, self.settings.token_max_attempts);
         let owner = blocking(move || store.token_user(&hash, max)).await?;
         let (tenant, user_id) = owner.ok_or_else(invalid_token)?;
         Ok(TokenHolder { tenant, user_id, hash })
@@ -49,7 +49,7 @@ impl App {
 
     /// Spends one of the token's attempts (durably), whatever the call then does with it.
     pub async fn use_token_attempt(&self, holder: &TokenHolder) -> Result<()> {
-        let (store, hash, max) = (self.store.clone(), holder.hash, self.settings.token_max_attempts);
+        let (store, hash, max) = (self.store()?, holder.hash, self.settings.token_max_attempts);
         let owner = blocking(move || store.use_token_attempt(&hash, max)).await?;
         match owner {
             Some((tenant, user_id)) if tenant == holder.tenant && user_id == holder.user_id => Ok(()),

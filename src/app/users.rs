@@ -118,7 +118,7 @@ pub(super) fn hash_token(token: &str) -> [u8; 32] {
 impl App {
     /// Removes the re-enrollment tokens that have expired from the store.
     pub async fn purge_expired_tokens(&self) -> Result<usize> {
-        let store = self.store.clone();
+        let store = self.store()?;
         blocking(move || store.purge_expired_tokens(SystemTime::now())).await
     }
 
@@ -165,7 +165,7 @@ impl App {
             update_time: now,
             version: 1,
         };
-        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let (store, tenant) = (self.store()?, caller.tenant.clone());
         let Some(max_users) = self.quota(&caller.tenant).max_users else {
             return blocking(move || store.create_user(&tenant, user)).await;
         };
@@ -206,7 +206,7 @@ impl App {
                 .as_ref()
                 .map(|(_, hash)| TokenGrant { hash: *hash, expires_at: SystemTime::now() + self.settings.token_ttl }),
         };
-        let (store, tenant, expected) = (self.store.clone(), caller.tenant.clone(), update.expected_version);
+        let (store, tenant, expected) = (self.store()?, caller.tenant.clone(), update.expected_version);
         let updated = blocking(move || store.update_user(&tenant, current.id, expected, &patch)).await?;
         Ok((updated, token.map(|(t, _)| t)))
     }
@@ -215,7 +215,7 @@ impl App {
     pub async fn delete_user(&self, caller: &Principal, user: &UserRef, expected_version: Option<u64>) -> Result<()> {
         let current = self.resolve_user(&caller.tenant, user).await?;
         let writes = self.writes.lock(&caller.tenant).await;
-        let (store, feed, tenant) = (self.store.clone(), self.feed.clone(), caller.tenant.clone());
+        let (store, feed, tenant) = (self.store()?, self.feed.clone(), caller.tenant.clone());
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_user_pending(&tenant, current.id, expected_version)?;
@@ -247,7 +247,7 @@ impl App {
                 Error::invalid(Reason::PageTokenInvalid, "page_token", "page_token is not one this server issued")
             })?)
         };
-        let (store, tenant) = (self.store.clone(), caller.tenant.clone());
+        let (store, tenant) = (self.store()?, caller.tenant.clone());
         let mut users = blocking(move || store.list_users(&tenant, after, size + 1)).await?;
         let next = if users.len() > size {
             users.truncate(size);

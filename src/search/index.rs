@@ -133,6 +133,18 @@ impl FaceIndex {
         Self { tenants: Arc::default(), exact_max_faces }
     }
 
+    /// Tenants above this many faces are searched with the sketch prefilter.
+    pub fn exact_max_faces(&self) -> usize {
+        self.exact_max_faces
+    }
+
+    /// Takes over every tenant of `other` (an index rebuilt after the store was reopened),
+    /// in one step: a search sees the old index or the new one.
+    pub fn replace_contents(&self, other: FaceIndex) {
+        let tenants = std::mem::take(&mut *other.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner));
+        *self.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tenants;
+    }
+
     fn all(&self) -> Vec<Shared> {
         self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
     }

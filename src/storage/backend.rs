@@ -110,7 +110,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 
 impl Storage for Store {
     fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
-        Store::create_user(self, tenant, user)
+        self.write(|| Store::create_user(self, tenant, user))
     }
     fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>> {
         Store::get_user(self, tenant, id)
@@ -125,7 +125,7 @@ impl Storage for Store {
         expected_version: Option<u64>,
         patch: &UserPatch,
     ) -> Result<User> {
-        Store::update_user(self, tenant, id, expected_version, patch)
+        self.write(|| Store::update_user(self, tenant, id, expected_version, patch))
     }
     fn delete_user_pending(
         &self,
@@ -133,7 +133,7 @@ impl Storage for Store {
         id: UserId,
         expected_version: Option<u64>,
     ) -> Result<Pending<Vec<FaceId>>> {
-        Store::delete_user_pending(self, tenant, id, expected_version)
+        self.write(|| Store::delete_user_pending(self, tenant, id, expected_version))
     }
     fn count_users(&self, tenant: &Tenant) -> Result<usize> {
         Store::count_users(self, tenant)
@@ -149,10 +149,10 @@ impl Storage for Store {
         max_faces: usize,
         token: Option<[u8; 32]>,
     ) -> Result<Pending<(User, Option<FaceId>)>> {
-        Store::put_face_pending(self, tenant, new, replace, max_faces, token)
+        self.write(|| Store::put_face_pending(self, tenant, new, replace, max_faces, token))
     }
     fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
-        Store::delete_face_pending(self, tenant, id)
+        self.write(|| Store::delete_face_pending(self, tenant, id))
     }
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
         Store::get_face(self, tenant, id)
@@ -179,10 +179,10 @@ impl Storage for Store {
         Store::token_user(self, hash, max_attempts)
     }
     fn use_token_attempt(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
-        Store::use_token_attempt(self, hash, max_attempts)
+        self.write(|| Store::use_token_attempt(self, hash, max_attempts))
     }
     fn purge_expired_tokens(&self, now: SystemTime) -> Result<usize> {
-        Store::purge_expired_tokens(self, now)
+        self.write(|| Store::purge_expired_tokens(self, now))
     }
     fn log_bounds(&self) -> Result<LogBounds> {
         Store::log_bounds(self)

@@ -5,10 +5,13 @@
 //! them. Writers that arrive while a sync runs wait for the next one, which covers them all: one
 //! sync per batch of concurrent writers, not one per write.
 //!
-//! A failed sync is final for this process: after a failed fsync the kernel may have dropped
-//! the dirty pages it could not write, so a later fsync that succeeds proves nothing about them.
-//! Every waiting and later write fails UNAVAILABLE, health reports NOT_SERVING, and a restart
-//! (which rebuilds the index from what is durable) is the way back.
+//! A failed sync is final for this open store: after a failed fsync the kernel may have dropped
+//! the dirty pages it could not write, so a later fsync that succeeds proves nothing about them
+//! (and sled refuses every operation once a write of its log failed). Every waiting and later
+//! write fails UNAVAILABLE, health reports NOT_SERVING, and the app reopens the store once a
+//! probe write succeeds (app/recovery.rs): what the reopened store holds is what is on disk, and
+//! the index is rebuilt from it. Any other failed write of the store (an image file on a full
+//! disk) marks it failed the same way (`fail`).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -57,7 +60,9 @@ impl Drop for SyncingGuard<'_> {
 }
 
 fn not_durable(reason: &str) -> Error {
-    Error::Unavailable { message: format!("writes cannot be made durable ({reason}); the server must be restarted") }
+    Error::Unavailable {
+        message: format!("writes cannot be made durable ({reason}); the store is reopened once the fault ends"),
+    }
 }
 
 impl GroupSync {
@@ -75,6 +80,26 @@ impl GroupSync {
     /// Why writes cannot be made durable, once a sync has failed.
     pub(crate) fn failure(&self) -> Option<String> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).failed.clone()
+    }
+
+    /// Refuses writes once the store failed.
+    pub(crate) fn writable(&self) -> Result<()> {
+        match &self.state.lock().unwrap_or_else(PoisonError::into_inner).failed {
+            Some(reason) => Err(not_durable(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the store failed: a write could not be made (a full disk, an I/O error).
+    pub(crate) fn fail(&self, reason: &str) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.failed.is_none() {
+            tracing::error!(
+                reason,
+                "a write of the store failed: no further write is acknowledged until it is reopened"
+            );
+            state.failed = Some(reason.to_owned());
+        }
     }
 
     /// Returns once every write committed before the call is on stable storage.
@@ -171,7 +196,7 @@ mod tests {
         let broken = GroupSync::new(dir.path().join("elsewhere"));
         db.insert(b"k2", b"v").unwrap();
         let err = broken.sync(&db).unwrap_err();
-        assert!(matches!(err, Error::Unavailable { .. }) && err.to_string().contains("restarted"), "{err}");
+        assert!(matches!(err, Error::Unavailable { .. }) && err.to_string().contains("reopened"), "{err}");
         // Nothing is acknowledged after it, even though the next attempt would find nothing wrong.
         std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
         std::fs::write(dir.path().join("elsewhere/db"), b"").unwrap();

@@ -164,10 +164,39 @@ impl Store {
         self.sync.sync(&self.db)
     }
 
-    /// Why writes can no longer be made durable (a sync failed), if so: the server stops
-    /// acknowledging writes and reports NOT_SERVING until it is restarted.
+    /// Why writes can no longer be made durable (a write or a sync failed), if so: the server
+    /// stops acknowledging writes and reports NOT_SERVING until the store is reopened.
     pub fn write_failure(&self) -> Option<String> {
         self.sync.failure()
+    }
+
+    /// Runs a write: refused once the store failed; a write that fails for want of storage
+    /// (UNAVAILABLE: a full disk, an I/O error) marks the store failed.
+    pub(super) fn write<T>(&self, write: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.sync.writable()?;
+        let result = write();
+        if let Err(Error::Unavailable { message }) = &result {
+            self.sync.fail(message);
+        }
+        result
+    }
+
+    /// Writes, fsyncs and removes a file of 1 MiB (about an image's size) in the store's
+    /// directory under `dir`: succeeds once a fault that failed the store (a full disk, an I/O
+    /// error) has ended.
+    pub fn probe_write(dir: &Path) -> Result<()> {
+        use std::io::Write;
+        let path = dir.join(STORE_DIR).join("probe.tmp");
+        let written =
+            std::fs::File::create(&path).and_then(|mut f| f.write_all(&vec![0u8; 1 << 20]).and_then(|()| f.sync_all()));
+        let _ = std::fs::remove_file(&path);
+        written.map_err(|e| Error::Unavailable { message: format!("a probe write of the store failed: {e}") })?;
+        files::sync_dir(&dir.join(STORE_DIR))
+    }
+
+    /// The directory of the store (`dir/v1`).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Ends a write: makes it durable unless this is a bulk import.

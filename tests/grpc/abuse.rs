@@ -38,7 +38,7 @@ async fn deadlines_expiring_mid_upload_leave_whole_faces_or_none() {
     assert!(expired >= 3, "the shortest deadlines expire ({expired} did)");
     tokio::time::sleep(Duration::from_millis(500)).await; // abandoned work settles
     let listed = faces.list_faces(ListFacesRequest { user: by_external("deadline") }).await.expect("list");
-    let integrity = server.app().store().verify(5).expect("verify");
+    let integrity = server.app().store().expect("store").verify(5).expect("verify");
     assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
     assert_eq!(integrity.faces, listed.into_inner().faces.len(), "every stored face is whole and listed");
     assert_index_equals_store(&server, "alpha");

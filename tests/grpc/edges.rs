@@ -195,7 +195,9 @@ async fn expired_reenrollment_tokens_are_purged_from_the_store() {
     };
     let token = users.update_user(request).await.expect("token").into_inner().reenrollment_token;
     assert!(!token.is_empty());
-    let tokens = |server: &TestServer| server.app().store().raw_entries("reenrollment_tokens").expect("scan").len();
+    let tokens = |server: &TestServer| {
+        server.app().store().expect("store").raw_entries("reenrollment_tokens").expect("scan").len()
+    };
     assert_eq!(tokens(&server), 1);
 
     // The token lives 1 s; it must leave the store soon after, without a restart or a call.
@@ -205,7 +207,7 @@ async fn expired_reenrollment_tokens_are_purged_from_the_store() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(started.elapsed() >= Duration::from_millis(500), "purged before it expired");
-    let integrity = server.app().store().verify(5).expect("verify");
+    let integrity = server.app().store().expect("store").verify(5).expect("verify");
     assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
     // The user still has to re-enroll; only the dead token is gone.
     let read = users.get_user(GetUserRequest { user: by_id(&user.user_id) }).await.expect("get").into_inner();

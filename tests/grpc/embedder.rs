@@ -118,7 +118,7 @@ fn older_store(dir: &std::path::Path, model: &str) {
 #[tokio::test]
 async fn an_older_store_gets_its_embedder_recorded_at_first_start() {
     let server = TestServer::start_keyed_with(|config| older_store(&config.data_dir, "w600k_mbf")).await;
-    let meta = server.app().store().raw_entries("meta").expect("meta");
+    let meta = server.app().store().expect("store").raw_entries("meta").expect("meta");
     let record = meta.iter().find(|(k, _)| k == b"embedder").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
     let record = record.expect("the embedder is recorded at the first start");
     assert!(record.contains("w600k_mbf") && record.contains(EMBEDDER_SHA256), "{record:?}");

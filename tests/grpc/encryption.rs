@@ -107,7 +107,7 @@ async fn images_thumbnails_and_embeddings_are_sealed_at_rest() {
         config.encryption_key_file = Some(key);
     })
     .await;
-    assert!(server.app().store().is_encrypted());
+    assert!(server.app().store().expect("store").is_encrypted());
     let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
     create(&mut users, "yao").await;
     create(&mut users, "p0").await;
@@ -123,7 +123,8 @@ async fn images_thumbnails_and_embeddings_are_sealed_at_rest() {
     let embedding = detected.faces[0].embedding.clone();
     let tenant = Tenant::new("alpha").expect("tenant");
     let id = FaceId::parse(&face_id).expect("face id");
-    let stored = server.app().store().face_embedding(&tenant, id).expect("read").expect("stored embedding");
+    let stored =
+        server.app().store().expect("store").face_embedding(&tenant, id).expect("read").expect("stored embedding");
     assert!(cosine(stored.as_slice(), &embedding) > 0.99, "the stored embedding is the detected one");
 
     let got = image(&mut faces, &face_id, ImageKind::Original).await;
@@ -136,7 +137,7 @@ async fn images_thumbnails_and_embeddings_are_sealed_at_rest() {
     needles.extend(windows(&thumbnail));
     needles.extend(windows(&f32_le(&embedding)));
     needles.extend(windows(&f32_le(stored.as_slice())));
-    let store = server.app().store();
+    let store = server.app().store().expect("store");
     for tree in ["images", "thumbnails", "embeddings"] {
         let entries = store.raw_entries(tree).expect("scan");
         assert_eq!(entries.len(), 2, "{tree}");
@@ -155,6 +156,7 @@ async fn images_thumbnails_and_embeddings_are_sealed_at_rest() {
     assert!(integrity.problems.is_empty() && integrity.faces == 2, "{integrity:?}");
 
     // After a restart the index is rebuilt from the sealed embeddings and everything reads.
+    drop(store); // sled lets one handle open the store
     let server = server.restart().await;
     let mut faces = server.faces_as(ADMIN_A).await;
     assert_eq!(image(&mut faces, &face_id, ImageKind::Original).await.data.as_ref(), original.as_slice());

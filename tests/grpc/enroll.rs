@@ -29,6 +29,7 @@ pub(crate) fn assert_index_equals_store(server: &TestServer, tenant: &str) {
     let prefix = facevault::storage::keys::tenant_prefix(&tenant);
     let stored: BTreeSet<FaceId> = app
         .store()
+        .expect("store")
         .raw_entries("embeddings")
         .expect("scan")
         .into_iter()
@@ -38,7 +39,14 @@ pub(crate) fn assert_index_equals_store(server: &TestServer, tenant: &str) {
     let indexed: BTreeSet<FaceId> = app.index().entries(&tenant).into_iter().map(|(f, _)| f).collect();
     assert_eq!(stored, indexed, "index and store disagree");
     for tree in ["faces", "images", "thumbnails"] {
-        let n = app.store().raw_entries(tree).expect("scan").iter().filter(|(k, _)| k.starts_with(&prefix)).count();
+        let n = app
+            .store()
+            .expect("store")
+            .raw_entries(tree)
+            .expect("scan")
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .count();
         assert_eq!(n, stored.len(), "{tree} has {n} entries for {} embeddings", stored.len());
     }
 }
@@ -337,15 +345,15 @@ async fn delete_user_leaves_no_trace() {
     let app = server.app();
     let uid = UserId::parse(&gone.user_id).expect("id").0.to_be_bytes();
     let fids: Vec<[u8; 8]> = face_ids.iter().map(|f| FaceId::parse(f).expect("id").0.to_be_bytes()).collect();
-    for (tree, _) in app.store().tree_sizes() {
-        for (key, value) in app.store().raw_entries(tree).expect("scan") {
+    for (tree, _) in app.store().expect("store").tree_sizes() {
+        for (key, value) in app.store().expect("store").raw_entries(tree).expect("scan") {
             for needle in std::iter::once(&uid).chain(fids.iter()) {
                 assert!(!key.windows(8).any(|w| w == needle), "{tree} still has a key of the deleted user");
             }
             assert!(!value.windows(4).any(|w| w == b"gone"), "{tree} still mentions the external id");
         }
     }
-    let sizes: std::collections::BTreeMap<_, _> = app.store().tree_sizes().into_iter().collect();
+    let sizes: std::collections::BTreeMap<_, _> = app.store().expect("store").tree_sizes().into_iter().collect();
     assert_eq!(sizes["users"], 1);
     assert_eq!(sizes["faces"], 1);
     assert_eq!(sizes["reenrollment_tokens"], 0, "the outstanding token went with the user");

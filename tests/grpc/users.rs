@@ -195,7 +195,7 @@ async fn reenrollment_sets_the_status_and_returns_a_token() {
     assert!(reply.reenrollment_token.starts_with("rt_") && reply.reenrollment_token.len() > 60);
     assert_eq!(reply.user.expect("user").enrollment_status, 3, "REENROLLMENT_REQUIRED");
     // Only the token's hash is stored: the token itself appears in no tree.
-    let store = server.app().store();
+    let store = server.app().store().expect("store");
     for (tree, _) in store.tree_sizes() {
         for (key, value) in store.raw_entries(tree).expect("scan") {
             let needle = reply.reenrollment_token.as_bytes();

@@ -1,0 +1,126 @@
+//! Recovery from a storage fault without a restart. A write that cannot be made durable (a full
+//! disk, an I/O error, a failed fsync) marks the open store failed: it refuses every later write
+//! with UNAVAILABLE and health reports NOT_SERVING. Every second the app probes the store's
+//! directory with a durable write; once one succeeds, the fault has ended and the store is
+//! reopened as after a crash: the failed store is closed (once the calls still using it are
+//! done), opened again from what is on disk, and the index is rebuilt from it. Calls made while
+//! the store is closed get UNAVAILABLE with RetryInfo, like the writes before.
+
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::storage::{EmbedderRecord, EncryptionKey, Storage, Store};
+
+/// How long a reopen waits for the calls still using the failed store.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the configured store: at start-up, and again after a fault.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreOpener {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) key: Option<EncryptionKey>,
+    pub(crate) embedder: EmbedderRecord,
+}
+
+impl StoreOpener {
+    /// Opens the store (sweeping what a failed write left behind) and checks its embedder.
+    pub(crate) fn open(&self) -> Result<Arc<dyn Storage>> {
+        let store = Store::open_with_key(&self.data_dir, self.key.clone())?;
+        store.check_embedder(&self.embedder)?;
+        Ok(Arc::new(store))
+    }
+
+    /// A durable write of about an image's size where the store keeps its data: succeeds once
+    /// the fault that failed the store has ended.
+    pub(crate) fn probe(&self) -> Result<()> {
+        Store::probe_write(&self.data_dir)
+    }
+}
+
+/// The open store, or none while it is being reopened.
+#[derive(Debug)]
+pub(crate) struct StoreSlot(RwLock<Option<Arc<dyn Storage>>>);
+
+fn reopening() -> Error {
+    Error::Unavailable { message: "the store is being reopened after a storage fault".into() }
+}
+
+impl StoreSlot {
+    pub(crate) fn new(store: Arc<dyn Storage>) -> Self {
+        StoreSlot(RwLock::new(Some(store)))
+    }
+
+    /// The open store; UNAVAILABLE while it is being reopened.
+    pub(crate) fn get(&self) -> Result<Arc<dyn Storage>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(reopening)
+    }
+
+    fn take(&self) -> Option<Arc<dyn Storage>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn set(&self, store: Arc<dyn Storage>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(store);
+    }
+}
+
+impl super::App {
+    /// Why writes cannot be made durable now, if so: the store failed, or is being reopened.
+    pub fn write_failure(&self) -> Option<String> {
+        match self.store.get() {
+            Ok(store) => store.write_failure(),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Reopens the store once a fault has ended; checks every `period`. Runs until its task is
+    /// aborted (at shutdown).
+    pub async fn recover_periodically(self, period: Duration) {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if self.write_failure().is_none() {
+                continue;
+            }
+            match self.recover().await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "the store stays closed to writes: the storage fault persists"),
+            }
+        }
+    }
+
+    /// One attempt: probe, close the failed store, open it again, rebuild the index.
+    async fn recover(&self) -> Result<()> {
+        let opener = self.opener.clone();
+        super::blocking(move || opener.probe()).await?;
+        if let Some(failed) = self.store.take() {
+            tracing::warn!("the storage fault has ended: reopening the store");
+            // The calls still using the failed store finish first (its writes fail fast); sled
+            // lets one process open a store once.
+            let started = Instant::now();
+            while Arc::strong_count(&failed) > 1 {
+                if started.elapsed() > CLOSE_WAIT {
+                    self.store.set(failed);
+                    return Err(Error::Unavailable { message: "calls still use the failed store".into() });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            drop(failed);
+        }
+        let (opener, exact_max_faces) = (self.opener.clone(), self.index.exact_max_faces());
+        let (store, index, applied) = super::blocking(move || {
+            let store = opener.open()?;
+            let (index, applied) = super::load_index(store.as_ref(), exact_max_faces)?;
+            Ok((store, index, applied))
+        })
+        .await?;
+        self.index.replace_contents(index);
+        self.feed.reset(applied);
+        self.store.set(store);
+        tracing::info!(applied, "the store is open again and the index rebuilt from it: writes are acknowledged again");
+        Ok(())
+    }
+}
