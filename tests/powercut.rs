@@ -1,7 +1,9 @@
 //! Power loss: the facevault binary with its data directory on lossyfs (tests/powercut/lossyfs.py,
 //! a FUSE layer that keeps every change no fsync covered in memory and drops it at a simulated
 //! power cut), under concurrent UploadFace / UpdateFace / DeleteFace / UpdateUser calls from one
-//! client per user. At a random moment (0.5-3 s) the server is killed with SIGKILL and then the
+//! client per user; half the users' UpdateUser calls also replace their metadata with the largest
+//! map validation allows (16 entries of 64-character keys and 512-character values, 4-byte UTF-8
+//! characters: about 36 KB a user), so sled's pages get big. At a random moment (0.5-3 s) the server is killed with SIGKILL and then the
 //! power is cut; the layer is unmounted, leaving in its backing directory exactly what was
 //! durable. Then, in a child process (sled may panic or hang in recovery):
 //! `Store::open` must succeed, `Store::verify` must find no problem, and the index rebuilt from
@@ -86,6 +88,8 @@ fn by_id(id: &str) -> Option<UserRef> {
 struct Model {
     faces: BTreeSet<String>,
     display_name: String,
+    /// `metadata_summary` of the user's metadata.
+    metadata: String,
 }
 
 #[derive(Debug, Clone)]
@@ -93,7 +97,49 @@ enum Op {
     Upload,
     Replace(String),
     Delete(String),
-    Rename(String),
+    /// UpdateUser: the display name, and the metadata too when given.
+    Rename(String, Option<Metadata>),
+}
+
+/// A user's metadata map; shown by its summary.
+#[derive(Clone)]
+struct Metadata {
+    map: BTreeMap<String, String>,
+    summary: String,
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
+/// Entries, bytes and an FNV-1a hash of a metadata map: equal maps, equal summaries.
+fn metadata_summary<'a>(map: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let mut sorted: Vec<(&String, &String)> = map.into_iter().collect();
+    sorted.sort();
+    let (mut hash, mut bytes) = (0xcbf2_9ce4_8422_2325_u64, 0);
+    for (key, value) in &sorted {
+        for byte in key.bytes().chain([0]).chain(value.bytes()).chain([0]) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        bytes += key.len() + value.len();
+    }
+    format!("{} entries, {bytes} bytes, fnv {hash:016x}", sorted.len())
+}
+
+/// The largest metadata validation allows (src/app/validate.rs: 16 entries, keys of 64 and
+/// values of 512 characters), of 4-byte UTF-8 characters: about 36 KB.
+fn big_metadata(rng: &mut Rng) -> Metadata {
+    use facevault::app::validate::{MAX_METADATA_ENTRIES, MAX_METADATA_KEY, MAX_METADATA_VALUE};
+    // U+1F300..U+1F5FF: pictographs, 4 bytes each in UTF-8.
+    let mut chars = |n: usize| -> String {
+        (0..n).map(|_| char::from_u32(0x1F300 + rng.below(0x300) as u32).expect("a scalar value")).collect()
+    };
+    let map: BTreeMap<String, String> =
+        (0..MAX_METADATA_ENTRIES).map(|_| (chars(MAX_METADATA_KEY), chars(MAX_METADATA_VALUE))).collect();
+    assert_eq!(map.len(), MAX_METADATA_ENTRIES, "distinct keys");
+    Metadata { summary: metadata_summary(&map), map }
 }
 
 /// Set just before the kill: only then may a call fail because the server went away.
@@ -105,7 +151,8 @@ fn server_gone(status: &tonic::Status) -> bool {
 }
 
 /// Sends random calls for one user until the server dies; returns the model (acknowledged calls
-/// only) and the call in flight when it died.
+/// only), the call in flight when it died, and the number of calls acknowledged, and of those
+/// that replaced the metadata. With `big_metadata`, every UpdateUser also replaces the metadata.
 async fn drive(
     mut faces: Faces,
     mut users: Users,
@@ -113,17 +160,23 @@ async fn drive(
     image: Vec<u8>,
     mut model: Model,
     seed: u64,
-) -> (Model, Option<Op>, usize) {
+    big_metadata: bool,
+) -> (Model, Option<Op>, usize, usize) {
     let mut rng = Rng(seed);
-    let mut acknowledged = 0;
+    let (mut acknowledged, mut metadata_updates) = (0, 0);
     loop {
         let current: Vec<String> = model.faces.iter().cloned().collect();
-        let op = match (current.len(), rng.below(4)) {
+        // A user with large metadata updates it in about half its calls.
+        let update_user = big_metadata && !current.is_empty() && rng.below(3) == 0;
+        let op = match (current.len(), if update_user { 3 } else { rng.below(4) }) {
             (0, _) => Op::Upload,
             (len, 0) if len < MAX_FACES => Op::Upload,
             (_, 0 | 1) => Op::Replace(current[rng.below(current.len())].clone()),
             (_, 2) => Op::Delete(current[rng.below(current.len())].clone()),
-            _ => Op::Rename(format!("Name {}", letters(rng.next()))),
+            _ => {
+                let name = format!("Name {}", letters(rng.next()));
+                Op::Rename(name, big_metadata.then(|| self::big_metadata(&mut rng)))
+            }
         };
         let result = match &op {
             Op::Upload => {
@@ -150,21 +203,33 @@ async fn drive(
             Op::Delete(face) => faces.delete_face(DeleteFaceRequest { face_id: face.clone() }).await.map(|_| {
                 model.faces.remove(face);
             }),
-            Op::Rename(name) => {
+            Op::Rename(name, metadata) => {
+                let mut paths = vec!["display_name".to_owned()];
+                let mut update = User { display_name: name.clone(), ..User::default() };
+                if let Some(metadata) = metadata {
+                    paths.push("metadata".to_owned());
+                    update.metadata = metadata.map.clone().into_iter().collect();
+                }
                 let request = UpdateUserRequest {
                     user: by_id(&user_id),
-                    user_update: Some(User { display_name: name.clone(), ..User::default() }),
-                    update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".to_owned()] }),
+                    user_update: Some(update),
+                    update_mask: Some(prost_types::FieldMask { paths }),
                     ..Default::default()
                 };
-                users.update_user(request).await.map(|_| model.display_name = name.clone())
+                users.update_user(request).await.map(|_| {
+                    model.display_name = name.clone();
+                    if let Some(metadata) = metadata {
+                        model.metadata = metadata.summary.clone();
+                        metadata_updates += 1;
+                    }
+                })
             }
         };
         match result {
             Ok(()) => acknowledged += 1,
             Err(status) => {
                 assert!(server_gone(&status), "{op:?} failed for a reason other than the kill: {status:?}");
-                return (model, Some(op), acknowledged);
+                return (model, Some(op), acknowledged, metadata_updates);
             }
         }
     }
@@ -177,13 +242,16 @@ fn explains(model: &Model, pending: Option<&Op>, seen: &Model) -> bool {
     }
     let added: Vec<&String> = seen.faces.difference(&model.faces).collect();
     let removed: Vec<&String> = model.faces.difference(&seen.faces).collect();
-    let same_name = seen.display_name == model.display_name;
+    let same_name = seen.display_name == model.display_name && seen.metadata == model.metadata;
     match pending {
         None => false,
         Some(Op::Upload) => same_name && added.len() == 1 && removed.is_empty(),
         Some(Op::Replace(old)) => same_name && added.len() == 1 && removed == [old],
         Some(Op::Delete(face)) => same_name && added.is_empty() && removed == [face],
-        Some(Op::Rename(name)) => seen.faces == model.faces && &seen.display_name == name,
+        Some(Op::Rename(name, metadata)) => {
+            let metadata = metadata.as_ref().map_or(&model.metadata, |m| &m.summary);
+            seen.faces == model.faces && &seen.display_name == name && &seen.metadata == metadata
+        }
     }
 }
 
@@ -356,7 +424,14 @@ fn check_store(dir: &Path) -> Value {
         for user in &page {
             let faces: Vec<String> = user.face_ids.iter().map(ToString::to_string).collect();
             listed.extend(user.face_ids.iter().map(|f| (*f, user.id)));
-            users.insert(user.id.to_string(), json!({ "display_name": user.display_name, "faces": faces }));
+            users.insert(
+                user.id.to_string(),
+                json!({
+                    "display_name": user.display_name,
+                    "metadata": metadata_summary(&user.metadata),
+                    "faces": faces,
+                }),
+            );
         }
     }
     let indexed: BTreeSet<_> = index.entries(&tenant).into_iter().collect();
@@ -446,8 +521,11 @@ fn stored_models(report: &Value) -> BTreeMap<String, Model> {
         .iter()
         .map(|(id, u)| {
             let faces = u["faces"].as_array().expect("faces").iter().map(|f| f.as_str().expect("id").to_owned());
-            let model =
-                Model { faces: faces.collect(), display_name: u["display_name"].as_str().expect("name").into() };
+            let model = Model {
+                faces: faces.collect(),
+                display_name: u["display_name"].as_str().expect("name").into(),
+                metadata: u["metadata"].as_str().expect("metadata").into(),
+            };
             (id.clone(), model)
         })
         .collect()
@@ -463,7 +541,7 @@ async fn observe(faces: &mut Faces, users: &mut Users, user_id: &str) -> Option<
     let listed = faces.list_faces(ListFacesRequest { user: by_id(user_id) }).await.expect("ListFaces").into_inner();
     let faces: BTreeSet<String> = listed.faces.into_iter().map(|f| f.face_id).collect();
     assert_eq!(user.face_count as usize, faces.len(), "GetUser's count and ListFaces agree");
-    Some(Model { faces, display_name: user.display_name })
+    Some(Model { faces, display_name: user.display_name, metadata: metadata_summary(&user.metadata) })
 }
 
 /// Failures of the store after a cut, one line each (empty: the cut lost nothing).
@@ -488,8 +566,8 @@ fn judge(report: &Value, expected: &[(String, Model, Option<Op>)]) -> Vec<String
             None => lost_users += 1,
             Some(seen) if explains(model, pending.as_ref(), seen) => {}
             Some(seen) => wrong.push(format!(
-                "user {id}: acknowledged {:?} {:?}, in flight {pending:?}, stored {:?} {:?}",
-                model.display_name, model.faces, seen.display_name, seen.faces
+                "user {id}: acknowledged {:?} ({}) {:?}, in flight {pending:?}, stored {:?} ({}) {:?}",
+                model.display_name, model.metadata, model.faces, seen.display_name, seen.metadata, seen.faces
             )),
         }
     }
@@ -557,7 +635,11 @@ async fn create_users(server: &Server, cycle: usize) -> (Vec<String>, Vec<Model>
             User { external_id: format!("power-{cycle}-{u}"), display_name: "initial".into(), ..User::default() };
         let created = users.create_user(CreateUserRequest { user: Some(user) }).await.expect("CreateUser");
         ids.push(created.into_inner().user_id);
-        models.push(Model { faces: BTreeSet::new(), display_name: "initial".into() });
+        models.push(Model {
+            faces: BTreeSet::new(),
+            display_name: "initial".into(),
+            metadata: metadata_summary(&BTreeMap::new()),
+        });
     }
     (ids, models)
 }
@@ -628,6 +710,7 @@ async fn power_cut_during_writes_loses_no_acknowledged_write_and_leaves_a_whole_
                 people[u].clone(),
                 models[u].clone(),
                 rng.next(),
+                u % 2 == 1,
             )));
         }
         let after = Duration::from_millis(500 + rng.below(2500) as u64);
@@ -636,11 +719,12 @@ async fn power_cut_during_writes_loses_no_acknowledged_write_and_leaves_a_whole_
         server.kill();
         fs.cut();
         let mut expected = Vec::new();
-        let mut acknowledged = 0;
+        let (mut acknowledged, mut metadata_updates) = (0, 0);
         for (u, driver) in drivers.into_iter().enumerate() {
-            let (model, pending, calls) =
+            let (model, pending, calls, big) =
                 tokio::time::timeout(Duration::from_secs(30), driver).await.expect("driver ends").expect("driver");
             acknowledged += calls;
+            metadata_updates += big;
             expected.push((ids[u].clone(), model, pending));
         }
         KILLED.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -650,7 +734,10 @@ async fn power_cut_during_writes_loses_no_acknowledged_write_and_leaves_a_whole_
         fs.unmount();
         let cut_line =
             tail(&layout.log(), 200).lines().rev().find(|l| l.contains("\"event\": \"cut\"")).unwrap_or("").to_owned();
-        println!("cycle {cycle}: cut after {after:?}, {acknowledged} calls acknowledged; {cut_line}");
+        println!(
+            "cycle {cycle}: cut after {after:?}, {acknowledged} calls acknowledged \
+             ({metadata_updates} with large metadata); {cut_line}"
+        );
 
         let durable = listing(&layout.backing);
         let verdict = match check_store_in_child(&layout.data_dir_backing()) {
