@@ -28,6 +28,27 @@ would). On unmount (fusermount3 -u, umount, or SIGTERM to this process) the moun
 state is written to BACKING, replacing what was there: after `cut` and unmount, BACKING holds
 exactly what was durable. Wait for this process to exit before reading BACKING.
 
+Faults, also written to MOUNTPOINT/.lossyfs-control (one command per write; faults combine
+until cleared; a line goes to stderr at each):
+
+  fault enospc          the disk is full: every write, create of a new name, mkdir and
+                        truncate that extends a file fails with ENOSPC and changes nothing;
+                        reads, unlink, rmdir, rename, shrinking truncates and fsync still work
+                        (statfs reports no free blocks).
+  fault eio-fsync       the disk fails writes back: every fsync, fdatasync and directory fsync
+                        fails with EIO and makes nothing durable. As Linux does after a failed
+                        writeback, the file's changes not yet durable are then taken as written:
+                        readers still see them, but no later fsync makes them durable, so the
+                        next cut loses them (holes of zeros or old bytes in the middle of a
+                        file whose later data a successful fsync did make durable). Pending
+                        directory entries stay pending (a later directory fsync commits them).
+  fault eio-fsync-keep  as eio-fsync, but the changes stay pending: a later successful fsync
+                        makes them durable (a kernel that retries writeback).
+  fault clear           ends every fault.
+
+fallocate is not offered (fusepy 3.0.1 has no such operation): it fails with EOPNOTSUPP,
+fault or not.
+
 What it does not model: torn or reordered writes inside one fsync (an fsync makes the file's
 whole state durable at once), the loss of a sector being written, partial directory commits,
 metadata other than size and entries (modes and times are always "durable"), symlinks and hard
@@ -144,7 +165,9 @@ class LossyFS(Operations):
         self.handles = {}
         self.off = False  # after a cut
         self.next_fh = CONTROL_FH + 1
-        self.stats = {"fsync": 0, "fdatasync": 0, "fsyncdir": 0, "writes": 0, "bytes_written": 0, "cuts": 0}
+        self.faults = set()  # active faults: "enospc", "eio-fsync", "eio-fsync-keep"
+        self.stats = {"fsync": 0, "fdatasync": 0, "fsyncdir": 0, "writes": 0, "bytes_written": 0, "cuts": 0,
+                      "enospc_errors": 0, "eio_errors": 0}
 
     # ---- loading and saving the backing directory
 
@@ -198,6 +221,7 @@ class LossyFS(Operations):
             unsynced_files=sum(1 for f in files if f.dirty),
             unsynced_bytes=sum(f.unsynced_bytes() for f in files),
             unsynced_entries=sum(d.pending() for d in dirs),
+            faults=sorted(self.faults),
         )
         print("lossyfs: " + json.dumps(line, sort_keys=True), file=sys.stderr, flush=True)
 
@@ -216,6 +240,35 @@ class LossyFS(Operations):
 
     def _mutating(self):
         if self.off:
+            raise FuseOSError(errno.EIO)
+
+    # ---- faults
+
+    FAULTS = ("enospc", "eio-fsync", "eio-fsync-keep")
+
+    def fault(self, name):
+        if name == "clear":
+            self.faults.clear()
+        elif name in self.FAULTS:
+            self.faults.add(name)
+        else:
+            raise FuseOSError(errno.EINVAL)
+        self.report("fault " + name)
+
+    def _allocating(self):
+        """A change that needs free space: fails while the disk is full."""
+        self._mutating()
+        if "enospc" in self.faults:
+            self.stats["enospc_errors"] += 1
+            raise FuseOSError(errno.ENOSPC)
+
+    def _syncing(self, node):
+        """An fsync of `node`: fails while the disk fails writes back."""
+        self._mutating()
+        if "eio-fsync" in self.faults or "eio-fsync-keep" in self.faults:
+            self.stats["eio_errors"] += 1
+            if isinstance(node, File) and "eio-fsync" in self.faults:
+                node.dirty = []  # taken as written, never durable (Linux after a writeback error)
             raise FuseOSError(errno.EIO)
 
     def sync_all(self):
@@ -308,6 +361,9 @@ class LossyFS(Operations):
                 node.atime = node.mtime = time.time()
 
     def statfs(self, path):
+        if "enospc" in self.faults:
+            return dict(f_bsize=4096, f_frsize=4096, f_blocks=1 << 24, f_bfree=0, f_bavail=0,
+                        f_files=1 << 20, f_ffree=1 << 19, f_favail=1 << 19, f_namemax=255)
         return dict(f_bsize=4096, f_frsize=4096, f_blocks=1 << 24, f_bfree=1 << 23, f_bavail=1 << 23,
                     f_files=1 << 20, f_ffree=1 << 19, f_favail=1 << 19, f_namemax=255)
 
@@ -326,6 +382,7 @@ class LossyFS(Operations):
             parent, name = self._parent(path)
             if name in parent.entries or path == CONTROL:
                 raise FuseOSError(errno.EEXIST)
+            self._allocating()
             parent.entries[name] = Dir(mode)
             parent.mtime = time.time()
 
@@ -349,6 +406,7 @@ class LossyFS(Operations):
             node = self._node(path)
             if not isinstance(node, Dir):
                 raise FuseOSError(errno.ENOTDIR)
+            self._syncing(node)
             self.stats["fsyncdir"] += 1
             if self.mode == "strict":
                 node.commit()
@@ -365,6 +423,7 @@ class LossyFS(Operations):
             parent, name = self._parent(path)
             node = parent.entries.get(name)
             if node is None:
+                self._allocating()
                 node = File(mode)
                 parent.entries[name] = node
                 parent.mtime = time.time()
@@ -450,11 +509,15 @@ class LossyFS(Operations):
                     self.cut()
                 elif command == "sync":
                     self.sync_all()
+                elif command.startswith("fault "):
+                    self.fault(command[len("fault "):].strip())
                 else:
                     raise FuseOSError(errno.EINVAL)
                 return len(data)
             self._mutating()
             node = self._file(path, fh)
+            if data:
+                self._allocating()
             end = offset + len(data)
             old = len(node.data)
             if offset > old:
@@ -473,6 +536,8 @@ class LossyFS(Operations):
             self._mutating()
             node = self._file(path, fh)
             old = len(node.data)
+            if length > old:
+                self._allocating()
             if length < old:
                 del node.data[length:]
                 node.mark(length, old)
@@ -487,6 +552,7 @@ class LossyFS(Operations):
                 return 0
             self._mutating()
             node = self._file(path, fh)
+            self._syncing(node)
             self.stats["fdatasync" if datasync else "fsync"] += 1
             node.commit()
             if self.mode != "strict":

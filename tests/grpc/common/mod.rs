@@ -2,6 +2,8 @@
 //! directory, ready once health reports SERVING; stopped through its shutdown signal on drop.
 //! Plus fixture helpers that fail loudly when an asset is missing.
 
+pub(crate) mod workload;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -363,6 +365,11 @@ impl ChildServer {
 
     /// As `spawn`, with environment variables for the child.
     pub(crate) async fn spawn_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_on(dir, &dir.join("db"), extra, env).await
+    }
+
+    /// As `spawn_with_env`, with the store in `data_dir` (keys and log still in `dir`).
+    pub(crate) async fn spawn_on(dir: &Path, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(dir).expect("server dir");
         let keys = dir.join("keys.json");
         if !keys.is_file() {
@@ -375,7 +382,7 @@ impl ChildServer {
             .current_dir(root())
             .args(["--listen", &addr.to_string(), "--workers", "2", "--log-format", "json"])
             .arg("--data-dir")
-            .arg(dir.join("db"))
+            .arg(data_dir)
             .arg("--keys-file")
             .arg(&keys)
             .args(extra)
