@@ -3,7 +3,8 @@
 //! with UNAVAILABLE and health reports NOT_SERVING. Every second the app probes the store's
 //! directory with a durable write; once one succeeds, the fault has ended and the store is
 //! reopened as after a crash: the failed store is closed (once the calls still using it are
-//! done), opened again from what is on disk, and the index is rebuilt from it. Calls made while
+//! done), its files are made durable as they read now (`Store::rewrite_for_reopen`), it is
+//! opened again, and the index is rebuilt from it. Calls made while
 //! the store is closed get UNAVAILABLE with RetryInfo, like the writes before.
 
 use std::path::PathBuf;
@@ -112,6 +113,7 @@ impl super::App {
         }
         let (opener, exact_max_faces) = (self.opener.clone(), self.index.exact_max_faces());
         let (store, index, applied) = super::blocking(move || {
+            Store::rewrite_for_reopen(&opener.data_dir)?;
             let store = opener.open()?;
             let (index, applied) = super::load_index(store.as_ref(), exact_max_faces)?;
             Ok((store, index, applied))

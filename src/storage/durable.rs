@@ -180,6 +180,29 @@ impl GroupSync {
     }
 }
 
+/// Reads `path` and writes every byte back where it was, then fsyncs it (see
+/// `Store::rewrite_for_reopen`). A missing file is fine (sled has not created it yet).
+pub(crate) fn rewrite_in_place(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let failed = |e: std::io::Error| Error::Unavailable { message: format!("rewriting the store's files: {e}") };
+    let file = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(failed(e)),
+    };
+    let mut buffer = vec![0u8; 8 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buffer, offset).map_err(failed)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all_at(&buffer[..n], offset).map_err(failed)?;
+        offset += n as u64;
+    }
+    file.sync_all().map_err(failed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,6 +194,29 @@ impl Store {
         files::sync_dir(&dir.join(STORE_DIR))
     }
 
+    /// Before a store that failed is opened again: rewrites sled's files (its log, config and
+    /// blob files) in place with what reading them returns, and fsyncs them and their
+    /// directories. After a failed fsync, Linux may keep pages it could not write in its cache,
+    /// marked clean: they read back as written but never reach the disk, and the log that sled
+    /// appends after them would follow a hole at the next power cut. Rewritten, they are dirty
+    /// again and this fsync makes them durable; where the kernel dropped them instead, the
+    /// rewrite is of what the disk holds. The image files need none of this: each is fsynced
+    /// before a record names it, and a write whose fsync failed was never committed.
+    pub fn rewrite_for_reopen(dir: &Path) -> Result<()> {
+        let path = dir.join(STORE_DIR);
+        let mut files = vec![path.join("conf"), path.join("db")];
+        if let Ok(blobs) = std::fs::read_dir(path.join("blobs")) {
+            files.extend(blobs.flatten().map(|e| e.path()));
+        }
+        for file in &files {
+            durable::rewrite_in_place(file)?;
+        }
+        if path.join("blobs").is_dir() {
+            files::sync_dir(&path.join("blobs"))?;
+        }
+        files::sync_dir(&path)
+    }
+
     /// The directory of the store (`dir/v1`).
     pub fn path(&self) -> &Path {
         &self.path
