@@ -33,9 +33,10 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
-    /// API key (x-api-key).
-    #[arg(long, env = "FACEVAULT_API_KEY", default_value = "facevault-dev-key")]
-    key: String,
+    /// API key (x-api-key). Several, comma-separated (or the flag repeated): client i uses
+    /// key i modulo their number, so keys of different tenants load the tenants at once.
+    #[arg(long = "key", env = "FACEVAULT_API_KEY", default_value = "facevault-dev-key", value_delimiter = ',')]
+    keys: Vec<String>,
     #[arg(long, value_enum, default_value = "detect")]
     rpc: Rpc,
     /// Folder of JPEG/PNG/WebP images, used round robin.
@@ -79,12 +80,13 @@ impl tonic::service::Interceptor for KeyHeader {
 
 async fn connect(
     args: &Args,
+    client: usize,
 ) -> Result<
     (Faces, UserServiceClient<tonic::service::interceptor::InterceptedService<Channel, KeyHeader>>),
     Box<dyn std::error::Error>,
 > {
     let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
-    let key = KeyHeader(args.key.parse()?);
+    let key = KeyHeader(args.keys[client % args.keys.len()].parse()?);
     Ok((
         FaceServiceClient::with_interceptor(channel.clone(), key.clone()).max_decoding_message_size(64 << 20),
         UserServiceClient::with_interceptor(channel, key),
@@ -151,7 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
     if args.rpc == Rpc::Search {
         // Something to find: each image enrolled once (images without exactly one face skipped).
-        let (mut faces, mut users) = connect(&args).await?;
+        let (mut faces, mut users) = connect(&args, 0).await?;
         for (i, image) in images.iter().enumerate() {
             let _ = one(Rpc::Upload, &mut faces, &mut users, image.clone(), i, &format!("{run}-seed")).await;
         }
@@ -167,7 +169,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (images, args, counter, run) = (images.clone(), args.clone(), counter.clone(), run.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
-            let Ok((mut faces, mut users)) = connect(&args).await else {
+            let Ok((mut faces, mut users)) = connect(&args, client).await else {
                 tally.errors.insert("CONNECT".into(), 1);
                 return tally;
             };
