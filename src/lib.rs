@@ -156,6 +156,11 @@ async fn health_follows_the_store(
                 tracing::info!("the store is open again: health reports SERVING");
                 grpc::set_serving(&health).await;
                 failing = false;
+                // The server may have begun to stop meanwhile: stopping wins.
+                if stopping.load(std::sync::atomic::Ordering::Acquire) {
+                    grpc::set_not_serving(&health).await;
+                    return;
+                }
             }
             _ => {}
         }

@@ -291,8 +291,10 @@ impl App {
         let (user, replaced) = blocking(move || {
             let _writes = writes;
             let pending = store.put_face_pending(&tenant_c, &new, replace, max, token)?;
-            feed.wait_for(store.as_ref(), pending.seq())?;
-            pending.durable()
+            // Made durable even if the wait failed: the write is committed either way.
+            let applied = feed.wait_for(store.as_ref(), pending.seq());
+            let value = pending.durable()?;
+            applied.map(|()| value)
         })
         .await?;
         crate::metrics::record_stage("store", started.elapsed());
@@ -352,8 +354,10 @@ impl App {
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_face_pending(&tenant, id)?;
-            feed.wait_for(store.as_ref(), pending.seq())?;
-            pending.durable()
+            // Made durable even if the wait failed: the write is committed either way.
+            let applied = feed.wait_for(store.as_ref(), pending.seq());
+            let value = pending.durable()?;
+            applied.map(|()| value)
         })
         .await
     }

@@ -112,9 +112,8 @@ where
 /// The search index of every embedding in the store, and the change-log entry it reflects. Call
 /// it while nothing writes (start-up, `facevault verify`).
 pub fn rebuild_index(store: &dyn Storage, exact_max_faces: usize) -> Result<(FaceIndex, u64)> {
-    let head = store.log_bounds()?.head;
     let index = FaceIndex::with_exact_max_faces(exact_max_faces);
-    store.for_each_embedding(&mut |e| {
+    let head = store.for_each_embedding(&mut |e| {
         index.insert(&e.tenant, e.face_id, e.user_id, &e.embedding);
         Ok(())
     })?;
@@ -191,9 +190,9 @@ impl App {
         &self.compute
     }
 
-    /// The open store; UNAVAILABLE while it is being reopened after a fault.
+    /// The open store; UNAVAILABLE while it has failed or is being reopened after a fault.
     pub fn store(&self) -> Result<Arc<dyn Storage>> {
-        self.store.get()
+        self.store.healthy()
     }
 
     /// The search index.
@@ -250,8 +249,13 @@ impl App {
     }
 
     /// Flushes the store (shutdown).
+    /// A store that failed (or is being reopened) has nothing to flush: every write it
+    /// acknowledged is durable, and the next start opens what is on disk.
     pub async fn flush(&self) -> Result<()> {
-        let store = self.store()?;
+        let Ok(store) = self.store() else {
+            tracing::warn!("stopping with the store failed: nothing to flush");
+            return Ok(());
+        };
         blocking(move || store.flush()).await
     }
 

@@ -4,8 +4,10 @@
 //! directory with a durable write; once one succeeds, the fault has ended and the store is
 //! reopened as after a crash: the failed store is closed (once the calls still using it are
 //! done), its files are made durable as they read now (`Store::rewrite_for_reopen`), it is
-//! opened again, and the index is rebuilt from it. Calls made while
-//! the store is closed get UNAVAILABLE with RetryInfo, like the writes before.
+//! opened again, and the index is rebuilt from it. From the failure to the end of the reopen,
+//! every call that reads or writes the store gets UNAVAILABLE with RetryInfo: a failed store
+//! may show writes that were never made durable (sled keeps a committed write in memory when
+//! its log cannot be written), which the reopen drops.
 
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -16,6 +18,9 @@ use crate::storage::{EmbedderRecord, EncryptionKey, Storage, Store};
 
 /// How long a reopen waits for the calls still using the failed store.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// The longest wait between two attempts to reopen the store.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(8);
 
 /// Opens the configured store: at start-up, and again after a fault.
 #[derive(Debug, Clone)]
@@ -53,9 +58,19 @@ impl StoreSlot {
         StoreSlot(RwLock::new(Some(store)))
     }
 
-    /// The open store; UNAVAILABLE while it is being reopened.
-    pub(crate) fn get(&self) -> Result<Arc<dyn Storage>> {
+    /// The open store, failed or not; UNAVAILABLE while it is being reopened.
+    fn get(&self) -> Result<Arc<dyn Storage>> {
         self.0.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(reopening)
+    }
+
+    /// The open store while it is healthy. A failed store is UNAVAILABLE to reads too: what
+    /// it shows may include writes that were never made durable, which its reopen drops.
+    pub(crate) fn healthy(&self) -> Result<Arc<dyn Storage>> {
+        let store = self.get()?;
+        match store.write_failure() {
+            None => Ok(store),
+            Some(reason) => Err(Error::Unavailable { message: format!("the store failed ({reason})") }),
+        }
     }
 
     fn take(&self) -> Option<Arc<dyn Storage>> {
@@ -76,20 +91,35 @@ impl super::App {
         }
     }
 
-    /// Reopens the store once a fault has ended; checks every `period`. Runs until its task is
-    /// aborted (at shutdown).
+    /// Reopens the store once a fault has ended: checks every `period`, and after a failed
+    /// attempt waits twice as long as before (up to 8 s), so a disk that stays nearly full
+    /// is not rewritten and reopened every second. Runs until its task is aborted (shutdown).
     pub async fn recover_periodically(self, period: Duration) {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wait = period;
         loop {
-            ticks.tick().await;
+            tokio::time::sleep(wait).await;
             if self.write_failure().is_none() {
+                wait = period;
                 continue;
             }
-            match self.recover().await {
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "the store stays closed to writes: the storage fault persists"),
-            }
+            // Each attempt is its own task: a panic in one (sled's clean-up after an I/O error)
+            // ends that attempt, not the recovery.
+            let attempt = tokio::spawn({
+                let app = self.clone();
+                async move { app.recover().await }
+            });
+            let failed = match attempt.await {
+                Ok(Ok(())) => false,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the store stays closed to writes: the storage fault persists");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "an attempt to reopen the store panicked");
+                    true
+                }
+            };
+            wait = if failed { (wait * 2).min(MAX_RETRY_WAIT) } else { period };
         }
     }
 
@@ -109,7 +139,15 @@ impl super::App {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            drop(failed);
+            // Dropped off the runtime, and a panic in sled's clean-up (an fsync of a file that
+            // saw the fault) is contained: the store is closed either way.
+            super::blocking(move || {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(failed))).is_err() {
+                    tracing::error!("closing the failed store panicked; opening it again anyway");
+                }
+                Ok(())
+            })
+            .await?;
         }
         let (opener, exact_max_faces) = (self.opener.clone(), self.index.exact_max_faces());
         let (store, index, applied) = super::blocking(move || {

@@ -219,8 +219,10 @@ impl App {
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_user_pending(&tenant, current.id, expected_version)?;
-            feed.wait_for(store.as_ref(), pending.seq())?;
-            pending.durable().map(|_| ())
+            // Made durable even if the wait failed: the write is committed either way.
+            let applied = feed.wait_for(store.as_ref(), pending.seq());
+            pending.durable()?;
+            applied
         })
         .await
     }

@@ -6,6 +6,10 @@
 //!   change-log entry (so the index, derived from the log, equals the store by construction).
 //! - A write returns once committed; a face write returns a [`Pending`] that its caller makes
 //!   durable after the index feed applied its entry; every other write is durable on return.
+//!   A backend whose commit is its durability point (PostgreSQL with synchronous_commit)
+//!   returns a `Pending` that is durable already: its finisher does nothing.
+//! - Sequence numbers of the change log have no holes (a counter updated in the write's
+//!   transaction, which also orders the writes), so a gap means entries were compacted.
 //! - Each read that spans records sees one consistent state.
 //! - A tenant's invariants (face limit, external ids, tokens) hold however calls race: the app
 //!   orders a tenant's face writes, the backend's transactions do the rest.
@@ -71,8 +75,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>>;
     /// For each search hit, the user's external id while the face exists and is that user's.
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>>;
-    /// Calls `each` with every stored embedding of every tenant (a full index rebuild).
-    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<()>;
+    /// Calls `each` with every stored embedding of every tenant (a full index rebuild), all
+    /// from one state, and returns the change-log head that state reflects.
+    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<u64>;
 
     // ---- re-enrollment tokens
 
@@ -172,8 +177,13 @@ impl Storage for Store {
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>> {
         Store::hit_owners(self, tenant, hits)
     }
-    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<()> {
-        self.embeddings().try_for_each(|e| each(e?))
+    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<u64> {
+        // sled has no snapshot across a scan: one state holds only while nothing writes, which
+        // is when the app rebuilds (start-up, a reopen). The head is read first, so a write
+        // during the scan would be applied again by the feed (idempotent), never missed.
+        let head = Store::log_bounds(self)?.head;
+        self.embeddings().try_for_each(|e| each(e?))?;
+        Ok(head)
     }
     fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
         Store::token_user(self, hash, max_attempts)

@@ -181,14 +181,17 @@ impl Store {
         result
     }
 
-    /// Writes, fsyncs and removes a file of 1 MiB (about an image's size) in the store's
-    /// directory under `dir`: succeeds once a fault that failed the store (a full disk, an I/O
-    /// error) has ended.
+    /// Writes, fsyncs and removes a file of 16 MiB (two of sled's segments, many images) in the
+    /// store's directory under `dir`: succeeds once a fault that failed the store (a full disk,
+    /// an I/O error) has ended, with room for more than the next write.
     pub fn probe_write(dir: &Path) -> Result<()> {
         use std::io::Write;
         let path = dir.join(STORE_DIR).join("probe.tmp");
-        let written =
-            std::fs::File::create(&path).and_then(|mut f| f.write_all(&vec![0u8; 1 << 20]).and_then(|()| f.sync_all()));
+        let chunk = vec![0u8; 1 << 20];
+        let written = std::fs::File::create(&path).and_then(|mut f| {
+            (0..16).try_for_each(|_| f.write_all(&chunk))?;
+            f.sync_all()
+        });
         let _ = std::fs::remove_file(&path);
         written.map_err(|e| Error::Unavailable { message: format!("a probe write of the store failed: {e}") })?;
         files::sync_dir(&dir.join(STORE_DIR))
