@@ -123,6 +123,9 @@ pub async fn serve_with_slot(
     watch.abort();
     recover.abort();
     drain(server, config.drain_timeout).await?;
+    if let Err(err) = app.snapshot_index().await {
+        tracing::warn!(error = %err, "no index snapshot at stop: the next start applies more of the log, or rebuilds");
+    }
     // Every acknowledged write was flushed already; this covers anything sled buffered since.
     app.flush().await?;
     tracing::info!("stopped");

@@ -1,7 +1,9 @@
 //! `facevault verify --data-dir DIR`: an operator's check of a stopped server's store. Opens the
 //! store (with its key when encrypted), runs `Store::verify` (every cross-record invariant, every
 //! sealed value opens), rebuilds the search index from the store and checks it holds exactly the
-//! faces the users list. Prints a report; exit code 0 when the store is whole, 1 when problems
+//! faces the users list, and checks the index snapshot against the change log: it loads, its
+//! entry lies within the log, and with the log after it applied it equals the rebuilt index
+//! (app::snapshot::check). Prints a report; exit code 0 when the store is whole, 1 when problems
 //! were found, 2 when the store could not be opened or the arguments are wrong.
 
 use std::path::PathBuf;
@@ -34,16 +36,18 @@ pub struct Report {
     pub users: usize,
     pub faces: usize,
     pub indexed: usize,
+    /// The snapshot and the change log, when the index could be rebuilt.
+    pub log: Option<crate::app::snapshot::Check>,
     pub problems: Vec<String>,
 }
 
 /// Opens the store and checks it.
 pub fn verify(args: &VerifyArgs) -> crate::Result<Report> {
     let key = args.encryption_key_file.as_deref().map(crate::app::keys::load_encryption_key).transpose()?;
-    let store = Store::open_unswept(&args.data_dir, key)?;
+    let store = Store::open_unswept(&args.data_dir, key.clone())?;
     let integrity = store.verify(args.max_faces_per_user)?;
     let mut report =
-        Report { users: integrity.users, faces: integrity.faces, problems: integrity.problems, indexed: 0 };
+        Report { users: integrity.users, faces: integrity.faces, problems: integrity.problems, ..Report::default() };
     match crate::app::rebuild_index(&store, usize::MAX) {
         Ok((index, _)) => {
             report.indexed = index.sizes().iter().map(|(_, n)| n).sum();
@@ -53,6 +57,10 @@ pub fn verify(args: &VerifyArgs) -> crate::Result<Report> {
                     report.indexed, report.faces
                 ));
             }
+            let path = crate::app::snapshot::path(&args.data_dir);
+            let check = crate::app::snapshot::check(&store, &path, key.as_ref(), &index)?;
+            report.problems.extend(check.problems.iter().cloned());
+            report.log = Some(check);
         }
         Err(e) => report.problems.push(format!("index: cannot be rebuilt from the store: {e}")),
     }
@@ -77,6 +85,15 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
                 report.faces,
                 report.indexed
             );
+            if let Some(log) = &report.log {
+                let snapshot =
+                    log.snapshot.map_or("no index snapshot".to_owned(), |seq| format!("index snapshot at {seq}"));
+                let replayed = if log.replayed { ", replayed and compared with the store" } else { "" };
+                println!(
+                    "change log: compacted up to entry {}, ends at {}; {snapshot}{replayed}",
+                    log.bounds.compacted, log.bounds.head
+                );
+            }
             if report.problems.is_empty() {
                 println!("OK: every invariant holds and the index equals the store");
                 ExitCode::SUCCESS

@@ -76,6 +76,14 @@ impl IndexFeed {
         }
     }
 
+    /// A copy of the index's rows and the entry they reflect exactly: the feed's lock is held
+    /// while the rows are copied (writers waiting for their entry wait that long; searches never
+    /// do), and only then (a snapshot is written from the copy, after the lock is released).
+    pub fn export(&self) -> (u64, Vec<crate::search::index::TenantRows>) {
+        let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.applied(), self.index.export())
+    }
+
     /// Returns once entry `seq` is applied (0: nothing to wait for). Blocking.
     pub fn wait_for(&self, store: &dyn Storage, seq: u64) -> Result<()> {
         if self.applied() >= seq {

@@ -10,6 +10,7 @@ mod identify;
 pub mod keys;
 mod recovery;
 mod redact;
+pub mod snapshot;
 mod tokens;
 mod users;
 pub mod validate;
@@ -61,6 +62,8 @@ pub struct App {
     index: FaceIndex,
     /// Applies the store's change log to `index`: the only writer of the index.
     feed: IndexFeed,
+    /// Index snapshots: how this start's index was made, and the ones the follower takes.
+    snapshots: snapshot::Snapshots,
     settings: Arc<Settings>,
     /// Serialises each tenant's face writes (tenants write in parallel): the duplicate check,
     /// the limits and the store transaction happen as one step.
@@ -83,19 +86,6 @@ impl TenantLocks {
         lock.lock_owned().await
     }
 }
-
-/// The index of the store at start-up (or after a reopen), and the change-log entry it
-/// reflects; compacts the log up to it.
-pub(crate) fn load_index(store: &dyn Storage, exact_max_faces: usize) -> Result<(FaceIndex, u64)> {
-    let (index, applied) = rebuild_index(store, exact_max_faces)?;
-    // Every entry the index reflects is no longer needed (the next start rebuilds).
-    store.compact_log(applied)?;
-    Ok((index, applied))
-}
-
-/// Applied change-log entries kept before the log is compacted (the index is rebuilt from the
-/// records at start-up, so applied entries are needed by no one).
-const COMPACT_AFTER: u64 = 10_000;
 
 /// Runs blocking work (sled, hashing) off the async threads, inside the caller's span.
 pub async fn blocking<T, F>(work: F) -> Result<T>
@@ -140,18 +130,18 @@ impl App {
         let data_dir = config.data_dir.clone();
         let key_file = config.encryption_key_file.clone();
         let exact_max_faces = config.search_exact_max_faces;
-        let (opener, store, index, applied) = blocking(move || {
+        let snapshot_every = config.index_snapshot_every;
+        let (opener, store, index, applied, snapshots) = blocking(move || {
             let started = std::time::Instant::now();
             let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
+            let snapshots = snapshot::Snapshots::new(snapshot::path(&data_dir), key.clone(), snapshot_every);
             let opener = recovery::StoreOpener { data_dir, key, embedder };
             let store = opener.open()?;
             let opened_ms = started.elapsed().as_millis() as u64;
-            let (index, applied) = load_index(store.as_ref(), exact_max_faces)?;
-            let faces: usize = index.sizes().iter().map(|(_, n)| n).sum();
-            let total_ms = started.elapsed().as_millis() as u64;
             let encrypted = store.is_encrypted();
-            tracing::info!(faces, encrypted, opened_ms, total_ms, applied, "search index rebuilt from the store");
-            Ok((opener, store, index, applied))
+            tracing::info!(encrypted, opened_ms, "store opened");
+            let (index, applied) = snapshots.open_index(store.as_ref(), exact_max_faces)?;
+            Ok((opener, store, index, applied, snapshots))
         })
         .await?;
         let pool = blocking(move || InferencePool::start(&inference, &models)).await?;
@@ -175,6 +165,7 @@ impl App {
             opener: Arc::new(opener),
             index,
             feed,
+            snapshots,
             settings: Arc::new(settings),
             writes: Arc::default(),
         })
@@ -224,28 +215,41 @@ impl App {
         &self.feed
     }
 
+    /// Index snapshots (where this start's index came from).
+    pub fn snapshots(&self) -> &snapshot::Snapshots {
+        &self.snapshots
+    }
+
     /// Applies what the change log holds beyond the index (the entries of writes whose sync
-    /// failed after they committed, which no writer waited for), and compacts the log up to
-    /// what is applied, every `period`. Runs until its task is aborted (at shutdown).
+    /// failed after they committed, which no writer waited for), then takes an index snapshot
+    /// when one is due and compacts the log (`Snapshots::follow`), every `period`. Runs until
+    /// its task is aborted (at shutdown).
     pub async fn follow_log_periodically(self, period: Duration) {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
             let Ok(store) = self.store() else { continue };
-            let feed = self.feed.clone();
+            let (feed, snapshots) = (self.feed.clone(), self.snapshots.clone());
             let done = blocking(move || {
                 let applied = feed.catch_up(store.as_ref())?;
-                let bounds = store.log_bounds()?;
-                if applied >= bounds.compacted + COMPACT_AFTER {
-                    store.compact_log(applied)?;
-                }
-                Ok(())
+                snapshots.follow(store.as_ref(), &feed, applied)
             });
             if let Err(err) = done.await {
                 tracing::warn!(error = %err, "applying the change log failed");
             }
         }
+    }
+
+    /// Applies the whole log and takes an index snapshot unless the one on disk is current
+    /// (a clean stop, after the drain); its entry.
+    pub async fn snapshot_index(&self) -> Result<Option<u64>> {
+        let (store, feed, snapshots) = (self.store()?, self.feed.clone(), self.snapshots.clone());
+        blocking(move || {
+            feed.catch_up(store.as_ref())?;
+            snapshots.take(store.as_ref(), &feed)
+        })
+        .await
     }
 
     /// Flushes the store (shutdown).

@@ -4,7 +4,8 @@
 //! directory with a durable write; once one succeeds, the fault has ended and the store is
 //! reopened as after a crash: the failed store is closed (once the calls still using it are
 //! done), its files are made durable as they read now (`Store::rewrite_for_reopen`), it is
-//! opened again, and the index is rebuilt from it. From the failure to the end of the reopen,
+//! opened again, and the index is built from it again (as at a start: its snapshot and the log
+//! after it, or a rebuild; app/snapshot). From the failure to the end of the reopen,
 //! every call that reads or writes the store gets UNAVAILABLE with RetryInfo: a failed store
 //! may show writes that were never made durable (sled keeps a committed write in memory when
 //! its log cannot be written), which the reopen drops.
@@ -149,11 +150,14 @@ impl super::App {
             })
             .await?;
         }
-        let (opener, exact_max_faces) = (self.opener.clone(), self.index.exact_max_faces());
+        let (opener, snapshots) = (self.opener.clone(), self.snapshots.clone());
+        let exact_max_faces = self.index.exact_max_faces();
         let (store, index, applied) = super::blocking(move || {
             Store::rewrite_for_reopen(&opener.data_dir)?;
             let store = opener.open()?;
-            let (index, applied) = super::load_index(store.as_ref(), exact_max_faces)?;
+            // As at a start after a crash: the snapshot (which covers only durable entries) and
+            // the log after it, or a rebuild from the records.
+            let (index, applied) = snapshots.open_index(store.as_ref(), exact_max_faces)?;
             Ok((store, index, applied))
         })
         .await?;

@@ -1,6 +1,7 @@
 //! `FaceIndex`: per tenant, a contiguous row-major matrix of unit embeddings with the face and
-//! user of each row. Insert appends, remove swaps the last row in. Rebuilt from the store at
-//! start-up; never persisted.
+//! user of each row. Insert appends, remove swaps the last row in. Built at start-up from the
+//! store, or imported from a snapshot of its rows (`export`/`import`; app/snapshot writes and
+//! reads the file, this module does no I/O).
 //!
 //! Rows are stored as IEEE f16 (1 KiB a face; 1M faces in about 1.05 GB with the ids), the query
 //! stays f32 and dot products accumulate in f32. The rounding moves a cosine by about 1e-4,
@@ -101,6 +102,37 @@ impl TenantIndex {
 
     fn row(&self, row: usize) -> &[u16] {
         &self.matrix[row * EMBEDDING_DIM..(row + 1) * EMBEDDING_DIM]
+    }
+}
+
+/// One tenant's rows as they are held, for a snapshot: row `i` is `owners[i]`, the f16 bits
+/// `matrix[i * EMBEDDING_DIM..][..EMBEDDING_DIM]` and the sketch `sketches[i * WORDS..][..WORDS]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRows {
+    pub tenant: Tenant,
+    pub owners: Vec<(FaceId, UserId)>,
+    pub matrix: Vec<u16>,
+    pub sketches: Vec<u64>,
+}
+
+impl TenantRows {
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+
+    /// The f16 bits of row `row`.
+    pub fn row(&self, row: usize) -> &[u16] {
+        &self.matrix[row * EMBEDDING_DIM..(row + 1) * EMBEDDING_DIM]
+    }
+
+    /// The sketch of row `row`.
+    pub fn sketch(&self, row: usize) -> &[u64] {
+        &self.sketches[row * WORDS..(row + 1) * WORDS]
     }
 }
 
@@ -268,6 +300,59 @@ impl FaceIndex {
                     + t.rows.capacity() * (std::mem::size_of::<(FaceId, usize)>() + 8)
             })
             .sum()
+    }
+
+    /// A copy of every tenant's rows, tenants in name order (those without rows left out). Each
+    /// tenant is copied under its read lock, so searches go on; for a copy of one point of the
+    /// change log, the caller holds off the index's only writer (`IndexFeed::export`).
+    pub fn export(&self) -> Vec<TenantRows> {
+        let tenants = self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut out: Vec<TenantRows> = tenants
+            .into_iter()
+            .filter_map(|(tenant, shared)| {
+                let t = read(&shared);
+                (!t.owners.is_empty()).then(|| TenantRows {
+                    tenant,
+                    owners: t.owners.clone(),
+                    matrix: t.matrix.clone(),
+                    sketches: t.sketches.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        out
+    }
+
+    /// An index holding exactly the rows of `tenants` (as `export` made them). Refuses rows that
+    /// would break this module's invariants: a matrix or sketches whose length does not match
+    /// the owners, a face twice in a tenant, a tenant twice. The error names no face.
+    pub fn import(tenants: Vec<TenantRows>, exact_max_faces: usize) -> std::result::Result<Self, String> {
+        let index = Self::with_exact_max_faces(exact_max_faces);
+        let mut map = HashMap::with_capacity(tenants.len());
+        for TenantRows { tenant, owners, matrix, sketches } in tenants {
+            let n = owners.len();
+            if Some(matrix.len()) != n.checked_mul(EMBEDDING_DIM) || Some(sketches.len()) != n.checked_mul(WORDS) {
+                return Err(format!(
+                    "tenant {}: {n} owners, {} matrix values, {} sketch words",
+                    tenant.as_str(),
+                    matrix.len(),
+                    sketches.len()
+                ));
+            }
+            let mut rows = HashMap::with_capacity(n);
+            for (row, &(face, _)) in owners.iter().enumerate() {
+                if rows.insert(face, row).is_some() {
+                    return Err(format!("tenant {}: a face holds two rows", tenant.as_str()));
+                }
+            }
+            let name = tenant.as_str().to_owned();
+            let shared = Arc::new(RwLock::new(TenantIndex { owners, matrix, sketches, rows }));
+            if map.insert(tenant, shared).is_some() {
+                return Err(format!("tenant {name} appears twice"));
+            }
+        }
+        *index.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner) = map;
+        Ok(index)
     }
 
     /// Faces indexed for a tenant.

@@ -6,8 +6,8 @@
 //! Charikar 2002), so the Hamming distance between two sketches estimates the angle. A search
 //! with a similarity floor turns the floor into a Hamming bound a few standard deviations above
 //! the expected distance at the floor and computes exact dot products only for rows within it.
-//! Nothing here is persisted: the transform is fixed by constants and sketches are rebuilt with
-//! the index.
+//! The transform is fixed by constants. Sketches are kept in the index snapshot, whose header
+//! holds a fingerprint of this transform: a snapshot made by another transform is not loaded.
 
 use crate::domain::EMBEDDING_DIM;
 

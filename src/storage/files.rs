@@ -65,6 +65,9 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
 #[derive(Debug, Clone)]
 pub(crate) struct FaceFiles {
     dir: PathBuf,
+    /// Fsync each file and its directory entry as it is written (always, except in a bulk
+    /// import, which syncs the whole filesystem once when it flushes: `sync_all_files`).
+    sync_each: bool,
 }
 
 impl FaceFiles {
@@ -84,7 +87,29 @@ impl FaceFiles {
         if created {
             sync_dir(&dir)?;
         }
-        Ok(FaceFiles { dir })
+        Ok(FaceFiles { dir, sync_each: true })
+    }
+
+    /// For a bulk import: files are not fsynced one by one; `sync_all_files` makes them durable.
+    pub(crate) fn unsynced(self) -> Self {
+        FaceFiles { sync_each: false, ..self }
+    }
+
+    /// Makes every file written so far durable at once (syncfs of the filesystem holding them):
+    /// the end of a bulk import.
+    pub(crate) fn sync_all_files(&self) -> Result<()> {
+        let dir = File::open(&self.dir).map_err(io_error("opening the image directory"))?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs reads only the file descriptor, which `dir` keeps open.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                return Err(io_error("syncing the image files")(std::io::Error::last_os_error()));
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        dir.sync_all().map_err(io_error("syncing the image files"))
     }
 
     fn name(key: &[u8], kind: FileKind) -> String {
@@ -127,7 +152,9 @@ impl FaceFiles {
                 .open(&temp)
                 .map_err(io_error("creating an image file"))?;
             file.write_all(bytes).map_err(io_error("writing an image file"))?;
-            file.sync_all().map_err(io_error("syncing an image file"))?;
+            if self.sync_each {
+                file.sync_all().map_err(io_error("syncing an image file"))?;
+            }
             renames.push((temp, shard.join(&name)));
         }
         for (temp, path) in &renames {
@@ -135,8 +162,8 @@ impl FaceFiles {
         }
         // Both files of a key share a shard (the key picks it).
         match renames.first().and_then(|(_, path)| path.parent()) {
-            Some(shard) => sync_dir(shard),
-            None => Ok(()),
+            Some(shard) if self.sync_each => sync_dir(shard),
+            Some(_) | None => Ok(()),
         }
     }
 

@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 pub use backend::Storage;
 pub use embedder::EmbedderRecord;
 pub use faces::{NewFace, Replace, StoredEmbedding};
+/// Durable directory entries (the index snapshot, app/snapshot, is written like the image files).
+pub(crate) use files::sync_dir;
 pub use log::{Change, LogBounds, LogEntry};
 pub use pending::Pending;
 pub use reads::{FaceEmbeddings, UserKey};
@@ -43,7 +45,7 @@ pub use verify::Integrity;
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// The directory under the data directory that holds the store.
-const STORE_DIR: &str = "v1";
+pub const STORE_DIR: &str = "v1";
 
 /// The sled database and its trees.
 #[derive(Debug, Clone)]
@@ -101,8 +103,9 @@ impl Store {
         Self::open_with(dir, true, key)
     }
 
-    /// Opens an unencrypted store for a bulk import: writes are not flushed one by one, so a
-    /// crash may lose any of them until `flush` returns. Never used by the server.
+    /// Opens an unencrypted store for a bulk import: writes (records and image files) are not
+    /// flushed one by one, so a crash may lose any of them until `flush` returns (it syncs the
+    /// filesystem once). Never used by the server.
     pub fn open_for_import(dir: &Path) -> Result<Self> {
         Self::open_with(dir, false, None)?.swept()
     }
@@ -134,6 +137,7 @@ impl Store {
         }
         files::sync_dir(&path)?;
         let meta = db.open_tree(keys::META).map_err(db_error)?;
+        let face_files = files::FaceFiles::open(path.join("faces"))?;
         let tree = |name: &str| db.open_tree(name).map_err(db_error);
         let store = Store {
             users: tree(keys::USERS)?,
@@ -142,7 +146,7 @@ impl Store {
             embeddings: tree(keys::EMBEDDINGS)?,
             tokens: tree(keys::TOKENS)?,
             log: tree(keys::CHANGE_LOG)?,
-            files: files::FaceFiles::open(path.join("faces"))?,
+            files: if durable_writes { face_files } else { face_files.unsynced() },
             sync: std::sync::Arc::new(durable::GroupSync::new(path.clone())),
             durable_writes,
             encryption,
@@ -161,6 +165,10 @@ impl Store {
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
+        if !self.durable_writes {
+            // A bulk import wrote its image files without an fsync each.
+            self.files.sync_all_files()?;
+        }
         self.sync.sync(&self.db)
     }
 

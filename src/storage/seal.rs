@@ -87,6 +87,31 @@ impl EncryptionKey {
         Ok(plain)
     }
 
+    /// Seals `buf` in place under a fresh random nonce, authenticated with `aad`; returns the
+    /// nonce and the tag (the index snapshot seals its chunks so, with its own associated data).
+    pub(crate) fn seal_detached(&self, aad: &[u8], buf: &mut [u8]) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN])> {
+        let nonce = random_bytes::<NONCE_LEN>()?;
+        let tag = self
+            .0
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, buf)
+            .map_err(|_| Error::bug("sealing a chunk"))?;
+        Ok((nonce, tag.into()))
+    }
+
+    /// Opens in place what `seal_detached` sealed with the same `aad`; an error (and `buf`
+    /// unspecified) when it fails authentication.
+    pub(crate) fn open_detached(
+        &self,
+        aad: &[u8],
+        nonce: &[u8; NONCE_LEN],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<()> {
+        self.0
+            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+            .map_err(|_| unauthentic())
+    }
+
     fn opens_check(&self, stored: &[u8]) -> bool {
         self.open(keys::META, keys::ENCRYPTION_CHECK_KEY, stored).is_ok_and(|plain| plain == CHECK_PLAINTEXT)
     }

@@ -23,6 +23,7 @@ mod logs;
 mod metrics;
 mod parity;
 mod security;
+mod snapshot;
 mod tls;
 mod tokens;
 mod users;
