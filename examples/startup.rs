@@ -124,6 +124,10 @@ fn main() -> facevault::Result<()> {
     }
     let rss_before = status_kib("VmRSS:");
     for round in 1..=2 {
+        // sled alone, without the sweep of image files that `Store::open` runs.
+        let started = Instant::now();
+        drop(Store::open_unswept(&dir, None)?);
+        let sled_only = secs(started);
         let started = Instant::now();
         let store = Store::open(&dir)?;
         let opened = secs(started);
@@ -156,12 +160,36 @@ fn main() -> facevault::Result<()> {
             panic!("the snapshot was not used: {origin:?}")
         };
         println!(
-            "round {round}, {faces} faces: full rebuild {rebuild:.2} s (sled open {opened:.2} s) | snapshot + log \
+            "round {round}, {faces} faces: full rebuild {rebuild:.2} s (store open {opened:.2} s, of which sled \
+             {sled_only:.2} s and the sweep of image files the rest) | snapshot + log \
              {load:.2} s ({replayed} entries replayed; alone: read and check {:.2} GB {read_s:.2} s, import \
              {import_s:.2} s, replay {} entries {replay_s:.2} s)",
             bytes as f64 / 1e9,
             applied - seq,
         );
+        if round == 2 {
+            // What a snapshot costs the follower: the copy under the feed's lock, then the file
+            // (plain and sealed, written beside the real one and removed), and reading it back.
+            let feed = IndexFeed::new(loaded.clone(), applied);
+            let t = Instant::now();
+            let (seq, rows) = feed.export();
+            let copy_s = secs(t);
+            let key = facevault::storage::EncryptionKey::from_bytes(&[7; 32]);
+            for (name, key) in [("plain", None), ("sealed", Some(&key))] {
+                let path = dir.join(format!("measure-{name}.snapshot"));
+                let t = Instant::now();
+                snapshot::file::write(&path, key, seq, &rows)?;
+                let write_s = secs(t);
+                let t = Instant::now();
+                snapshot::file::read(&path, key).expect("reads back");
+                println!(
+                    "snapshot {name}: copy under the feed's lock {copy_s:.2} s, write and fsync {write_s:.2} s, \
+                     read and check {:.2} s",
+                    secs(t)
+                );
+                std::fs::remove_file(&path).expect("remove the measurement snapshot");
+            }
+        }
         if round == 1 {
             println!(
                 "store on disk {:.2} GB; index about {:.2} GB; RSS {:.2} GB with two indexes (was {:.2} GB before \

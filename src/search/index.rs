@@ -121,6 +121,7 @@ impl TenantRows {
         self.owners.len()
     }
 
+    /// Whether it holds no row.
     pub fn is_empty(&self) -> bool {
         self.owners.is_empty()
     }

@@ -72,6 +72,7 @@ pub enum SnapshotError {
 pub struct Snapshot {
     /// The last change-log entry the rows reflect.
     pub seq: u64,
+    /// Every tenant's rows, as `FaceIndex::export` made them.
     pub tenants: Vec<TenantRows>,
     /// Size of the file.
     pub bytes: u64,

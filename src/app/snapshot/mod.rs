@@ -220,9 +220,11 @@ fn outside(seq: u64, bounds: LogBounds) -> String {
 pub struct Check {
     /// The entry of the snapshot on disk, when one loads.
     pub snapshot: Option<u64>,
+    /// Where the change log stands.
     pub bounds: LogBounds,
     /// Whether the change log was applied to something and compared with the records.
     pub replayed: bool,
+    /// One line per problem found (face ids and counts only).
     pub problems: Vec<String>,
 }
 
