@@ -126,8 +126,9 @@ pub async fn serve_with_slot(
     if let Err(err) = app.snapshot_index().await {
         tracing::warn!(error = %err, "no index snapshot at stop: the next start applies more of the log, or rebuilds");
     }
-    // Every acknowledged write was flushed already; this covers anything sled buffered since.
-    app.flush().await?;
+    // Every acknowledged write was durable already; this covers the rest (the log's
+    // compaction) and marks the store closed cleanly.
+    app.close().await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -252,15 +252,15 @@ impl App {
         .await
     }
 
-    /// Flushes the store (shutdown).
-    /// A store that failed (or is being reopened) has nothing to flush: every write it
-    /// acknowledged is durable, and the next start opens what is on disk.
-    pub async fn flush(&self) -> Result<()> {
+    /// Closes the store cleanly (a stop, after the drain). A store that failed (or is being
+    /// reopened) is left as it is: every write it acknowledged is durable, and the next start
+    /// opens what is on disk, as after a crash.
+    pub async fn close(&self) -> Result<()> {
         let Ok(store) = self.store() else {
-            tracing::warn!("stopping with the store failed: nothing to flush");
+            tracing::warn!("stopping with the store failed: it is not closed cleanly");
             return Ok(());
         };
-        blocking(move || store.flush()).await
+        blocking(move || store.close()).await
     }
 
     /// Resolves a user reference in the caller's tenant.

@@ -102,6 +102,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn check_embedder(&self, embedder: &EmbedderRecord) -> Result<()>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<()>;
+    /// Makes every write durable and records a clean close (a clean stop: the next open may
+    /// skip the checks that only a crash makes necessary).
+    fn close(&self) -> Result<()>;
     /// Why writes cannot be made durable now, if so (health reports NOT_SERVING meanwhile).
     fn write_failure(&self) -> Option<String>;
     fn is_encrypted(&self) -> bool;
@@ -208,6 +211,9 @@ impl Storage for Store {
     }
     fn flush(&self) -> Result<()> {
         Store::flush(self)
+    }
+    fn close(&self) -> Result<()> {
+        Store::close(self)
     }
     fn write_failure(&self) -> Option<String> {
         Store::write_failure(self)

@@ -68,6 +68,9 @@ pub(crate) struct FaceFiles {
     /// Fsync each file and its directory entry as it is written (always, except in a bulk
     /// import, which syncs the whole filesystem once when it flushes: `sync_all_files`).
     sync_each: bool,
+    /// A write or removal of an image file failed since the store opened: files may be left
+    /// that no face names (shared by clones).
+    dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FaceFiles {
@@ -87,7 +90,7 @@ impl FaceFiles {
         if created {
             sync_dir(&dir)?;
         }
-        Ok(FaceFiles { dir, sync_each: true })
+        Ok(FaceFiles { dir, sync_each: true, dirty: std::sync::Arc::default() })
     }
 
     /// For a bulk import: files are not fsynced one by one; `sync_all_files` makes them durable.
@@ -139,7 +142,24 @@ impl FaceFiles {
         self.put_many(key, &[(kind, bytes)])
     }
 
+    /// Whether files that no face names may have been left behind since the store opened.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Notes a failed write or removal (its leftovers are swept at the next open).
+    fn noting_failure(&self, result: Result<()>) -> Result<()> {
+        if result.is_err() {
+            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        }
+        result
+    }
+
     fn put_many(&self, key: &[u8], files: &[(FileKind, &[u8])]) -> Result<()> {
+        self.noting_failure(self.write_files(key, files))
+    }
+
+    fn write_files(&self, key: &[u8], files: &[(FileKind, &[u8])]) -> Result<()> {
         let mut renames = Vec::with_capacity(files.len());
         for &(kind, bytes) in files {
             let name = Self::name(key, kind);
@@ -179,6 +199,10 @@ impl FaceFiles {
     /// Removes both files of `key` (after the transaction that dropped the face). Missing files
     /// are fine; the removal is made durable.
     pub(crate) fn remove(&self, key: &[u8]) -> Result<()> {
+        self.noting_failure(self.remove_files(key))
+    }
+
+    fn remove_files(&self, key: &[u8]) -> Result<()> {
         let mut shard = None;
         for kind in [FileKind::Original, FileKind::Thumbnail] {
             let path = self.path(key, kind);
