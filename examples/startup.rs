@@ -154,7 +154,7 @@ fn main() -> facevault::Result<()> {
         drop(store);
 
         // A start after a clean stop: the store was closed cleanly, so its open skips the sweep.
-        Store::open_unswept(&dir, None)?.close()?;
+        Store::open(&dir)?.close()?;
         let started = Instant::now();
         let store = Store::open(&dir)?;
         let clean_opened = secs(started);

@@ -76,12 +76,14 @@ impl IndexFeed {
         }
     }
 
-    /// A copy of the index's rows and the entry they reflect exactly: the feed's lock is held
-    /// while the rows are copied (writers waiting for their entry wait that long; searches never
-    /// do), and only then (a snapshot is written from the copy, after the lock is released).
+    /// A copy of the index's rows and an entry they reflect at least: every entry up to it is
+    /// in the copy, and some after it may be (the copy takes each tenant under its own read
+    /// lock, while the feed goes on). Replaying the log after that entry on the copy gives the
+    /// index exactly: an entry sets a face's row or removes it, so applying it again, or in
+    /// order after later ones already were, ends where the log ends. Writers never wait for it.
     pub fn export(&self) -> (u64, Vec<crate::search::index::TenantRows>) {
-        let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
-        (self.applied(), self.index.export())
+        let seq = self.applied();
+        (seq, self.index.export())
     }
 
     /// Returns once entry `seq` is applied (0: nothing to wait for). Blocking.

@@ -77,6 +77,18 @@ pub struct App {
 pub(crate) struct TenantLocks(std::sync::Mutex<std::collections::HashMap<Tenant, Arc<tokio::sync::Mutex<()>>>>);
 
 impl TenantLocks {
+    /// Waits for every tenant's write lock (a stop: no face write, and so no image file write
+    /// or removal, is in flight while the guards are held).
+    pub(crate) async fn lock_all(&self) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let locks: Vec<_> =
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in locks {
+            guards.push(lock.lock_owned().await);
+        }
+        guards
+    }
+
     /// Waits for `tenant`'s write lock; the guard may move into a blocking task.
     pub(crate) async fn lock(&self, tenant: &Tenant) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
@@ -260,6 +272,9 @@ impl App {
             tracing::warn!("stopping with the store failed: it is not closed cleanly");
             return Ok(());
         };
+        // A write whose call was cancelled (or cut off by the drain's timeout) may still run in
+        // its blocking task: it holds its tenant's lock until its files are written or removed.
+        let _writes = self.writes.lock_all().await;
         blocking(move || store.close()).await
     }
 

@@ -147,6 +147,11 @@ impl FaceFiles {
         self.dirty.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Notes that files may be left that no face names (swept at the next open).
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Notes a failed write or removal (its leftovers are swept at the next open).
     fn noting_failure(&self, result: Result<()>) -> Result<()> {
         if result.is_err() {

@@ -69,6 +69,8 @@ pub struct Store {
     sync: std::sync::Arc<durable::GroupSync>,
     /// Flush before a write returns (always, except in a bulk import).
     durable_writes: bool,
+    /// Swept at open, or opened after a clean close: only then may `close` mark it clean.
+    swept: bool,
     /// Seals the values of `images`, `thumbnails` and `embeddings`; `None`: stored plain.
     encryption: Option<EncryptionKey>,
 }
@@ -152,6 +154,7 @@ impl Store {
             files: if durable_writes { face_files } else { face_files.unsynced() },
             sync: std::sync::Arc::new(durable::GroupSync::new(path.clone())),
             durable_writes,
+            swept: false,
             encryption,
             db,
             path: path.clone(),
@@ -165,7 +168,8 @@ impl Store {
     /// then there are none, and the sweep (which lists every image file: 10 s at 1M faces) is
     /// skipped. The mark of a clean close is removed durably first, so a crash of this run
     /// leads to a sweep at the next open.
-    fn swept(self) -> Result<Self> {
+    fn swept(mut self) -> Result<Self> {
+        self.swept = true;
         let marker = self.path.join(CLEAN_CLOSE);
         if marker.exists() {
             std::fs::remove_file(&marker).map_err(|e| Error::internal("removing the clean-close mark", e))?;
@@ -181,6 +185,9 @@ impl Store {
     /// open, marks the store closed cleanly (the next open skips the sweep). At a clean stop.
     pub fn close(&self) -> Result<()> {
         self.flush()?;
+        if !self.swept {
+            return Ok(()); // opened as it was (`facevault verify`): what it holds is unknown
+        }
         if self.files.is_dirty() {
             tracing::warn!("an image file write or removal failed: the next open sweeps the image files");
             return Ok(());
@@ -271,11 +278,11 @@ impl Store {
     /// the image files of the faces it dropped are removed. A file that cannot be removed is
     /// only logged: nothing names it any more, and the sweep at the next start removes it.
     fn pending<T>(&self, value: T, seq: u64, removed: Vec<(Tenant, FaceId)>) -> Pending<T> {
-        let store = self.clone();
+        let mut removal = Removal { store: self.clone(), faces: removed };
         Pending::new(value, seq, move || {
-            store.commit()?;
-            for (tenant, face) in &removed {
-                if let Err(e) = store.files.remove(&keys::face_key(tenant, *face)) {
+            removal.store.commit()?;
+            for (tenant, face) in std::mem::take(&mut removal.faces) {
+                if let Err(e) = removal.store.files.remove(&keys::face_key(&tenant, face)) {
                     tracing::warn!(error = %e, face = %face, "an image file of a deleted face stays until the next start");
                 }
             }
@@ -386,6 +393,22 @@ impl Store {
         }
         let tree = self.db.open_tree(tree).map_err(db_error)?;
         tree.iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(db_error)).collect()
+    }
+}
+
+/// The image files a committed write dropped, removed once it is durable. Dropped with faces
+/// left (the write was never made durable: its sync failed, or a panic), it marks the files
+/// dirty, so the next open sweeps them.
+struct Removal {
+    store: Store,
+    faces: Vec<(Tenant, FaceId)>,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if !self.faces.is_empty() {
+            self.store.files.mark_dirty();
+        }
     }
 }
 

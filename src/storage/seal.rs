@@ -176,7 +176,11 @@ impl Store {
     }
 
     fn holds_face_data(&self) -> Result<bool> {
-        Ok([&self.faces, &self.embeddings].iter().any(|tree| !tree.is_empty()) || !self.files.keys()?.is_empty())
+        // The change log holds embeddings too (of faces since deleted, until it is compacted).
+        let log = self.log_bounds()?;
+        Ok([&self.faces, &self.embeddings].iter().any(|tree| !tree.is_empty())
+            || log.head > log.compacted
+            || !self.files.keys()?.is_empty())
     }
 }
 

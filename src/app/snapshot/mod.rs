@@ -116,6 +116,9 @@ impl Snapshots {
                     tracing::info!(reason, "rebuilding the search index from the store");
                 } else {
                     tracing::warn!(reason, "index snapshot not used: rebuilding the search index from the store");
+                    // Removed, durably, before anything is written: the log may now reuse the
+                    // entries it covers with other content, and it must never be loaded later.
+                    file::remove(&self.path)?;
                 }
                 let (index, applied) = rebuild_index(store, exact_max_faces)?;
                 if self.every == 0 {
@@ -186,8 +189,8 @@ impl Snapshots {
         let started = Instant::now();
         let (seq, tenants) = feed.export();
         let copy_ms = started.elapsed().as_millis() as u64;
-        state.due = seq.saturating_add(self.every);
         if state.taken == Some(seq) {
+            state.due = seq.saturating_add(self.every);
             return Ok(None);
         }
         let faces: usize = tenants.iter().map(|t| t.len()).sum();
@@ -196,7 +199,8 @@ impl Snapshots {
         store.flush()?;
         let bytes = file::write(&self.path, self.key.as_ref(), seq, &tenants)?;
         drop(tenants);
-        state.taken = Some(seq);
+        // Due again only once this one is written: a failed write is retried at the next tick.
+        (state.taken, state.due) = (Some(seq), seq.saturating_add(self.every));
         let compacted = store.compact_log(seq)?;
         let ms = started.elapsed().as_millis() as u64;
         tracing::info!(seq, faces, bytes, copy_ms, ms, compacted, "index snapshot written");
@@ -236,8 +240,14 @@ pub fn check(store: &dyn Storage, path: &Path, key: Option<&EncryptionKey>, rebu
     let bounds = store.log_bounds()?;
     let mut out = Check { bounds, ..Check::default() };
     let start = match file::read(path, key) {
-        Err(SnapshotError::Missing) if bounds.compacted == 0 => Some((FaceIndex::new(), 0, "the change log")),
-        Err(SnapshotError::Missing) => None,
+        // No snapshot: the log alone need not hold the whole history (a store from before the
+        // change log), so only its entries are checked, that they read.
+        Err(SnapshotError::Missing) => {
+            if let Err(e) = read_whole_log(store, bounds.compacted) {
+                out.problems.push(format!("the change log cannot be read: {e}"));
+            }
+            None
+        }
         Err(e) => {
             out.problems.push(format!("index snapshot: {e}"));
             None
@@ -268,6 +278,17 @@ pub fn check(store: &dyn Storage, path: &Path, key: Option<&EncryptionKey>, rebu
         }
     }
     Ok(out)
+}
+
+/// Reads (decodes, unseals) every entry of the log after `after`.
+fn read_whole_log(store: &dyn Storage, mut after: u64) -> Result<()> {
+    loop {
+        let entries = store.read_log(after, 1024)?;
+        match entries.last() {
+            Some(last) => after = last.seq,
+            None => return Ok(()),
+        }
+    }
 }
 
 /// How `actual` differs from `expected`, per tenant: faces missing, faces extra, faces with

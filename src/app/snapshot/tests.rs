@@ -141,7 +141,19 @@ fn fill(store: &Store, from: u64, n: u64) -> Vec<FaceId> {
 /// Opens the store under `dir`, builds its index as a start-up does and checks it equals the
 /// index rebuilt from the records; returns where it came from and the open store.
 fn start(dir: &Path, key: Option<EncryptionKey>, every: u64) -> (IndexOrigin, Store, FaceIndex, IndexFeed, Snapshots) {
-    let store = Store::open_with_key(dir, key.clone()).unwrap();
+    // sled may keep its lock on the directory for a moment after the last handle is dropped
+    // (its thread pool finishes a write of the log): try again for up to a second.
+    let mut tries = 0;
+    let store = loop {
+        match Store::open_with_key(dir, key.clone()) {
+            Ok(store) => break store,
+            Err(_) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("the store does not open: {e}"),
+        }
+    };
     let snapshots = Snapshots::new(path(dir), key, every);
     let (index, applied) = snapshots.open_index(&store, usize::MAX).unwrap();
     assert_eq!(applied, store.log_bounds().unwrap().head);
@@ -247,9 +259,10 @@ fn verify_checks_the_snapshot_and_the_log_against_the_records() {
     let (_, store, _, feed, snapshots) = start(dir.path(), None, 1000);
     fill(&store, 1, 6);
     let rebuilt = || rebuild_index(&store, usize::MAX).unwrap().0;
-    // No snapshot and a log never compacted: the whole log is replayed and compared.
+    // No snapshot: the log need not hold the whole history (a store from before it), so its
+    // entries are only read, not compared.
     let c = check(&store, &path(dir.path()), None, &rebuilt()).unwrap();
-    assert!(c.replayed && c.snapshot.is_none() && c.problems.is_empty(), "{c:?}");
+    assert!(!c.replayed && c.snapshot.is_none() && c.problems.is_empty(), "{c:?}");
 
     feed.catch_up(&store).unwrap();
     snapshots.take(&store, &feed).unwrap();
