@@ -197,7 +197,7 @@ fn main() -> facevault::Result<()> {
                 let t = Instant::now();
                 snapshot::file::read(&path, key).expect("reads back");
                 println!(
-                    "snapshot {name}: copy under the feed's lock {copy_s:.2} s, write and fsync {write_s:.2} s, \
+                    "snapshot {name}: copy {copy_s:.2} s, write and fsync {write_s:.2} s, \
                      read and check {:.2} s",
                     secs(t)
                 );
