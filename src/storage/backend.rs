@@ -95,6 +95,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn read_log(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>>;
     /// Removes the entries up to `upto`; how many went.
     fn compact_log(&self, upto: u64) -> Result<usize>;
+    /// The file id of the index snapshot recorded last (a node's snapshot is loaded only when
+    /// the store names it).
+    fn snapshot_id(&self) -> Result<Option<Vec<u8>>>;
+    /// Records, durably, the file id of the index snapshot just written.
+    fn record_snapshot_id(&self, id: &[u8]) -> Result<()>;
 
     // ---- the store as a whole
 
@@ -205,6 +210,12 @@ impl Storage for Store {
     }
     fn compact_log(&self, upto: u64) -> Result<usize> {
         Store::compact_log(self, upto)
+    }
+    fn snapshot_id(&self) -> Result<Option<Vec<u8>>> {
+        Store::snapshot_id(self)
+    }
+    fn record_snapshot_id(&self, id: &[u8]) -> Result<()> {
+        Store::record_snapshot_id(self, id)
     }
     fn check_embedder(&self, embedder: &EmbedderRecord) -> Result<()> {
         Store::check_embedder(self, embedder)

@@ -21,6 +21,10 @@ pub const TENANT_TREES: [&str; 6] = [USERS, EXTERNAL_IDS, FACES, EMBEDDINGS, IMA
 pub(crate) const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 /// In `meta`: the embedder the store was built with (an `EmbedderRecord`).
 pub(crate) const EMBEDDER_KEY: &[u8] = b"embedder";
+/// In `meta`: the file id of the index snapshot taken last (app/snapshot): a start-up loads
+/// only that snapshot, so one left from another history of the store (a restored backup, a
+/// crash while it was taken) is never loaded.
+pub(crate) const SNAPSHOT_ID_KEY: &[u8] = b"index_snapshot_id";
 /// In `meta`: a fixed plaintext sealed with the store's key; present only in encrypted stores.
 pub(crate) const ENCRYPTION_CHECK_KEY: &[u8] = b"encryption_key_check";
 

@@ -164,6 +164,22 @@ impl Store {
         Ok(LogEntry { seq, tenant, change })
     }
 
+    /// The file id of the index snapshot recorded last, if any.
+    pub fn snapshot_id(&self) -> Result<Option<Vec<u8>>> {
+        let meta = self.db.open_tree(keys::META).map_err(db_error)?;
+        Ok(meta.get(keys::SNAPSHOT_ID_KEY).map_err(db_error)?.map(|v| v.to_vec()))
+    }
+
+    /// Records, durably, the file id of the index snapshot just written (before the log is
+    /// compacted up to it).
+    pub fn record_snapshot_id(&self, id: &[u8]) -> Result<()> {
+        let meta = self.db.open_tree(keys::META).map_err(db_error)?;
+        self.write(|| {
+            meta.insert(keys::SNAPSHOT_ID_KEY, id).map_err(db_error)?;
+            self.flush()
+        })
+    }
+
     /// Removes every entry up to and including `upto` (a snapshot covers them). Not a write of
     /// records: it is made durable with the next write or flush, and losing it in a crash only
     /// leaves entries that are skipped again.

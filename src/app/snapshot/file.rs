@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub tenants: Vec<TenantRows>,
     /// Size of the file.
     pub bytes: u64,
+    /// The random id of this file (the store records the id of the snapshot it took last).
+    pub file_id: [u8; 16],
 }
 
 /// The header's check that the rows were made by the same sketch transform and f16 rounding as
@@ -215,21 +217,28 @@ impl Sink<'_> {
 
 /// Writes the snapshot of `tenants` at `seq` to `path` (sealed with `key` when given), durably:
 /// temporary file, fsync, rename, fsync of the directory. Returns the file's size.
-pub fn write(path: &Path, key: Option<&EncryptionKey>, seq: u64, tenants: &[TenantRows]) -> Result<u64> {
+pub fn write(path: &Path, key: Option<&EncryptionKey>, seq: u64, tenants: &[TenantRows]) -> Result<(u64, [u8; 16])> {
     let temp = temp_path(path);
-    let written = write_temp(&temp, key, seq, tenants);
+    let file_id = random_bytes()?;
+    let written = write_temp(&temp, key, seq, tenants, file_id);
     let renamed = written.and_then(|bytes| fs::rename(&temp, path).map(|()| bytes).map_err(write_error));
     if renamed.is_err() {
         let _ = fs::remove_file(&temp);
     }
     let bytes = renamed?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    Ok(bytes)
+    Ok((bytes, file_id))
 }
 
-fn write_temp(temp: &Path, key: Option<&EncryptionKey>, seq: u64, tenants: &[TenantRows]) -> Result<u64> {
+fn write_temp(
+    temp: &Path,
+    key: Option<&EncryptionKey>,
+    seq: u64,
+    tenants: &[TenantRows],
+    file_id: [u8; 16],
+) -> Result<u64> {
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(temp).map_err(write_error)?;
-    let header = header(seq, key.is_some(), random_bytes()?);
+    let header = header(seq, key.is_some(), file_id);
     file.write_all(&header).map_err(write_error)?;
     let mut sink =
         Sink { file, key, header, hash: Sha256::new_with_prefix(header), buf: Vec::with_capacity(CHUNK), chunks: 0 };
@@ -436,7 +445,8 @@ pub fn read(path: &Path, key: Option<&EncryptionKey>) -> ReadResult<Snapshot> {
     if src.remaining() != 0 {
         return Err(SnapshotError::Malformed("bytes after the checksum"));
     }
-    Ok(Snapshot { seq, tenants, bytes })
+    let file_id = header[32..48].try_into().expect("16 bytes");
+    Ok(Snapshot { seq, tenants, bytes, file_id })
 }
 
 /// Removes the snapshot at `path`, durably (snapshots turned off: a stale one would hold faces

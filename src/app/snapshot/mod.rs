@@ -20,6 +20,10 @@ use crate::search::index::TenantRows;
 use crate::storage::{EncryptionKey, LogBounds, STORE_DIR, Storage};
 use file::SnapshotError;
 
+/// Why a snapshot whose id the store does not record is not loaded.
+const NOT_NAMED: &str = "it is not the snapshot the store recorded last (a store restored from a backup, \
+                         or a crash while the snapshot was taken)";
+
 /// Applied entries kept before the log is compacted when snapshots are off (every start-up then
 /// rebuilds the index from the records, so applied entries are needed by no one).
 const COMPACT_AFTER: u64 = 10_000;
@@ -156,6 +160,9 @@ impl Snapshots {
         if !(bounds.compacted..=bounds.head).contains(&seq) {
             return Err(Unused { routine: false, reason: outside(seq, bounds) });
         }
+        if store.snapshot_id()?.as_deref() != Some(&snapshot.file_id[..]) {
+            return Err(Unused { routine: false, reason: NOT_NAMED.into() });
+        }
         let index = FaceIndex::import(snapshot.tenants, exact_max_faces)
             .map_err(|e| Unused { routine: false, reason: format!("the snapshot's rows are inconsistent: {e}") })?;
         let applied = IndexFeed::new(index.clone(), seq).catch_up(store)?;
@@ -197,7 +204,10 @@ impl Snapshots {
         // Every entry the snapshot reflects is durable before the snapshot is: a power cut never
         // leaves a snapshot ahead of the store.
         store.flush()?;
-        let bytes = file::write(&self.path, self.key.as_ref(), seq, &tenants)?;
+        let (bytes, file_id) = file::write(&self.path, self.key.as_ref(), seq, &tenants)?;
+        // Named by the store before the log is compacted up to it: a crash in between leaves a
+        // snapshot the store does not name (not loaded) and a log that still holds its entries.
+        store.record_snapshot_id(&file_id)?;
         drop(tenants);
         // Due again only once this one is written: a failed write is retried at the next tick.
         (state.taken, state.due) = (Some(seq), seq.saturating_add(self.every));
@@ -254,6 +264,9 @@ pub fn check(store: &dyn Storage, path: &Path, key: Option<&EncryptionKey>, rebu
         }
         Ok(snapshot) => {
             out.snapshot = Some(snapshot.seq);
+            if store.snapshot_id()?.as_deref() != Some(&snapshot.file_id[..]) {
+                out.problems.push(format!("index snapshot: {NOT_NAMED}"));
+            }
             if !(bounds.compacted..=bounds.head).contains(&snapshot.seq) {
                 out.problems.push(format!("index snapshot: {}", outside(snapshot.seq, bounds)));
                 None

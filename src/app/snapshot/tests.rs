@@ -43,7 +43,7 @@ fn a_plain_snapshot_round_trips_and_any_damage_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.snapshot");
     let rows = index(50).export();
-    let bytes = file::write(&path, None, 42, &rows).unwrap();
+    let (bytes, _) = file::write(&path, None, 42, &rows).unwrap();
     assert!(!dir.path().join("index.snapshot.tmp").exists(), "the temporary file was renamed");
     let read = file::read(&path, None).unwrap();
     assert_eq!((read.seq, read.bytes), (42, bytes));
@@ -251,6 +251,25 @@ fn a_snapshot_outside_the_log_or_with_snapshots_off_is_not_used() {
     assert!(!path(dir.path()).exists());
     let bounds = store.log_bounds().unwrap();
     assert_eq!(bounds.compacted, bounds.head);
+}
+
+#[test]
+fn only_the_snapshot_the_store_recorded_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store, _, feed, snapshots) = start(dir.path(), None, 1000);
+    fill(&store, 1, 4);
+    feed.catch_up(&store).unwrap();
+    assert_eq!(snapshots.take(&store, &feed).unwrap(), Some(4));
+    // Another snapshot of the same entry, whole and within the log (what a store restored
+    // from an older backup, or a crash between the file and its record, leaves): not loaded,
+    // and removed before anything is written.
+    let rows = feed.export().1;
+    file::write(&path(dir.path()), None, 4, &rows).unwrap();
+    drop((store, feed, snapshots));
+    let (origin, store, ..) = start(dir.path(), None, 1000);
+    assert!(rebuilt_because(&origin).contains("not the snapshot the store recorded"), "{origin:?}");
+    assert!(!path(dir.path()).exists(), "the unnamed snapshot is gone");
+    drop(store);
 }
 
 #[test]
