@@ -318,6 +318,31 @@ async fn observe(faces: &mut Faces, users: &mut Users, user_id: &str) -> Option<
     read_user(faces, users, user_id).await.expect("GetUser and ListFaces")
 }
 
+/// One client per user, each on `channel`, writing from `models[u]` until `control` stops it;
+/// odd users' UpdateUser calls carry large metadata.
+fn spawn_drivers(
+    channel: &tonic::transport::Channel,
+    ids: &[String],
+    people: &[Vec<u8>],
+    models: &[Model],
+    rng: &mut Rng,
+    control: &std::sync::Arc<Control>,
+) -> Vec<tokio::task::JoinHandle<common::workload::Driven>> {
+    (0..USERS)
+        .map(|u| {
+            let client = Client {
+                user: u,
+                faces: faces_client(channel.clone(), ADMIN_A, None),
+                users: users_client(channel.clone(), ADMIN_A),
+                user_id: ids[u].clone(),
+                image: people[u].clone(),
+                big_metadata: u % 2 == 1,
+            };
+            tokio::spawn(client.drive(models[u].clone(), rng.next(), control.clone()))
+        })
+        .collect()
+}
+
 /// Failures of the store after a cut, one line each (empty: the cut lost nothing).
 fn judge(report: &Value, expected: &[(String, History)]) -> Vec<String> {
     let mut failures = Vec::new();
@@ -472,18 +497,7 @@ async fn power_cut_during_writes_loses_no_acknowledged_write_and_leaves_a_whole_
             break;
         }
         let control = Control::new(false);
-        let mut drivers = Vec::new();
-        for u in 0..USERS {
-            let client = Client {
-                user: u,
-                faces: faces_client(channel.clone(), ADMIN_A, None),
-                users: users_client(channel.clone(), ADMIN_A),
-                user_id: ids[u].clone(),
-                image: people[u].clone(),
-                big_metadata: u % 2 == 1,
-            };
-            drivers.push(tokio::spawn(client.drive(models[u].clone(), rng.next(), control.clone())));
-        }
+        let drivers = spawn_drivers(&channel, &ids, &people, &models, &mut rng, &control);
         let after = Duration::from_millis(500 + rng.below(2500) as u64);
         tokio::time::sleep(after).await;
         control.killed.store(true, Ordering::SeqCst);
@@ -909,18 +923,7 @@ async fn fault_round(fault: Fault, seed: u64, people: &[Vec<u8>], dir: &Path) ->
 
     // 2. Load: every user's client writes (half with large metadata).
     let control = Control::new(true);
-    let mut drivers = Vec::new();
-    for u in 0..USERS {
-        let client = Client {
-            user: u,
-            faces: faces_client(channel.clone(), ADMIN_A, None),
-            users: users_client(channel.clone(), ADMIN_A),
-            user_id: ids[u].clone(),
-            image: people[u].clone(),
-            big_metadata: u % 2 == 1,
-        };
-        drivers.push(tokio::spawn(client.drive(Model::initial(), rng.next(), control.clone())));
-    }
+    let drivers = spawn_drivers(&channel, &ids, people, &vec![Model::initial(); USERS], &mut rng, &control);
     tokio::time::sleep(Duration::from_millis(500 + rng.below(1500) as u64)).await;
 
     // 3. The fault: health must turn NOT_SERVING soon and stay so while it lasts.

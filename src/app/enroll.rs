@@ -291,10 +291,7 @@ impl App {
         let (user, replaced) = blocking(move || {
             let _writes = writes;
             let pending = store.put_face_pending(&tenant_c, &new, replace, max, token)?;
-            // Made durable even if the wait failed: the write is committed either way.
-            let applied = feed.wait_for(store.as_ref(), pending.seq());
-            let value = pending.durable()?;
-            applied.map(|()| value)
+            feed.finish(store.as_ref(), pending)
         })
         .await?;
         crate::metrics::record_stage("store", started.elapsed());
@@ -354,10 +351,7 @@ impl App {
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_face_pending(&tenant, id)?;
-            // Made durable even if the wait failed: the write is committed either way.
-            let applied = feed.wait_for(store.as_ref(), pending.seq());
-            let value = pending.durable()?;
-            applied.map(|()| value)
+            feed.finish(store.as_ref(), pending)
         })
         .await
     }

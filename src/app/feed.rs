@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::search::FaceIndex;
-use crate::storage::{Change, LogEntry, Storage};
+use crate::storage::{Change, LogEntry, Pending, Storage};
 
 /// Entries read from the log at a time.
 const BATCH: usize = 1024;
@@ -84,6 +84,15 @@ impl IndexFeed {
     pub fn export(&self) -> (u64, Vec<crate::search::index::TenantRows>) {
         let seq = self.applied();
         (seq, self.index.export())
+    }
+
+    /// Finishes a committed write: waits until the feed applied its entry (read-your-writes),
+    /// then makes it durable, so the caller replies after both. Made durable even when the wait
+    /// fails: the write is committed either way. Blocking.
+    pub fn finish<T>(&self, store: &dyn Storage, pending: Pending<T>) -> Result<T> {
+        let applied = self.wait_for(store, pending.seq());
+        let value = pending.durable()?;
+        applied.map(|()| value)
     }
 
     /// Returns once entry `seq` is applied (0: nothing to wait for). Blocking.

@@ -222,11 +222,6 @@ impl App {
         }
     }
 
-    /// The feed that applies the change log to the index.
-    pub fn feed(&self) -> &IndexFeed {
-        &self.feed
-    }
-
     /// Index snapshots (where this start's index came from).
     pub fn snapshots(&self) -> &snapshot::Snapshots {
         &self.snapshots

@@ -219,10 +219,7 @@ impl App {
         blocking(move || {
             let _writes = writes;
             let pending = store.delete_user_pending(&tenant, current.id, expected_version)?;
-            // Made durable even if the wait failed: the write is committed either way.
-            let applied = feed.wait_for(store.as_ref(), pending.seq());
-            pending.durable()?;
-            applied
+            feed.finish(store.as_ref(), pending).map(|_| ())
         })
         .await
     }

@@ -155,7 +155,7 @@ impl FaceFiles {
     /// Notes a failed write or removal (its leftovers are swept at the next open).
     fn noting_failure(&self, result: Result<()>) -> Result<()> {
         if result.is_err() {
-            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+            self.mark_dirty();
         }
         result
     }
