@@ -126,10 +126,10 @@ impl Storage for Store {
         self.write(|| Store::create_user(self, tenant, user))
     }
     fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>> {
-        Store::get_user(self, tenant, id)
+        self.watch(Store::get_user(self, tenant, id))
     }
     fn find_user(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<User>> {
-        Store::find_user(self, tenant, key)
+        self.watch(Store::find_user(self, tenant, key))
     }
     fn update_user(
         &self,
@@ -149,10 +149,10 @@ impl Storage for Store {
         self.write(|| Store::delete_user_pending(self, tenant, id, expected_version))
     }
     fn count_users(&self, tenant: &Tenant) -> Result<usize> {
-        Store::count_users(self, tenant)
+        self.watch(Store::count_users(self, tenant))
     }
     fn list_users(&self, tenant: &Tenant, after: Option<UserId>, limit: usize) -> Result<Vec<User>> {
-        Store::list_users(self, tenant, after, limit)
+        self.watch(Store::list_users(self, tenant, after, limit))
     }
     fn put_face_pending(
         &self,
@@ -168,33 +168,33 @@ impl Storage for Store {
         self.write(|| Store::delete_face_pending(self, tenant, id))
     }
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
-        Store::get_face(self, tenant, id)
+        self.watch(Store::get_face(self, tenant, id))
     }
     fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
-        Store::face_embedding(self, tenant, id)
+        self.watch(Store::face_embedding(self, tenant, id))
     }
     fn face_with_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<(Face, Vec<u8>)>> {
-        Store::face_with_image(self, tenant, id, thumbnail)
+        self.watch(Store::face_with_image(self, tenant, id, thumbnail))
     }
     fn user_with_faces(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, Vec<Face>)>> {
-        Store::user_with_faces(self, tenant, key)
+        self.watch(Store::user_with_faces(self, tenant, key))
     }
     fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>> {
-        Store::user_with_embeddings(self, tenant, key)
+        self.watch(Store::user_with_embeddings(self, tenant, key))
     }
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>> {
-        Store::hit_owners(self, tenant, hits)
+        self.watch(Store::hit_owners(self, tenant, hits))
     }
     fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<u64> {
         // sled has no snapshot across a scan: one state holds only while nothing writes, which
         // is when the app rebuilds (start-up, a reopen). The head is read first, so a write
         // during the scan would be applied again by the feed (idempotent), never missed.
-        let head = Store::log_bounds(self)?.head;
-        self.embeddings().try_for_each(|e| each(e?))?;
+        let head = self.watch(Store::log_bounds(self))?.head;
+        self.watch(self.embeddings().try_for_each(|e| each(e?)))?;
         Ok(head)
     }
     fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
-        Store::token_user(self, hash, max_attempts)
+        self.watch(Store::token_user(self, hash, max_attempts))
     }
     fn use_token_attempt(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
         self.write(|| Store::use_token_attempt(self, hash, max_attempts))
@@ -203,28 +203,28 @@ impl Storage for Store {
         self.write(|| Store::purge_expired_tokens(self, now))
     }
     fn log_bounds(&self) -> Result<LogBounds> {
-        Store::log_bounds(self)
+        self.watch(Store::log_bounds(self))
     }
     fn read_log(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
-        Store::read_log(self, after, limit)
+        self.watch(Store::read_log(self, after, limit))
     }
     fn compact_log(&self, upto: u64) -> Result<usize> {
-        Store::compact_log(self, upto)
+        self.watch(Store::compact_log(self, upto))
     }
     fn snapshot_id(&self) -> Result<Option<Vec<u8>>> {
-        Store::snapshot_id(self)
+        self.watch(Store::snapshot_id(self))
     }
     fn record_snapshot_id(&self, id: &[u8]) -> Result<()> {
-        Store::record_snapshot_id(self, id)
+        self.watch(Store::record_snapshot_id(self, id))
     }
     fn check_embedder(&self, embedder: &EmbedderRecord) -> Result<()> {
-        Store::check_embedder(self, embedder)
+        self.watch(Store::check_embedder(self, embedder))
     }
     fn flush(&self) -> Result<()> {
-        Store::flush(self)
+        self.watch(Store::flush(self))
     }
     fn close(&self) -> Result<()> {
-        Store::close(self)
+        self.watch(Store::close(self))
     }
     fn write_failure(&self) -> Option<String> {
         Store::write_failure(self)
@@ -233,12 +233,12 @@ impl Storage for Store {
         Store::is_encrypted(self)
     }
     fn verify(&self, max_faces: usize) -> Result<Integrity> {
-        Store::verify(self, max_faces)
+        self.watch(Store::verify(self, max_faces))
     }
     fn tree_sizes(&self) -> Vec<(&'static str, usize)> {
         Store::tree_sizes(self)
     }
     fn raw_entries(&self, table: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        Store::raw_entries(self, table)
+        self.watch(Store::raw_entries(self, table))
     }
 }

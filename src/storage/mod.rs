@@ -214,11 +214,16 @@ impl Store {
         self.sync.failure()
     }
 
-    /// Runs a write: refused once the store failed; a write that fails for want of storage
-    /// (UNAVAILABLE: a full disk, an I/O error) marks the store failed.
+    /// Runs a write: refused once the store failed; see `watch` for what marks it failed.
     pub(super) fn write<T>(&self, write: impl FnOnce() -> Result<T>) -> Result<T> {
         self.sync.writable()?;
-        let result = write();
+        self.watch(write())
+    }
+
+    /// Passes `result` on; an UNAVAILABLE (a sled I/O error, which sled then returns for every
+    /// operation, reads included, until the store is reopened; a failed image write or sync)
+    /// marks the store failed, whatever operation met it: a read, the log's compaction, a write.
+    pub(super) fn watch<T>(&self, result: Result<T>) -> Result<T> {
         if let Err(Error::Unavailable { message }) = &result {
             self.sync.fail(message);
         }
@@ -262,11 +267,6 @@ impl Store {
             files::sync_dir(&path.join("blobs"))?;
         }
         files::sync_dir(&path)
-    }
-
-    /// The directory of the store (`dir/v1`).
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Ends a write: makes it durable unless this is a bulk import.
