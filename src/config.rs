@@ -32,9 +32,35 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Directory of the embedded database (created if missing).
+    /// Directory of the embedded database (created if missing). Not used with --postgres-url.
     #[arg(long, env = "FACEVAULT_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+
+    /// Keep the store in this PostgreSQL database (postgres://user@host:port/db) instead of
+    /// the embedded one in --data-dir: any number of facevault processes may share it. The
+    /// server creates and migrates its tables. The URL is never logged.
+    #[arg(long, env = "FACEVAULT_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// Most PostgreSQL connections one process holds (a write holds one for its transaction,
+    /// a tenant's write lock one more).
+    #[arg(long, env = "FACEVAULT_POSTGRES_POOL_SIZE", default_value_t = 16)]
+    pub postgres_pool_size: usize,
+
+    /// Seconds to wait for a PostgreSQL connection (a new one, or a free one of the pool)
+    /// before the call fails with UNAVAILABLE.
+    #[arg(long, env = "FACEVAULT_POSTGRES_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub postgres_connect_timeout: u64,
+
+    /// Seconds one PostgreSQL statement may run (statement_timeout) before the call fails with
+    /// UNAVAILABLE; a full index rebuild at start-up is exempt.
+    #[arg(long, env = "FACEVAULT_POSTGRES_STATEMENT_TIMEOUT", default_value_t = 30)]
+    pub postgres_statement_timeout: u64,
+
+    /// Milliseconds between two polls of the shared change log by a node (PostgreSQL only):
+    /// the bound on how late another node's write becomes searchable here.
+    #[arg(long, env = "FACEVAULT_POSTGRES_POLL_MS", default_value_t = 100)]
+    pub postgres_poll_ms: u64,
 
     /// Path of libonnxruntime.so (scripts/setup.sh fetches 1.32.0 from PyPI).
     #[arg(long, env = "FACEVAULT_ONNXRUNTIME", default_value = "third_party/onnxruntime/libonnxruntime.so")]
@@ -372,6 +398,10 @@ impl Config {
         count("max-faces-per-user", self.max_faces_per_user as u64, 1, 10_000)?;
         count("compute-threads", self.compute_threads as u64, 0, 1024)?;
         count("index-snapshot-every", self.index_snapshot_every, 0, 1_000_000_000)?;
+        count("postgres-pool-size", self.postgres_pool_size as u64, 2, 1000)?;
+        count("postgres-connect-timeout", self.postgres_connect_timeout, 1, 3600)?;
+        count("postgres-statement-timeout", self.postgres_statement_timeout, 1, 86_400)?;
+        count("postgres-poll-ms", self.postgres_poll_ms, 10, 60_000)?;
         // What one caller or connection may hold, and for how long.
         count("token-max-attempts", u64::from(self.token_max_attempts), 1, 1000)?;
         count("max-token-buckets", self.max_token_buckets as u64, 1, 10_000_000)?;
