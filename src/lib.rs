@@ -111,7 +111,10 @@ pub async fn serve_with_slot(
         }));
     }
     let purge = tokio::spawn(app.clone().purge_tokens_periodically());
-    let follow = tokio::spawn(app.clone().follow_log_periodically(std::time::Duration::from_secs(1)));
+    let follow = tokio::spawn(app.clone().follow_log_periodically(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_millis(config.postgres_poll_ms),
+    ));
     slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");

@@ -206,7 +206,7 @@ impl App {
 
         // Held until the store write and the index update below are done, even if the caller
         // goes away (the guard moves into the blocking task, which always runs to the end).
-        let writes = self.writes.lock(tenant).await;
+        let writes = self.lock_tenant_writes(tenant).await?;
         // The index must hold every committed face of the tenant before the duplicate check.
         let (store, feed) = (self.store()?, self.feed.clone());
         blocking(move || feed.catch_up(store.as_ref())).await?;

@@ -99,6 +99,14 @@ impl TenantLocks {
     }
 }
 
+/// A tenant's write lock: this process's, then the store's across processes (PostgreSQL).
+/// Fields drop in order: the store's lock goes first.
+#[derive(Debug)]
+pub(crate) struct WriteLock {
+    _shared: crate::storage::TenantGuard,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// Runs blocking work (sled, hashing) off the async threads, inside the caller's span.
 pub async fn blocking<T, F>(work: F) -> Result<T>
 where
@@ -140,18 +148,22 @@ impl App {
         };
         let embedder = EmbedderRecord { id: config.embedder_id.clone(), sha256: models.embedder.sha256().to_owned() };
         let data_dir = config.data_dir.clone();
+        let backend = recovery::Backend::from_config(config);
         let key_file = config.encryption_key_file.clone();
         let exact_max_faces = config.search_exact_max_faces;
-        let snapshot_every = config.index_snapshot_every;
+        // A node's index snapshot would be its own while the log and its compaction are shared:
+        // with PostgreSQL, every start rebuilds from one snapshot of the database.
+        let snapshot_every = if config.postgres_url.is_some() { 0 } else { config.index_snapshot_every };
         let (opener, store, index, applied, snapshots) = blocking(move || {
             let started = std::time::Instant::now();
             let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
             let snapshots = snapshot::Snapshots::new(snapshot::path(&data_dir), key.clone(), snapshot_every);
-            let opener = recovery::StoreOpener { data_dir, key, embedder };
+            let opener = recovery::StoreOpener { backend, key, embedder };
             let store = opener.open()?;
             let opened_ms = started.elapsed().as_millis() as u64;
             let encrypted = store.is_encrypted();
-            tracing::info!(encrypted, opened_ms, "store opened");
+            let backend = if store.is_shared() { "postgres" } else { "sled" };
+            tracing::info!(backend, encrypted, opened_ms, "store opened");
             let (index, applied) = snapshots.open_index(store.as_ref(), exact_max_faces)?;
             Ok((opener, store, index, applied, snapshots))
         })
@@ -231,21 +243,52 @@ impl App {
     /// failed after they committed, which no writer waited for), then takes an index snapshot
     /// when one is due and compacts the log (`Snapshots::follow`), every `period`. Runs until
     /// its task is aborted (at shutdown).
-    pub async fn follow_log_periodically(self, period: Duration) {
-        let mut ticks = tokio::time::interval(period);
+    ///
+    /// A store shared with other nodes is followed every `shared_period` instead (their writes
+    /// become searchable here within it), this node's position is reported every
+    /// `REPORT_EVERY` (so the log is compacted up to what every node applied), and a node that
+    /// fell so far behind that its entries were compacted rebuilds its index from the store.
+    pub async fn follow_log_periodically(self, period: Duration, shared_period: Duration) {
+        const REPORT_EVERY: Duration = Duration::from_secs(10);
+        let shared = self.store().is_ok_and(|s| s.is_shared());
+        let mut ticks = tokio::time::interval(if shared { shared_period } else { period });
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = std::time::Instant::now();
         loop {
             ticks.tick().await;
             let Ok(store) = self.store() else { continue };
             let (feed, snapshots) = (self.feed.clone(), self.snapshots.clone());
+            let report = shared && reported.elapsed() >= REPORT_EVERY;
+            let app = self.clone();
             let done = blocking(move || {
-                let applied = feed.catch_up(store.as_ref())?;
+                let applied = match feed.catch_up(store.as_ref()) {
+                    Ok(applied) => applied,
+                    Err(e) if shared && store.log_bounds()?.compacted > feed.applied() => {
+                        tracing::warn!(error = %e, "this node fell behind the compacted log: rebuilding its index");
+                        app.rebuild_index_from(store.as_ref())?
+                    }
+                    Err(e) => return Err(e),
+                };
+                if report {
+                    store.compact_log(applied)?;
+                }
                 snapshots.follow(store.as_ref(), &feed, applied)
             });
-            if let Err(err) = done.await {
-                tracing::warn!(error = %err, "applying the change log failed");
+            match done.await {
+                Ok(()) if report => reported = std::time::Instant::now(),
+                Ok(()) => {}
+                Err(err) => tracing::warn!(error = %err, "applying the change log failed"),
             }
         }
+    }
+
+    /// Rebuilds the index from the store's records (one consistent state) and restarts the
+    /// feed at the log entry they reflect; the last entry applied. Blocking.
+    fn rebuild_index_from(&self, store: &dyn Storage) -> Result<u64> {
+        let (index, applied) = rebuild_index(store, self.index.exact_max_faces())?;
+        self.index.replace_contents(index);
+        self.feed.reset(applied);
+        Ok(applied)
     }
 
     /// Applies the whole log and takes an index snapshot unless the one on disk is current
@@ -271,6 +314,16 @@ impl App {
         // its blocking task: it holds its tenant's lock until its files are written or removed.
         let _writes = self.writes.lock_all().await;
         blocking(move || store.close()).await
+    }
+
+    /// Takes `tenant`'s write lock in this process and, when other processes share the store,
+    /// in the store: held while a check that spans the tenant (duplicates, quotas) and the
+    /// write it guards run, so that racing calls on any node cannot both pass.
+    pub(crate) async fn lock_tenant_writes(&self, tenant: &Tenant) -> Result<WriteLock> {
+        let local = self.writes.lock(tenant).await;
+        let (store, tenant) = (self.store()?, tenant.clone());
+        let shared = blocking(move || store.lock_tenant(&tenant)).await?;
+        Ok(WriteLock { _shared: shared, _local: local })
     }
 
     /// Resolves a user reference in the caller's tenant.

@@ -1,4 +1,6 @@
-//! Recovery from a storage fault without a restart. A write that cannot be made durable (a full
+//! Recovery from a storage fault without a restart. With PostgreSQL, a lost connection fails
+//! the store the same way, and recovery is a probe on a new connection (`recover`).
+//! A write that cannot be made durable (a full
 //! disk, an I/O error, a failed fsync) marks the open store failed: it refuses every later write
 //! with UNAVAILABLE and health reports NOT_SERVING. Every second the app probes the store's
 //! directory with a durable write; once one succeeds, the fault has ended and the store is
@@ -15,6 +17,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::storage::postgres::{PgOptions, PgStore};
 use crate::storage::{EmbedderRecord, EncryptionKey, Storage, Store};
 
 /// How long a reopen waits for the calls still using the failed store.
@@ -23,26 +26,64 @@ const CLOSE_WAIT: Duration = Duration::from_secs(30);
 /// The longest wait between two attempts to reopen the store.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(8);
 
+/// Where the store is.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    /// sled in this directory (`--data-dir`).
+    Sled(PathBuf),
+    /// A PostgreSQL database shared with other nodes (`--postgres-url`).
+    Postgres(PgOptions),
+}
+
+impl Backend {
+    pub(crate) fn from_config(config: &crate::Config) -> Self {
+        match &config.postgres_url {
+            Some(url) => Backend::Postgres(PgOptions {
+                url: url.clone(),
+                pool_size: config.postgres_pool_size,
+                connect_timeout: Duration::from_secs(config.postgres_connect_timeout),
+                statement_timeout: Duration::from_secs(config.postgres_statement_timeout),
+            }),
+            None => Backend::Sled(config.data_dir.clone()),
+        }
+    }
+}
+
 /// Opens the configured store: at start-up, and again after a fault.
 #[derive(Debug, Clone)]
 pub(crate) struct StoreOpener {
-    pub(crate) data_dir: PathBuf,
+    pub(crate) backend: Backend,
     pub(crate) key: Option<EncryptionKey>,
     pub(crate) embedder: EmbedderRecord,
 }
 
 impl StoreOpener {
-    /// Opens the store (sweeping what a failed write left behind) and checks its embedder.
+    /// Opens the store (sled: sweeping what a failed write left behind; PostgreSQL: creating
+    /// or migrating its schema) and checks its embedder.
     pub(crate) fn open(&self) -> Result<Arc<dyn Storage>> {
-        let store = Store::open_with_key(&self.data_dir, self.key.clone())?;
+        let store: Arc<dyn Storage> = match &self.backend {
+            Backend::Sled(dir) => Arc::new(Store::open_with_key(dir, self.key.clone())?),
+            Backend::Postgres(options) => Arc::new(PgStore::open(options, self.key.clone())?),
+        };
         store.check_embedder(&self.embedder)?;
-        Ok(Arc::new(store))
+        Ok(store)
     }
 
-    /// A durable write of about an image's size where the store keeps its data: succeeds once
-    /// the fault that failed the store has ended.
-    pub(crate) fn probe(&self) -> Result<()> {
-        Store::probe_write(&self.data_dir)
+    /// sled: a durable write of about an image's size where the store keeps its data, which
+    /// succeeds once the fault that failed the store has ended.
+    fn probe(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(dir) => Store::probe_write(dir),
+            Backend::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// sled: makes its files durable as they read now, before it is opened again.
+    fn prepare_reopen(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sled(dir) => Store::rewrite_for_reopen(dir),
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 }
 
@@ -124,8 +165,23 @@ impl super::App {
         }
     }
 
-    /// One attempt: probe, close the failed store, open it again, rebuild the index.
+    /// One attempt. A store that can take writes again as it is (PostgreSQL, once a probe on a
+    /// new connection succeeds) stays, and the index catches up from the log (writes whose
+    /// commit the lost connection left unanswered are in it, or were never committed).
+    /// Otherwise (sled): probe, close the failed store, open it again, rebuild the index.
     async fn recover(&self) -> Result<()> {
+        if let Ok(store) = self.store.get()
+            && store.is_shared()
+        {
+            let feed = self.feed.clone();
+            super::blocking(move || {
+                store.try_recover()?;
+                feed.catch_up(store.as_ref())
+            })
+            .await?;
+            tracing::info!("the PostgreSQL connection is back: writes are acknowledged again");
+            return Ok(());
+        }
         let opener = self.opener.clone();
         super::blocking(move || opener.probe()).await?;
         if let Some(failed) = self.store.take() {
@@ -153,7 +209,7 @@ impl super::App {
         let (opener, snapshots) = (self.opener.clone(), self.snapshots.clone());
         let exact_max_faces = self.index.exact_max_faces();
         let (store, index, applied) = super::blocking(move || {
-            Store::rewrite_for_reopen(&opener.data_dir)?;
+            opener.prepare_reopen()?;
             let store = opener.open()?;
             // As at a start after a crash: the snapshot (which covers only durable entries) and
             // the log after it, or a rebuild from the records.

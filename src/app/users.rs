@@ -170,7 +170,7 @@ impl App {
             return blocking(move || store.create_user(&tenant, user)).await;
         };
         // Counted and created under the write lock, so racing creates cannot pass the quota.
-        let writes = self.writes.lock(&caller.tenant).await;
+        let writes = self.lock_tenant_writes(&caller.tenant).await?;
         blocking(move || {
             let _writes = writes;
             if store.count_users(&tenant)? >= max_users {

@@ -1,6 +1,6 @@
 //! `Storage`: the interface between the app and a storage backend. The app makes every read and
 //! write through it; sled (`Store`, embedded, the default) is the first backend, PostgreSQL the
-//! next. Every method is blocking (call it through `app::blocking`). What a backend promises:
+//! second (storage/postgres, shared by many processes). Every method is blocking (call it through `app::blocking`). What a backend promises:
 //!
 //! - Each write is one transaction: records, images and, for a write that changes faces, its
 //!   change-log entry (so the index, derived from the log, equals the store by construction).
@@ -22,6 +22,26 @@ use super::{
 };
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::Result;
+
+/// A tenant's write lock of the backend, held until dropped (may be dropped on any thread).
+pub struct TenantGuard(#[allow(dead_code, reason = "held for its drop")] Option<Box<dyn Send + Sync>>);
+
+impl TenantGuard {
+    /// A lock of a store no other process writes: the app's own lock suffices.
+    pub fn local() -> Self {
+        TenantGuard(None)
+    }
+
+    pub fn new(lock: impl Send + Sync + 'static) -> Self {
+        TenantGuard(Some(Box::new(lock)))
+    }
+}
+
+impl std::fmt::Debug for TenantGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantGuard").field("shared", &self.0.is_some()).finish()
+    }
+}
 
 /// A storage backend. See the module documentation for what every implementation guarantees.
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
@@ -100,6 +120,19 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn snapshot_id(&self) -> Result<Option<Vec<u8>>>;
     /// Records, durably, the file id of the index snapshot just written.
     fn record_snapshot_id(&self, id: &[u8]) -> Result<()>;
+
+    // ---- several processes
+
+    /// Takes `tenant`'s write lock across every process that shares the store, held while the
+    /// app checks duplicates and quotas and writes (after its own per-tenant lock); released
+    /// when the guard drops. sled is one process's: nothing to take.
+    fn lock_tenant(&self, tenant: &Tenant) -> Result<TenantGuard>;
+    /// Whether other processes write the store too: the app then polls its log often, and the
+    /// log is compacted only up to what every live node applied.
+    fn is_shared(&self) -> bool;
+    /// After a failure: `Ok(true)` once the store acknowledges writes again as it is (a
+    /// database connection is back); `Ok(false)`: it must be closed and opened again (sled).
+    fn try_recover(&self) -> Result<bool>;
 
     // ---- the store as a whole
 
@@ -216,6 +249,15 @@ impl Storage for Store {
     }
     fn record_snapshot_id(&self, id: &[u8]) -> Result<()> {
         self.watch(Store::record_snapshot_id(self, id))
+    }
+    fn lock_tenant(&self, _tenant: &Tenant) -> Result<TenantGuard> {
+        Ok(TenantGuard::local())
+    }
+    fn is_shared(&self) -> bool {
+        false
+    }
+    fn try_recover(&self) -> Result<bool> {
+        Ok(false)
     }
     fn check_embedder(&self, embedder: &EmbedderRecord) -> Result<()> {
         self.watch(Store::check_embedder(self, embedder))

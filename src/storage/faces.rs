@@ -57,7 +57,7 @@ pub struct StoredEmbedding {
 }
 
 /// `user_id ‖ model length ‖ model ‖ 512 x f32 little-endian`.
-fn encode_embedding(user: UserId, model: &str, embedding: &Embedding) -> Vec<u8> {
+pub(super) fn encode_embedding(user: UserId, model: &str, embedding: &Embedding) -> Vec<u8> {
     let model = &model.as_bytes()[..model.len().min(255)];
     let mut out = Vec::with_capacity(9 + model.len() + EMBEDDING_DIM * 4);
     out.extend_from_slice(&user.0.to_be_bytes());
@@ -83,6 +83,77 @@ pub(super) fn decode_embedding(bytes: &[u8]) -> Option<(UserId, Embedding)> {
     }
     let values = floats.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Some((user, Embedding::from_normalized(values)?))
+}
+
+/// Whether a token record is for this tenant's user and unexpired (UpdateFace with a token).
+pub(super) fn token_matches(token: &pb::TokenRecord, tenant: &Tenant, user: UserId) -> bool {
+    token.tenant == tenant.as_str()
+        && token.user_id == user.0
+        && records::from_nanos(token.expires_at_ns) > SystemTime::now()
+}
+
+/// The rules of storing face `new` for `user`, as both backends apply them inside the write's
+/// transaction: refuses an invalid token (`token_ok` false), a full user (adding) or a face the
+/// user lacks (replacing it); then updates `user` (faces, status, version, time). Returns the
+/// face replaced, and the hash of the user's outstanding token when the write spends it (an
+/// update ends a re-enrollment), which the caller removes; `token_hash` is cleared then.
+pub(super) fn plan_put(
+    user: &mut User,
+    token_hash: &mut Vec<u8>,
+    token_ok: bool,
+    new: FaceId,
+    replace: Replace,
+    max_faces: usize,
+) -> Result<(Option<FaceId>, Option<Vec<u8>>)> {
+    if !token_ok {
+        return Err(Error::unauthenticated(
+            Reason::ReenrollmentTokenInvalid,
+            "the re-enrollment token is unknown, used, expired or for another user",
+        ));
+    }
+    let removed = match replace {
+        Replace::Nothing => {
+            if user.face_ids.len() >= max_faces {
+                return Err(Error::failed_precondition(
+                    Reason::FaceLimitReached,
+                    "the user has the maximum number of faces",
+                )
+                .with_meta("face_count", user.face_ids.len())
+                .with_meta("max_faces", max_faces));
+            }
+            None
+        }
+        Replace::Face(id) => {
+            if !user.face_ids.contains(&id) {
+                return Err(Error::face_not_found().with_meta("face_id", id));
+            }
+            Some(id)
+        }
+        Replace::Oldest => user.face_ids.first().copied(),
+    };
+    if let Some(old) = removed {
+        user.face_ids.retain(|&f| f != old);
+    }
+    user.face_ids.push(new);
+    let updating = replace != Replace::Nothing;
+    if updating || user.enrollment == EnrollmentStatus::NotEnrolled {
+        user.enrollment = EnrollmentStatus::Enrolled;
+    }
+    // The re-enrollment is done: the outstanding token, used or not, is spent.
+    let spent = (updating && !token_hash.is_empty()).then(|| std::mem::take(token_hash));
+    user.version += 1;
+    user.update_time = SystemTime::now();
+    Ok((removed, spent))
+}
+
+/// The rules of deleting face `id` of `user`: the list, status, version and time.
+pub(super) fn face_removed(user: &mut User, id: FaceId) {
+    user.face_ids.retain(|&f| f != id);
+    if user.face_ids.is_empty() && user.enrollment == EnrollmentStatus::Enrolled {
+        user.enrollment = EnrollmentStatus::NotEnrolled;
+    }
+    user.version += 1;
+    user.update_time = SystemTime::now();
 }
 
 impl Store {
@@ -124,66 +195,29 @@ impl Store {
             let Some(record) = tx_user(users, tenant, user_id)? else { return abort(Error::user_not_found()) };
             let mut token_hash = record.reenrollment_token_hash.clone();
             let mut user = records::user_from_record(record);
-            if let Some(hash) = token {
-                let valid = match tokens.get(&hash[..])? {
-                    Some(bytes) => {
-                        let t: pb::TokenRecord = tx_decode(&bytes, "decoding a token record")?;
-                        t.tenant == tenant.as_str()
-                            && t.user_id == user_id.0
-                            && records::from_nanos(t.expires_at_ns) > SystemTime::now()
-                    }
+            let token_ok = match token {
+                Some(hash) => match tokens.get(&hash[..])? {
+                    Some(bytes) => token_matches(&tx_decode(&bytes, "decoding a token record")?, tenant, user_id),
                     None => false,
-                };
-                if !valid {
-                    return abort(Error::unauthenticated(
-                        Reason::ReenrollmentTokenInvalid,
-                        "the re-enrollment token is unknown, used, expired or for another user",
-                    ));
-                }
-            }
-            let removed = match replace {
-                Replace::Nothing => {
-                    if user.face_ids.len() >= max_faces {
-                        return abort(
-                            Error::failed_precondition(
-                                Reason::FaceLimitReached,
-                                "the user has the maximum number of faces",
-                            )
-                            .with_meta("face_count", user.face_ids.len())
-                            .with_meta("max_faces", max_faces),
-                        );
-                    }
-                    None
-                }
-                Replace::Face(id) => {
-                    if !user.face_ids.contains(&id) {
-                        return abort(Error::face_not_found().with_meta("face_id", id));
-                    }
-                    Some(id)
-                }
-                Replace::Oldest => user.face_ids.first().copied(),
+                },
+                None => true,
+            };
+            let (removed, spent) = match plan_put(&mut user, &mut token_hash, token_ok, new.face.id, replace, max_faces)
+            {
+                Ok(plan) => plan,
+                Err(e) => return abort(e),
             };
             if let Some(old) = removed {
                 let old_key = keys::face_key(tenant, old);
                 for tree in [faces, embeddings] {
                     tree.remove(old_key.as_slice())?;
                 }
-                user.face_ids.retain(|&f| f != old);
+            }
+            if let Some(spent) = spent {
+                tokens.remove(spent.as_slice())?;
             }
             faces.insert(key.as_slice(), records::face_to_record(&new.face).encode_to_vec())?;
             embeddings.insert(key.as_slice(), embedding.as_ref())?;
-            user.face_ids.push(new.face.id);
-            let updating = replace != Replace::Nothing;
-            if updating || user.enrollment == EnrollmentStatus::NotEnrolled {
-                user.enrollment = EnrollmentStatus::Enrolled;
-            }
-            if updating && !token_hash.is_empty() {
-                // The re-enrollment is done: the outstanding token, used or not, is spent.
-                tokens.remove(token_hash.as_slice())?;
-                token_hash.clear();
-            }
-            user.version += 1;
-            user.update_time = SystemTime::now();
             users
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
             let seq = log::tx_append(log, &log::put_record(tenant, new.face.id, user_id, &embedding, removed))?;
@@ -247,12 +281,7 @@ impl Store {
             };
             let token_hash = record.reenrollment_token_hash.clone();
             let mut user = records::user_from_record(record);
-            user.face_ids.retain(|&f| f != id);
-            if user.face_ids.is_empty() && user.enrollment == EnrollmentStatus::Enrolled {
-                user.enrollment = EnrollmentStatus::NotEnrolled;
-            }
-            user.version += 1;
-            user.update_time = SystemTime::now();
+            face_removed(&mut user, id);
             users
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
             let seq = log::tx_append(log, &log::removed_record(tenant, &[id]))?;

@@ -14,8 +14,9 @@ use sled::transaction::TransactionalTree;
 
 use super::faces::decode_embedding;
 use super::records::pb;
+use super::seal::unseal_with;
 use super::users::{TxResult, abort};
-use super::{Store, db_error, decode, keys};
+use super::{EncryptionKey, Store, db_error, decode, keys};
 use crate::domain::{Embedding, FaceId, Tenant, UserId};
 use crate::error::{Error, Result};
 
@@ -141,27 +142,7 @@ impl Store {
     }
 
     fn decode_entry(&self, seq: u64, value: &[u8]) -> Result<LogEntry> {
-        let record: pb::ChangeRecord = decode(value, "decoding a change-log entry")?;
-        let tenant = Tenant::new(&record.tenant).ok_or_else(|| Error::bug("a change-log entry names a bad tenant"))?;
-        let change = match record.change {
-            Some(pb::change_record::Change::Put(put)) => {
-                let face = FaceId(put.face_id);
-                let key = keys::face_key(&tenant, face);
-                let plain = self.unseal(keys::EMBEDDINGS, &key, &put.embedding)?;
-                let (owner, embedding) = decode_embedding(&plain)
-                    .ok_or_else(|| Error::bug("a change-log entry has a malformed embedding"))?;
-                if owner.0 != put.user_id {
-                    return Err(Error::bug("a change-log entry's embedding belongs to another user"));
-                }
-                let replaced = (put.replaced_face_id != 0).then_some(FaceId(put.replaced_face_id));
-                Change::Put { face, user: owner, embedding, replaced }
-            }
-            Some(pb::change_record::Change::Removed(removed)) => {
-                Change::Removed { faces: removed.face_ids.into_iter().map(FaceId).collect() }
-            }
-            None => return Err(Error::bug("a change-log entry without a change")),
-        };
-        Ok(LogEntry { seq, tenant, change })
+        decode_entry(self.encryption.as_ref(), seq, value)
     }
 
     /// The file id of the index snapshot recorded last, if any.
@@ -193,4 +174,29 @@ impl Store {
         self.log.apply_batch(batch).map_err(db_error)?;
         Ok(removed)
     }
+}
+
+/// Decodes the entry `seq` as stored (`value`, its embedding sealed with `encryption`).
+pub(super) fn decode_entry(encryption: Option<&EncryptionKey>, seq: u64, value: &[u8]) -> Result<LogEntry> {
+    let record: pb::ChangeRecord = decode(value, "decoding a change-log entry")?;
+    let tenant = Tenant::new(&record.tenant).ok_or_else(|| Error::bug("a change-log entry names a bad tenant"))?;
+    let change = match record.change {
+        Some(pb::change_record::Change::Put(put)) => {
+            let face = FaceId(put.face_id);
+            let key = keys::face_key(&tenant, face);
+            let plain = unseal_with(encryption, keys::EMBEDDINGS, &key, &put.embedding)?;
+            let (owner, embedding) =
+                decode_embedding(&plain).ok_or_else(|| Error::bug("a change-log entry has a malformed embedding"))?;
+            if owner.0 != put.user_id {
+                return Err(Error::bug("a change-log entry's embedding belongs to another user"));
+            }
+            let replaced = (put.replaced_face_id != 0).then_some(FaceId(put.replaced_face_id));
+            Change::Put { face, user: owner, embedding, replaced }
+        }
+        Some(pb::change_record::Change::Removed(removed)) => {
+            Change::Removed { faces: removed.face_ids.into_iter().map(FaceId).collect() }
+        }
+        None => return Err(Error::bug("a change-log entry without a change")),
+    };
+    Ok(LogEntry { seq, tenant, change })
 }

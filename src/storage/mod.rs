@@ -12,6 +12,7 @@ mod files;
 pub mod keys;
 mod log;
 mod pending;
+pub mod postgres;
 mod reads;
 mod records;
 mod seal;
@@ -24,7 +25,7 @@ use prost::Message;
 
 use crate::domain::{FaceId, Tenant};
 use crate::error::{Error, Result};
-pub use backend::Storage;
+pub use backend::{Storage, TenantGuard};
 pub use embedder::EmbedderRecord;
 pub use faces::{NewFace, Replace, StoredEmbedding};
 /// Durable directory entries (the index snapshot, app/snapshot, is written like the image files).

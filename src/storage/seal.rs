@@ -19,7 +19,7 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
 /// What the key check in the `meta` tree seals: opening it proves the key is the store's.
-const CHECK_PLAINTEXT: &[u8] = b"facevault encryption key check v1";
+pub(super) const CHECK_PLAINTEXT: &[u8] = b"facevault encryption key check v1";
 
 /// The key that seals stored values. Cheap to clone; `Debug` never shows it.
 #[derive(Clone)]
@@ -112,8 +112,37 @@ impl EncryptionKey {
             .map_err(|_| unauthentic())
     }
 
-    fn opens_check(&self, stored: &[u8]) -> bool {
+    pub(super) fn opens_check(&self, stored: &[u8]) -> bool {
         self.open(keys::META, keys::ENCRYPTION_CHECK_KEY, stored).is_ok_and(|plain| plain == CHECK_PLAINTEXT)
+    }
+}
+
+/// The bytes to store as the value of `key` in `tree` (a sled tree, or the PostgreSQL column
+/// of the same name): sealed when there is a key. Both backends seal alike, so a sealed value
+/// moves between them as it is.
+pub(super) fn seal_with<'a>(
+    encryption: Option<&EncryptionKey>,
+    tree: &str,
+    key: &[u8],
+    plain: &'a [u8],
+) -> Result<Cow<'a, [u8]>> {
+    match encryption {
+        Some(k) => k.seal(tree, key, plain).map(Cow::Owned),
+        None => Ok(Cow::Borrowed(plain)),
+    }
+}
+
+/// The plain bytes of a value `seal_with` stored; an internal error when a sealed value fails
+/// authentication (its bytes are never returned).
+pub(super) fn unseal_with<'a>(
+    encryption: Option<&EncryptionKey>,
+    tree: &str,
+    key: &[u8],
+    stored: &'a [u8],
+) -> Result<Cow<'a, [u8]>> {
+    match encryption {
+        Some(k) => k.open(tree, key, stored).map(Cow::Owned),
+        None => Ok(Cow::Borrowed(stored)),
     }
 }
 
@@ -129,19 +158,13 @@ impl Store {
 
     /// The bytes to store as the value of `key` in `tree`: sealed when the store is encrypted.
     pub(super) fn seal<'a>(&self, tree: &str, key: &[u8], plain: &'a [u8]) -> Result<Cow<'a, [u8]>> {
-        match &self.encryption {
-            Some(k) => k.seal(tree, key, plain).map(Cow::Owned),
-            None => Ok(Cow::Borrowed(plain)),
-        }
+        seal_with(self.encryption.as_ref(), tree, key, plain)
     }
 
     /// The plain bytes of a stored value of `key` in `tree`; an internal error when a sealed
     /// value fails authentication (its bytes are never returned).
     pub(super) fn unseal<'a>(&self, tree: &str, key: &[u8], stored: &'a [u8]) -> Result<Cow<'a, [u8]>> {
-        match &self.encryption {
-            Some(k) => k.open(tree, key, stored).map(Cow::Owned),
-            None => Ok(Cow::Borrowed(stored)),
-        }
+        unseal_with(self.encryption.as_ref(), tree, key, stored)
     }
 
     /// At open: ties a new (or face-less) store to the configured key, or checks that the key

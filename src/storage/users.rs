@@ -59,16 +59,53 @@ pub struct TokenGrant {
 }
 
 fn check_version(user: &pb::UserRecord, expected: Option<u64>) -> TxResult<()> {
+    version_matches(user.version, expected).or_else(abort)
+}
+
+/// ETAG_MISMATCH unless the user's `version` is the `expected` one (when given).
+pub(super) fn version_matches(version: u64, expected: Option<u64>) -> Result<()> {
     match expected {
-        Some(v) if v != user.version => abort(
-            Error::aborted(Reason::EtagMismatch, "the user changed since it was read; read it again")
-                .with_meta("etag", format!("v{}", user.version)),
-        ),
+        Some(v) if v != version => {
+            Err(Error::aborted(Reason::EtagMismatch, "the user changed since it was read; read it again")
+                .with_meta("etag", format!("v{version}")))
+        }
         Some(_) | None => Ok(()),
     }
 }
 
-fn taken(external_id: &str) -> Error {
+/// The fields of `patch` besides the external id and the token (each backend keeps those
+/// indexes), then the version and time: the rules of UpdateUser for both backends.
+pub(super) fn apply_patch(user: &mut User, patch: &UserPatch) {
+    let set = |field: &mut String, value: &Option<String>| {
+        if let Some(v) = value {
+            field.clone_from(v);
+        }
+    };
+    set(&mut user.display_name, &patch.display_name);
+    set(&mut user.email, &patch.email);
+    set(&mut user.phone, &patch.phone);
+    set(&mut user.address, &patch.address);
+    if let Some(metadata) = &patch.metadata {
+        user.metadata.clone_from(metadata);
+    }
+    if patch.reenrollment.is_some() {
+        user.enrollment = EnrollmentStatus::ReenrollmentRequired;
+    }
+    user.version += 1;
+    user.update_time = SystemTime::now();
+}
+
+/// The record of a new token for `user` of `tenant`.
+pub(super) fn token_record(tenant: &Tenant, user: UserId, grant: &TokenGrant) -> pb::TokenRecord {
+    pb::TokenRecord {
+        tenant: tenant.as_str().to_owned(),
+        user_id: user.0,
+        expires_at_ns: records::to_nanos(grant.expires_at),
+        attempts: 0,
+    }
+}
+
+pub(super) fn taken(external_id: &str) -> Error {
     Error::already_exists(Reason::ExternalIdTaken, "another user of this tenant has that external_id")
         .with_meta("external_id", external_id)
 }
@@ -131,34 +168,14 @@ impl Store {
                 external.insert(new_key, &id.0.to_be_bytes())?;
                 user.external_id.clone_from(new_ext);
             }
-            let set = |field: &mut String, value: &Option<String>| {
-                if let Some(v) = value {
-                    field.clone_from(v);
-                }
-            };
-            set(&mut user.display_name, &patch.display_name);
-            set(&mut user.email, &patch.email);
-            set(&mut user.phone, &patch.phone);
-            set(&mut user.address, &patch.address);
-            if let Some(metadata) = &patch.metadata {
-                user.metadata.clone_from(metadata);
-            }
             if let Some(grant) = &patch.reenrollment {
                 if !token_hash.is_empty() {
                     tokens.remove(token_hash.as_slice())?;
                 }
-                let token = pb::TokenRecord {
-                    tenant: tenant.as_str().to_owned(),
-                    user_id: id.0,
-                    expires_at_ns: records::to_nanos(grant.expires_at),
-                    attempts: 0,
-                };
-                tokens.insert(&grant.hash[..], token.encode_to_vec())?;
+                tokens.insert(&grant.hash[..], token_record(tenant, id, grant).encode_to_vec())?;
                 token_hash = grant.hash.to_vec();
-                user.enrollment = EnrollmentStatus::ReenrollmentRequired;
             }
-            user.version += 1;
-            user.update_time = SystemTime::now();
+            apply_patch(&mut user, patch);
             users.insert(keys::user_key(tenant, id), records::user_to_record(&user, token_hash).encode_to_vec())?;
             Ok(user)
         });
@@ -310,7 +327,7 @@ impl Store {
 }
 
 /// The owner of a token record that is unexpired and has attempts left.
-fn usable_token(token: &pb::TokenRecord, max_attempts: u32) -> Option<(Tenant, UserId)> {
+pub(super) fn usable_token(token: &pb::TokenRecord, max_attempts: u32) -> Option<(Tenant, UserId)> {
     if records::from_nanos(token.expires_at_ns) <= SystemTime::now() || token.attempts >= max_attempts {
         return None;
     }
