@@ -114,7 +114,7 @@ where
     T: Send + 'static,
 {
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(work))
+    tokio::task::spawn_blocking(move || span.in_scope(|| crate::storage::postgres::may_block(work)))
         .await
         .map_err(|e| Error::internal("joining blocking work", e))?
 }

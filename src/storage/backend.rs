@@ -97,7 +97,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>>;
     /// Calls `each` with every stored embedding of every tenant (a full index rebuild), all
     /// from one state, and returns the change-log head that state reflects.
-    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<u64>;
+    fn for_each_embedding(&self, each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send)) -> Result<u64>;
 
     // ---- re-enrollment tokens
 
@@ -218,7 +218,7 @@ impl Storage for Store {
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>> {
         self.watch(Store::hit_owners(self, tenant, hits))
     }
-    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<u64> {
+    fn for_each_embedding(&self, each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send)) -> Result<u64> {
         // sled has no snapshot across a scan: one state holds only while nothing writes, which
         // is when the app rebuilds (start-up, a reopen). The head is read first, so a write
         // during the scan would be applied again by the feed (idempotent), never missed.

@@ -15,13 +15,13 @@ use crate::storage::{
 
 impl Storage for PgStore {
     fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
-        self.write(PgStore::create_user(self, tenant, user))
+        self.write(|| PgStore::create_user(self, tenant, user))
     }
     fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>> {
-        self.exec(PgStore::get_user(self, tenant, id))
+        self.exec(|| PgStore::get_user(self, tenant, id))
     }
     fn find_user(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<User>> {
-        self.exec(PgStore::find_user(self, tenant, key))
+        self.exec(|| PgStore::find_user(self, tenant, key))
     }
     fn update_user(
         &self,
@@ -30,7 +30,7 @@ impl Storage for PgStore {
         expected_version: Option<u64>,
         patch: &UserPatch,
     ) -> Result<User> {
-        self.write(PgStore::update_user(self, tenant, id, expected_version, patch))
+        self.write(|| PgStore::update_user(self, tenant, id, expected_version, patch))
     }
     fn delete_user_pending(
         &self,
@@ -38,13 +38,13 @@ impl Storage for PgStore {
         id: UserId,
         expected_version: Option<u64>,
     ) -> Result<Pending<Vec<FaceId>>> {
-        self.write(PgStore::delete_user(self, tenant, id, expected_version))
+        self.write(|| PgStore::delete_user(self, tenant, id, expected_version))
     }
     fn count_users(&self, tenant: &Tenant) -> Result<usize> {
-        self.exec(PgStore::count_users(self, tenant))
+        self.exec(|| PgStore::count_users(self, tenant))
     }
     fn list_users(&self, tenant: &Tenant, after: Option<UserId>, limit: usize) -> Result<Vec<User>> {
-        self.exec(PgStore::list_users(self, tenant, after, limit))
+        self.exec(|| PgStore::list_users(self, tenant, after, limit))
     }
     fn put_face_pending(
         &self,
@@ -54,58 +54,58 @@ impl Storage for PgStore {
         max_faces: usize,
         token: Option<[u8; 32]>,
     ) -> Result<Pending<(User, Option<FaceId>)>> {
-        self.write(PgStore::put_face(self, tenant, new, replace, max_faces, token))
+        self.write(|| PgStore::put_face(self, tenant, new, replace, max_faces, token))
     }
     fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
-        self.write(PgStore::delete_face(self, tenant, id))
+        self.write(|| PgStore::delete_face(self, tenant, id))
     }
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
-        self.exec(PgStore::get_face(self, tenant, id))
+        self.exec(|| PgStore::get_face(self, tenant, id))
     }
     fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
-        self.exec(PgStore::face_embedding(self, tenant, id))
+        self.exec(|| PgStore::face_embedding(self, tenant, id))
     }
     fn face_with_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<(Face, Vec<u8>)>> {
-        self.exec(PgStore::face_with_image(self, tenant, id, thumbnail))
+        self.exec(|| PgStore::face_with_image(self, tenant, id, thumbnail))
     }
     fn user_with_faces(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, Vec<Face>)>> {
-        self.exec(PgStore::user_with_faces(self, tenant, key))
+        self.exec(|| PgStore::user_with_faces(self, tenant, key))
     }
     fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>> {
-        self.exec(PgStore::user_with_embeddings(self, tenant, key))
+        self.exec(|| PgStore::user_with_embeddings(self, tenant, key))
     }
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>> {
-        self.exec(PgStore::hit_owners(self, tenant, hits))
+        self.exec(|| PgStore::hit_owners(self, tenant, hits))
     }
-    fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<u64> {
-        self.exec(PgStore::for_each_embedding(self, each))
+    fn for_each_embedding(&self, each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send)) -> Result<u64> {
+        self.exec(|| PgStore::for_each_embedding(self, each))
     }
     fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
-        self.exec(PgStore::token_user(self, hash, max_attempts))
+        self.exec(|| PgStore::token_user(self, hash, max_attempts))
     }
     fn use_token_attempt(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
-        self.write(PgStore::use_token_attempt(self, hash, max_attempts))
+        self.write(|| PgStore::use_token_attempt(self, hash, max_attempts))
     }
     fn purge_expired_tokens(&self, now: SystemTime) -> Result<usize> {
-        self.write(PgStore::purge_expired_tokens(self, now))
+        self.write(|| PgStore::purge_expired_tokens(self, now))
     }
     fn log_bounds(&self) -> Result<LogBounds> {
-        self.exec(PgStore::log_bounds(self))
+        self.exec(|| PgStore::log_bounds(self))
     }
     fn read_log(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
-        self.exec(PgStore::read_log(self, after, limit))
+        self.exec(|| PgStore::read_log(self, after, limit))
     }
     fn compact_log(&self, upto: u64) -> Result<usize> {
-        self.exec(PgStore::compact_log(self, upto))
+        self.exec(|| PgStore::compact_log(self, upto))
     }
     fn snapshot_id(&self) -> Result<Option<Vec<u8>>> {
-        self.exec(PgStore::snapshot_id(self))
+        self.exec(|| PgStore::snapshot_id(self))
     }
     fn record_snapshot_id(&self, id: &[u8]) -> Result<()> {
-        self.write(PgStore::record_snapshot_id(self, id))
+        self.write(|| PgStore::record_snapshot_id(self, id))
     }
     fn lock_tenant(&self, tenant: &Tenant) -> Result<TenantGuard> {
-        self.write(PgStore::lock_tenant(self, tenant)).map(TenantGuard::new)
+        self.write(|| PgStore::lock_tenant(self, tenant)).map(TenantGuard::new)
     }
     fn is_shared(&self) -> bool {
         true
@@ -114,7 +114,7 @@ impl Storage for PgStore {
         PgStore::try_recover(self).map(|()| true)
     }
     fn check_embedder(&self, embedder: &EmbedderRecord) -> Result<()> {
-        self.exec(PgStore::check_embedder(self, embedder))
+        self.exec(|| PgStore::check_embedder(self, embedder))
     }
     fn flush(&self) -> Result<()> {
         // Every acknowledged write is committed with synchronous_commit on: nothing to flush.
@@ -130,12 +130,12 @@ impl Storage for PgStore {
         PgStore::is_encrypted(self)
     }
     fn verify(&self, max_faces: usize) -> Result<Integrity> {
-        self.exec(PgStore::verify(self, max_faces))
+        self.exec(|| PgStore::verify(self, max_faces))
     }
     fn tree_sizes(&self) -> Vec<(&'static str, usize)> {
-        run(PgStore::tree_sizes(self)).unwrap_or_default()
+        run(|| PgStore::tree_sizes(self)).unwrap_or_default()
     }
     fn raw_entries(&self, table: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.exec(PgStore::raw_entries(self, table))
+        self.exec(|| PgStore::raw_entries(self, table))
     }
 }

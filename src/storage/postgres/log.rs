@@ -195,7 +195,10 @@ impl PgStore {
     /// Every embedding of every tenant from one snapshot of the database, and the log head
     /// that snapshot reflects. This node's position is reported first (at the head before the
     /// snapshot), so no live node compacts away what it will replay after.
-    pub(super) async fn for_each_embedding(&self, each: &mut dyn FnMut(StoredEmbedding) -> Result<()>) -> Result<u64> {
+    pub(super) async fn for_each_embedding(
+        &self,
+        each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
+    ) -> Result<u64> {
         let mut conn = self.conn().await?;
         let head_before: i64 =
             conn.query_one("SELECT seq FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);

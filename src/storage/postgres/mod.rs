@@ -36,6 +36,7 @@ use crate::storage::EncryptionKey;
 use pool::{Conn, Pool, run};
 
 pub use log::TenantLock;
+pub use pool::may_block;
 
 /// How to reach the database (from the config).
 #[derive(Clone)]
@@ -125,8 +126,8 @@ impl PgStore {
         let pool = Pool::new(config, options.pool_size, options.connect_timeout);
         let node = format!("{:016x}", crate::storage::random_id()?);
         let store = PgStore { pool, encryption, node, held: Arc::default(), failure: Arc::new(Mutex::new(None)) };
-        run(store.migrate())?;
-        run(store.check_encryption())?;
+        run(|| store.migrate())?;
+        run(|| store.check_encryption())?;
         Ok(store)
     }
 
@@ -151,12 +152,12 @@ impl PgStore {
 
     /// Runs a read or write on the PostgreSQL runtime (blocking), watching for a lost
     /// connection.
-    fn exec<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+    fn exec<T: Send, Fut: Future<Output = Result<T>>>(&self, work: impl FnOnce() -> Fut + Send) -> Result<T> {
         self.watch(run(work))
     }
 
     /// Runs a write: refused while the store is failed.
-    fn write<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+    fn write<T: Send, Fut: Future<Output = Result<T>>>(&self, work: impl FnOnce() -> Fut + Send) -> Result<T> {
         if let Some(reason) = self.write_failure() {
             return Err(Error::Unavailable { message: format!("the store failed ({reason})") });
         }
@@ -176,7 +177,7 @@ impl PgStore {
     /// up from the log).
     pub fn try_recover(&self) -> Result<()> {
         self.pool.clear();
-        run(async {
+        run(|| async {
             let conn = self.conn().await?;
             conn.execute(
                 "INSERT INTO nodes (id, applied, seen_at) VALUES ($1, 0, now()) \

@@ -27,10 +27,35 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Runs `work` to its end on the PostgreSQL runtime, blocking this thread. Call it from a
-/// blocking context only (a `spawn_blocking` task, a CLI, a test's own thread).
-pub(super) fn run<F: Future>(work: F) -> F::Output {
-    runtime().block_on(work)
+thread_local! {
+    /// Set while the thread runs `app::blocking` work: it may block (a `spawn_blocking` thread).
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` marking this thread as one that may block on the PostgreSQL runtime.
+pub fn may_block<T>(work: impl FnOnce() -> T) -> T {
+    let before = MAY_BLOCK.replace(true);
+    let out = work();
+    MAY_BLOCK.set(before);
+    out
+}
+
+/// Runs the future `make` gives to its end on the PostgreSQL runtime, blocking this thread:
+/// directly on a thread outside any runtime (a CLI) or marked by `may_block`; else (an async
+/// thread: a test's, or one of the server's by mistake, where blocking would panic) on a
+/// thread of its own, which this one waits for.
+pub(super) fn run<F, Fut>(make: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future,
+    Fut::Output: Send,
+{
+    if MAY_BLOCK.get() || tokio::runtime::Handle::try_current().is_err() {
+        return runtime().block_on(make());
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| runtime().block_on(make())).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Starts `work` on the PostgreSQL runtime without waiting (a lock's release on drop).

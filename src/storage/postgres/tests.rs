@@ -32,7 +32,7 @@ async fn admin() -> tokio_postgres::Client {
 impl TestDb {
     pub(crate) fn new() -> Self {
         let name = format!("fv_unit_{}_{:08x}", std::process::id(), crate::storage::random_id().unwrap() as u32);
-        run(async {
+        run(|| async {
             admin().await.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create the test database");
         });
         let mut config: tokio_postgres::Config = admin_url().parse().expect("the test URL parses");
@@ -65,7 +65,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        run(async move {
+        run(|| async move {
             let _ = admin().await.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         });
     }
@@ -216,7 +216,7 @@ fn a_tenant_lock_excludes_other_nodes_and_fences_a_holder_that_lost_it() {
     std::thread::sleep(Duration::from_millis(300));
     // A's lock connection dies (as in a network cut): the lock passes to B, and A's next write
     // of the tenant is refused rather than racing B's.
-    run(async {
+    run(|| async {
         admin_for(&db).await.batch_execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
         )
@@ -261,7 +261,7 @@ fn the_store_refuses_a_newer_schema_another_key_and_another_embedder() {
     assert!(PgStore::open(&db.options(), None).is_err(), "an encrypted store needs its key");
     let wrong = crate::storage::EncryptionKey::from_bytes(&[2; 32]);
     assert!(PgStore::open(&db.options(), Some(wrong)).is_err(), "and refuses another");
-    run(async { admin_for(&db).await.batch_execute("UPDATE facevault_schema SET version = 99").await.unwrap() });
+    run(|| async { admin_for(&db).await.batch_execute("UPDATE facevault_schema SET version = 99").await.unwrap() });
     let newer = PgStore::open(&db.options(), Some(key)).unwrap_err().to_string();
     assert!(newer.contains("newer than this build"), "{newer}");
 }
