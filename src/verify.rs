@@ -1,4 +1,4 @@
-//! `facevault verify --data-dir DIR`: an operator's check of a stopped server's store. Opens the
+//! `facevault verify --data-dir DIR` (or `--postgres-url URL`): an operator's check of a stopped server's store. Opens the
 //! store (with its key when encrypted), runs `Store::verify` (every cross-record invariant, every
 //! sealed value opens), rebuilds the search index from the store and checks it holds exactly the
 //! faces the users list, and checks the index snapshot against the change log: it loads, its
@@ -11,15 +11,21 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::storage::Store;
+use crate::storage::postgres::{PgOptions, PgStore};
+use crate::storage::{Storage, Store};
 
 /// Checks a facevault store (the server must be stopped: the store is locked while it runs).
 #[derive(Debug, Parser)]
 #[command(name = "facevault verify")]
 pub struct VerifyArgs {
     /// The server's data directory (the store is DIR/v1).
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    #[arg(long, required_unless_present = "postgres_url", conflicts_with = "postgres_url")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The server's PostgreSQL database instead (it may keep serving: the check reads one
+    /// snapshot of the database).
+    #[arg(long, env = "FACEVAULT_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
 
     /// The at-rest encryption key file, for an encrypted store.
     #[arg(long)]
@@ -44,11 +50,24 @@ pub struct Report {
 /// Opens the store and checks it.
 pub fn verify(args: &VerifyArgs) -> crate::Result<Report> {
     let key = args.encryption_key_file.as_deref().map(crate::app::keys::load_encryption_key).transpose()?;
-    let store = Store::open_unswept(&args.data_dir, key.clone())?;
+    let (store, data_dir): (Box<dyn Storage>, _) = match (&args.postgres_url, &args.data_dir) {
+        (Some(url), _) => {
+            let options = PgOptions {
+                url: url.clone(),
+                pool_size: 2,
+                connect_timeout: std::time::Duration::from_secs(10),
+                statement_timeout: std::time::Duration::from_secs(600),
+            };
+            (Box::new(PgStore::open(&options, key.clone())?), None)
+        }
+        (None, Some(dir)) => (Box::new(Store::open_unswept(dir, key.clone())?), Some(dir)),
+        (None, None) => return Err(crate::Error::Unavailable { message: "give --data-dir or --postgres-url".into() }),
+    };
+    let store = store.as_ref();
     let integrity = store.verify(args.max_faces_per_user)?;
     let mut report =
         Report { users: integrity.users, faces: integrity.faces, problems: integrity.problems, ..Report::default() };
-    match crate::app::rebuild_index(&store, usize::MAX) {
+    match crate::app::rebuild_index(store, usize::MAX) {
         Ok((index, _)) => {
             report.indexed = index.sizes().iter().map(|(_, n)| n).sum();
             if report.indexed != report.faces {
@@ -57,10 +76,13 @@ pub fn verify(args: &VerifyArgs) -> crate::Result<Report> {
                     report.indexed, report.faces
                 ));
             }
-            let path = crate::app::snapshot::path(&args.data_dir);
-            let check = crate::app::snapshot::check(&store, &path, key.as_ref(), &index)?;
-            report.problems.extend(check.problems.iter().cloned());
-            report.log = Some(check);
+            // A PostgreSQL store has no index snapshot: every node rebuilds from the database.
+            if let Some(dir) = data_dir {
+                let path = crate::app::snapshot::path(dir);
+                let check = crate::app::snapshot::check(store, &path, key.as_ref(), &index)?;
+                report.problems.extend(check.problems.iter().cloned());
+                report.log = Some(check);
+            }
         }
         Err(e) => report.problems.push(format!("index: cannot be rebuilt from the store: {e}")),
     }
@@ -76,15 +98,11 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // The URL may hold a password: never printed.
+    let place = args.data_dir.as_ref().map_or("in PostgreSQL".to_owned(), |d| format!("at {}", d.display()));
     match verify(&args) {
         Ok(report) => {
-            println!(
-                "store {}: {} users, {} faces, {} indexed",
-                args.data_dir.display(),
-                report.users,
-                report.faces,
-                report.indexed
-            );
+            println!("store {place}: {} users, {} faces, {} indexed", report.users, report.faces, report.indexed);
             if let Some(log) = &report.log {
                 let snapshot =
                     log.snapshot.map_or("no index snapshot".to_owned(), |seq| format!("index snapshot at {seq}"));
@@ -107,10 +125,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         }
         Err(e) => {
             // A running server holds the store's lock: sled's error says "could not acquire lock".
-            eprintln!(
-                "facevault verify: cannot open the store at {} (stop the server first): {e}",
-                args.data_dir.display()
-            );
+            eprintln!("facevault verify: cannot open the store {place} (a sled store: stop the server first): {e}");
             ExitCode::from(2)
         }
     }
