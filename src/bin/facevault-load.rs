@@ -2,6 +2,11 @@
 //! of images, for a bounded time and count, and prints throughput and latency percentiles.
 //!
 //!   facevault-load --rpc detect --images tests/fixtures/images --concurrency 4 --duration 20
+//!
+//! Several nodes: `--addr A,B` (client i talks to address i mod n). `--visible-on C` with
+//! `--rpc upload`: after each acknowledged upload, that client searches node C with the same
+//! image until the new user is found, and the time from the acknowledgement is reported
+//! (write-to-visible-elsewhere latency).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,9 +35,13 @@ enum Rpc {
 #[derive(Debug, Parser)]
 #[command(name = "facevault-load", version)]
 struct Args {
-    /// Server address.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    addr: String,
+    /// Server address; several, comma-separated: client i talks to address i modulo their number.
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    addr: Vec<String>,
+    /// With --rpc upload: after each upload, search this node until the new user is found, and
+    /// report how long after the acknowledgement it became visible there.
+    #[arg(long)]
+    visible_on: Option<String>,
     /// API key (x-api-key). Several, comma-separated (or the flag repeated): client i uses
     /// key i modulo their number, so keys of different tenants load the tenants at once.
     #[arg(long = "key", env = "FACEVAULT_API_KEY", default_value = "facevault-dev-key", value_delimiter = ',')]
@@ -62,6 +71,8 @@ struct Args {
 #[derive(Debug, Default)]
 struct Tally {
     latencies: Vec<Duration>,
+    /// --visible-on: acknowledgement to found on the other node.
+    visible: Vec<Duration>,
     faces: usize,
     errors: std::collections::BTreeMap<String, usize>,
 }
@@ -81,11 +92,12 @@ impl tonic::service::Interceptor for KeyHeader {
 async fn connect(
     args: &Args,
     client: usize,
+    addr: &str,
 ) -> Result<
     (Faces, UserServiceClient<tonic::service::interceptor::InterceptedService<Channel, KeyHeader>>),
     Box<dyn std::error::Error>,
 > {
-    let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
+    let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
     let key = KeyHeader(args.keys[client % args.keys.len()].parse()?);
     Ok((
         FaceServiceClient::with_interceptor(channel.clone(), key.clone()).max_decoding_message_size(64 << 20),
@@ -132,6 +144,23 @@ async fn one(
     }
 }
 
+/// Searches `faces` with `image` until `external_id` is among the matches; the time that took
+/// (measured from the call, which follows the acknowledgement at once). Gives up after 30 s.
+async fn visible_after(faces: &mut Faces, image: bytes::Bytes, external_id: &str) -> Result<Duration, tonic::Status> {
+    let t = Instant::now();
+    loop {
+        let request = SearchFacesRequest { image: image.clone(), top_k: 5, min_similarity: 0.0 };
+        let reply = faces.search_faces(request).await?.into_inner();
+        if reply.matches.iter().any(|m| m.external_id == external_id) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err(tonic::Status::deadline_exceeded("never visible"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -153,7 +182,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
     if args.rpc == Rpc::Search {
         // Something to find: each image enrolled once (images without exactly one face skipped).
-        let (mut faces, mut users) = connect(&args, 0).await?;
+        let (mut faces, mut users) = connect(&args, 0, &args.addr[0]).await?;
         for (i, image) in images.iter().enumerate() {
             let _ = one(Rpc::Upload, &mut faces, &mut users, image.clone(), i, &format!("{run}-seed")).await;
         }
@@ -169,9 +198,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (images, args, counter, run) = (images.clone(), args.clone(), counter.clone(), run.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
-            let Ok((mut faces, mut users)) = connect(&args, client).await else {
+            let Ok((mut faces, mut users)) = connect(&args, client, &args.addr[client % args.addr.len()]).await else {
                 tally.errors.insert("CONNECT".into(), 1);
                 return tally;
+            };
+            let mut other = match &args.visible_on {
+                Some(addr) => match connect(&args, client, addr).await {
+                    Ok((faces, _)) => Some(faces),
+                    Err(_) => {
+                        tally.errors.insert("CONNECT".into(), 1);
+                        return tally;
+                    }
+                },
+                None => None,
             };
             let mut i = client;
             loop {
@@ -187,7 +226,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     break;
                 }
                 let image = images[i % images.len()].clone();
-                let result = one(args.rpc, &mut faces, &mut users, image, i * 1000 + client, &run).await;
+                let seq = i * 1000 + client;
+                let result = one(args.rpc, &mut faces, &mut users, image.clone(), seq, &run).await;
+                if let (Some(other), Ok(_)) = (other.as_mut(), &result)
+                    && measured
+                {
+                    match visible_after(other, image, &format!("load-{run}-{seq}")).await {
+                        Ok(latency) => tally.visible.push(latency),
+                        Err(status) => *tally.errors.entry(format!("VISIBLE {:?}", status.code())).or_default() += 1,
+                    }
+                }
                 i += args.concurrency;
                 if !measured {
                     continue;
@@ -207,6 +255,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for task in tasks {
         let t = task.await?;
         all.latencies.extend(t.latencies);
+        all.visible.extend(t.visible);
         all.faces += t.faces;
         for (k, v) in t.errors {
             *all.errors.entry(k).or_default() += v;
@@ -225,6 +274,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         all.faces as f64 / wall,
         all.errors
     );
+    if args.visible_on.is_some() {
+        all.visible.sort();
+        println!(
+            "visible on the other node after the acknowledgement: {} uploads, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            all.visible.len(),
+            percentile(&all.visible, 0.5),
+            percentile(&all.visible, 0.99),
+            percentile(&all.visible, 1.0)
+        );
+    }
     if args.json {
         println!(
             "{{\"rpc\":\"{:?}\",\"concurrency\":{},\"ok\":{ok},\"wall_s\":{wall:.3},\"req_per_s\":{:.3},\"faces_per_s\":{:.3},\"p50_ms\":{p50:.2},\"p95_ms\":{p95:.2},\"p99_ms\":{p99:.2},\"errors\":{}}}",
