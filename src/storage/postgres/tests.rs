@@ -265,3 +265,77 @@ fn the_store_refuses_a_newer_schema_another_key_and_another_embedder() {
     let newer = PgStore::open(&db.options(), Some(key)).unwrap_err().to_string();
     assert!(newer.contains("newer than this build"), "{newer}");
 }
+
+#[test]
+fn lost_connections_fail_the_store_until_a_probe_and_lose_no_acknowledged_write() {
+    let db = TestDb::new();
+    let store = Arc::new(db.open());
+    let t = tenant("t");
+    let users: Vec<User> = (0..4).map(|i| user(store.as_ref(), &t, &format!("u{i}"))).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writers: each remembers the faces acknowledged to it; a refused write may have committed
+    // (its commit's answer was lost), never more than that one.
+    let writers: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(w, u)| {
+            let (store, t, stop, owner) = (store.clone(), t.clone(), stop.clone(), u.id);
+            std::thread::spawn(move || {
+                let (mut acked, mut refused) = (Vec::new(), 0);
+                for i in 0u64.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = 1000 * (w as u64 + 1) + i;
+                    match store.put_face_pending(&t, &face(owner, id), Replace::Oldest, 5, None) {
+                        Ok(p) => {
+                            p.durable().unwrap();
+                            acked.push(FaceId(id));
+                        }
+                        Err(Error::Unavailable { .. }) => {
+                            refused += 1;
+                            if store.write_failure().is_some() {
+                                let _ = store.try_recover();
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                (owner, acked, refused)
+            })
+        })
+        .collect();
+    // Cut every connection of the store a few times while they write.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        run(|| async {
+            admin_for(&db)
+                .await
+                .batch_execute(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                    db.name
+                ))
+                .await
+                .unwrap();
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut refused_total = 0;
+    for writer in writers {
+        let (owner, acked, refused) = writer.join().unwrap();
+        refused_total += refused;
+        // Replace::Oldest keeps the last face: the last acknowledged one, or a later one whose
+        // answer was lost.
+        let faces = Storage::get_user(store.as_ref(), &t, owner).unwrap().unwrap().face_ids;
+        let last = *acked.last().expect("writes succeeded between the cuts");
+        assert!(faces.len() == 1 && faces[0].0 >= last.0, "{faces:?} after {last:?}");
+    }
+    assert!(refused_total > 0, "the cuts were seen");
+    // Every entry is in the log, in order, and the store is whole.
+    let entries = Storage::read_log(store.as_ref(), 0, 100_000).unwrap();
+    assert_eq!(entries.len() as u64, Storage::log_bounds(store.as_ref()).unwrap().head);
+    assert!(Storage::verify(store.as_ref(), 5).unwrap().problems.is_empty());
+}
