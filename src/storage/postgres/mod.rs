@@ -85,9 +85,11 @@ pub(super) fn pg_error(err: tokio_postgres::Error) -> Error {
         return connection_lost(if err.is_closed() { "connection closed" } else { "I/O error" });
     };
     let code = db.code().code();
-    let transient = code.starts_with("08") // connection exception
-        || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
-        || code.starts_with("53") // insufficient resources (too many connections, disk full)
+    if code.starts_with("08") || code.starts_with("57P") {
+        // A connection exception; the server shutting down, restarting or not yet accepting.
+        return connection_lost(&format!("SQLSTATE {code}"));
+    }
+    let transient = code.starts_with("53") // insufficient resources (too many connections, disk full)
         || code == "40001" // serialization failure
         || code == "40P01" // deadlock detected
         || code == "55P03" // lock not available
