@@ -8,8 +8,14 @@ setup:
 run: setup
 	cargo run --release --bin facevault -- --keys-file config/dev-keys.json --metrics-listen 127.0.0.1:9464 $(ARGS)
 
+# Every test on sled, then the gRPC integration suite again on PostgreSQL: a fresh database per
+# test server on the server scripts/test-postgres.sh names (FACEVAULT_TEST_POSTGRES_URL when set,
+# else 127.0.0.1:5432, else a throwaway server it installs and starts), exported to every run.
 test: setup
-	cargo test
+	@url="$$(bash scripts/test-postgres.sh)" && export FACEVAULT_TEST_POSTGRES_URL="$$url" && \
+	echo "make test: every test on sled, then tests/grpc on PostgreSQL" && \
+	FACEVAULT_TEST_BACKEND=sled cargo test && \
+	FACEVAULT_TEST_BACKEND=postgres cargo test --test grpc
 
 # Accuracy on the labelled devfaces set (../shared/data/devfaces, or FACEVAULT_DEVFACES).
 eval: setup

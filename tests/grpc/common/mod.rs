@@ -1,12 +1,16 @@
 //! `TestServer`: the real server on 127.0.0.1:0 with the real models and a temporary data
 //! directory, ready once health reports SERVING; stopped through its shutdown signal on drop.
-//! Plus fixture helpers that fail loudly when an asset is missing.
+//! With `FACEVAULT_TEST_BACKEND=postgres` each one also gets a fresh PostgreSQL database
+//! (`database`), dropped after it. Plus fixture helpers that fail loudly when an asset is missing.
 
+pub(crate) mod database;
 pub(crate) mod workload;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // for the tests that depend on the backend
+pub(crate) use database::{Backend, TestDatabase, backend};
 use facevault::Config;
 use facevault::grpc::AppSlot;
 use facevault::grpc::pb::face_service_client::FaceServiceClient;
@@ -119,6 +123,8 @@ pub(crate) struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<facevault::Result<()>>>,
     data: Option<tempfile::TempDir>,
+    /// The server's PostgreSQL database (FACEVAULT_TEST_BACKEND=postgres).
+    database: Option<TestDatabase>,
     /// PEM of the CA clients trust, when the server speaks TLS.
     tls_ca: Option<Vec<u8>>,
     /// Client certificate and key (PEM) for mutual TLS.
@@ -166,9 +172,18 @@ impl TestServer {
         let mut config = Config::for_root(root());
         config.data_dir = data.path().join("db");
         config.workers = 2;
+        let database = Self::use_backend(&mut config).await;
         adjust(&mut config);
         config.validate().expect("test config is valid");
-        Self::launch(config, Some(data), None, None).await
+        Self::launch(config, Some(data), database, None, None).await
+    }
+
+    /// The store of the test backend: a fresh database for PostgreSQL; for sled, none (also
+    /// when FACEVAULT_POSTGRES_URL is in the environment, which `Config::for_root` reads).
+    async fn use_backend(config: &mut Config) -> Option<TestDatabase> {
+        let database = TestDatabase::for_backend().await;
+        config.postgres_url = database.as_ref().map(|database| database.url().to_owned());
+        database
     }
 
     /// A keyed server with TLS (`adjust` sets the certificate flags); clients trust `ca_pem`
@@ -182,18 +197,20 @@ impl TestServer {
         let mut config = Config::for_root(root());
         config.data_dir = data.path().join("db");
         config.workers = 2;
+        let database = Self::use_backend(&mut config).await;
         let keys = config.data_dir.with_file_name("keys.json");
         write_keys_file(&keys);
         config.keys_file = Some(keys);
         config.insecure_dev_mode = false;
         adjust(&mut config);
         config.validate().expect("test config is valid");
-        Self::launch(config, Some(data), Some(ca_pem), client).await
+        Self::launch(config, Some(data), database, Some(ca_pem), client).await
     }
 
     async fn launch(
         config: Config,
         data: Option<tempfile::TempDir>,
+        database: Option<TestDatabase>,
         tls_ca: Option<Vec<u8>>,
         tls_client: Option<(String, String)>,
     ) -> Self {
@@ -201,7 +218,7 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let slot = AppSlot::default();
-        let task = tokio::spawn(facevault::serve_with_slot(
+        let mut task = tokio::spawn(facevault::serve_with_slot(
             config.clone(),
             listener,
             async move {
@@ -209,33 +226,44 @@ impl TestServer {
             },
             slot.clone(),
         ));
-        let server = TestServer { addr, config, slot, stop: Some(stop), task: Some(task), data, tls_ca, tls_client };
-        server.wait_serving(Duration::from_secs(120)).await;
+        let mut server =
+            TestServer { addr, config, slot, stop: Some(stop), task: None, data, database, tls_ca, tls_client };
+        // A server that fails to start (a missing model, an unreachable database) says why at once.
+        tokio::select! {
+            () = server.wait_serving(Duration::from_secs(120)) => {}
+            result = &mut task => match result {
+                Ok(Ok(())) => panic!("the server stopped before it reported SERVING"),
+                Ok(Err(err)) => panic!("the server failed to start: {err}"),
+                Err(err) => panic!("the server task failed before it reported SERVING: {err}"),
+            },
+        }
+        server.task = Some(task);
         server
     }
 
-    /// Stops the server and starts a new one on the same data directory and keys.
+    /// Stops the server and starts a new one on the same data directory (and database) and keys.
     pub(crate) async fn restart(mut self) -> Self {
-        let (config, data, tls_ca, tls_client) =
-            (self.config.clone(), self.data.take(), self.tls_ca.take(), self.tls_client.take());
+        let (config, data, database, tls_ca, tls_client) =
+            (self.config.clone(), self.data.take(), self.database.take(), self.tls_ca.take(), self.tls_client.take());
         self.stop_inner().await;
         drop(self); // releases the store (sled holds a lock on its directory)
-        Self::launch(config, data, tls_ca, tls_client).await
+        Self::launch(config, data, database, tls_ca, tls_client).await
     }
 
-    /// Stops the server and hands back its config and data directory (to start it again
-    /// changed, or to check it refuses to start).
-    pub(crate) async fn stop_keeping_data(mut self) -> (Config, tempfile::TempDir) {
-        let (config, data) = (self.config.clone(), self.data.take().expect("a server on a temporary directory"));
+    /// Stops the server and hands back its config and data directory (and database) (to start
+    /// it again changed, or to check it refuses to start).
+    pub(crate) async fn stop_keeping_data(mut self) -> (Config, KeptData) {
+        let dir = self.data.take().expect("a server on a temporary directory");
+        let (config, data) = (self.config.clone(), KeptData { dir, database: self.database.take() });
         self.stop_inner().await;
         drop(self); // releases the store (sled holds a lock on its directory)
         (config, data)
     }
 
     /// A plaintext server with `config` on the data directory `data` (from `stop_keeping_data`).
-    pub(crate) async fn start_on(config: Config, data: tempfile::TempDir) -> Self {
+    pub(crate) async fn start_on(config: Config, data: KeptData) -> Self {
         config.validate().expect("test config is valid");
-        Self::launch(config, Some(data), None, None).await
+        Self::launch(config, Some(data.dir), data.database, None, None).await
     }
 
     /// The running application (store and index), for checks no rpc can make.
@@ -301,9 +329,12 @@ impl TestServer {
         }
     }
 
-    /// Stops the server and waits for it to drain.
+    /// Stops the server and waits for it to drain (then drops its database).
     pub(crate) async fn stop(mut self) {
         self.stop_inner().await;
+        if let Some(database) = self.database.take() {
+            database.drop_now().await;
+        }
     }
 }
 
@@ -312,6 +343,33 @@ impl Drop for TestServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // The database goes once the server has stopped: a task waits for it when a runtime
+        // runs; should that runtime end first (the end of the test), or when none runs, the
+        // database's own drop drops it after all.
+        if let Some(database) = self.database.take() {
+            let task = self.task.take();
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(async move {
+                    if let Some(task) = task {
+                        let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+                    }
+                    database.drop_now().await;
+                })),
+                Err(_) => drop(database),
+            }
+        }
+    }
+}
+
+/// The data directory (and the database) of a stopped server, for `TestServer::start_on`.
+pub(crate) struct KeptData {
+    dir: tempfile::TempDir,
+    database: Option<TestDatabase>,
+}
+
+impl KeptData {
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 
