@@ -21,6 +21,7 @@ mod identify;
 mod limits;
 mod logs;
 mod metrics;
+mod multinode;
 mod parity;
 mod security;
 mod snapshot;
