@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod imaging;
 pub mod inference;
 pub mod metrics;
+pub mod migrate;
 pub mod search;
 pub mod shutdown;
 pub mod storage;

@@ -1,4 +1,4 @@
-//! Process start: parse the config, set up logging, run the server; or `facevault verify`.
+//! Process start: parse the config, set up logging, run the server; or `facevault verify`, `facevault migrate`.
 
 use std::process::ExitCode;
 
@@ -9,6 +9,9 @@ use facevault::Config;
 async fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("verify") {
         return facevault::verify::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        return facevault::migrate::main(std::env::args().skip(2));
     }
     let config = Config::parse();
     facevault::telemetry::init(&config.log_format);

@@ -7,6 +7,7 @@
 mod backend;
 mod durable;
 mod embedder;
+mod export;
 mod faces;
 mod files;
 pub mod keys;
@@ -27,6 +28,8 @@ use crate::domain::{FaceId, Tenant};
 use crate::error::{Error, Result};
 pub use backend::{Storage, TenantGuard};
 pub use embedder::EmbedderRecord;
+/// The raw export and the tallies of `facevault migrate`.
+pub(crate) use export::{Imported, Tally};
 pub use faces::{NewFace, Replace, StoredEmbedding};
 /// Durable directory entries (the index snapshot, app/snapshot, is written like the image files).
 pub(crate) use files::sync_dir;

@@ -20,6 +20,7 @@
 
 mod backend;
 mod faces;
+mod import;
 mod log;
 mod pool;
 mod schema;
