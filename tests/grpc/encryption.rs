@@ -61,10 +61,11 @@ async fn start_error(config: Config) -> String {
 }
 
 /// Runs the facevault binary, which must exit with an error before serving; returns its output.
-fn binary_error(data_dir: &Path, key_file: &Path) -> String {
+fn binary_error(data_dir: &Path, postgres_url: Option<&str>, key_file: &Path) -> String {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_facevault"))
         .current_dir(root())
         .args(["--insecure-dev-mode", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(postgres_url.map(|url| ["--postgres-url", url]).into_iter().flatten())
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--encryption-key-file")
@@ -163,11 +164,14 @@ async fn images_thumbnails_and_embeddings_are_sealed_at_rest() {
     assert_eq!(image(&mut faces, &face_id, ImageKind::Thumbnail).await.data.as_ref(), thumbnail.as_slice());
     assert_eq!(best_match(&mut faces).await, "yao");
     assert_eq!(server.app().index().sizes().iter().map(|(_, n)| n).sum::<usize>(), 2);
-    server.stop().await;
+    // The store stays (on PostgreSQL: its database) for the starts below.
+    let (kept_config, _kept) = server.stop_keeping_data().await;
 
     // Without the key, with another key, or with a malformed key file, it does not start.
     let mut config = Config::for_root(root());
     config.data_dir = data_dir.clone();
+    config.postgres_url = kept_config.postgres_url.clone();
+    let url = kept_config.postgres_url.as_deref();
     config.workers = 1;
     let without = start_error(config.clone()).await;
     assert!(without.contains("is encrypted") && without.contains("--encryption-key-file"), "{without}");
@@ -182,13 +186,13 @@ async fn images_thumbnails_and_embeddings_are_sealed_at_rest() {
     }
 
     // The binary says so and exits non-zero; its output never shows a key.
-    let output = binary_error(&data_dir, &other_file);
+    let output = binary_error(&data_dir, url, &other_file);
     assert!(output.contains("different key"), "{output}");
     assert_no_key(&output, &key_hex);
     assert_no_key(&output, &other_hex);
     let malformed = dir.path().join("short.key");
     std::fs::write(&malformed, &key_hex[..62]).expect("write");
-    let output = binary_error(&data_dir, &malformed);
+    let output = binary_error(&data_dir, url, &malformed);
     assert!(output.contains("64 hex characters"), "{output}");
     assert_no_key(&output, &key_hex);
 }

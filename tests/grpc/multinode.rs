@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use facevault::grpc::pb::{
-    CreateUserRequest, DuplicatePolicy, GetUserRequest, ListFacesRequest, SearchFacesRequest, UploadFaceRequest,
-    User,
+    CreateUserRequest, DuplicatePolicy, GetUserRequest, ListFacesRequest, SearchFacesRequest, UploadFaceRequest, User,
 };
 
 use crate::common::database::TestDatabase;

@@ -23,6 +23,7 @@ const TREES: &[(&str, &str)] = &[
     (keys::THUMBNAILS, "SELECT tenant, face_id, thumbnail FROM face_images ORDER BY tenant, face_id"),
     (keys::TOKENS, "SELECT hash, record FROM tokens ORDER BY hash"),
     (keys::CHANGE_LOG, "SELECT seq, record FROM change_log ORDER BY seq"),
+    (keys::META, "SELECT key, value FROM meta ORDER BY key"),
 ];
 
 fn tenant(row: &tokio_postgres::Row) -> Result<Tenant> {
@@ -41,6 +42,7 @@ impl PgStore {
         for row in &rows {
             let entry = match tree {
                 keys::TOKENS => (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)),
+                keys::META => (row.get::<_, String>(0).into_bytes(), row.get(1)),
                 keys::CHANGE_LOG => ((row.get::<_, i64>(0) as u64).to_be_bytes().to_vec(), row.get(1)),
                 keys::EXTERNAL_IDS => {
                     (keys::external_key(&tenant(row)?, row.get(1)), from_db(row.get(2)).to_be_bytes().to_vec())
