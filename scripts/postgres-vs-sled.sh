@@ -52,23 +52,36 @@ load() { # label, load flags...
     local label="$1"
     shift
     echo "== $label"
-    "$LOAD" --images tests/fixtures/images --duration "$SECONDS_EACH" --warmup 3 "$@"
+    "$LOAD" --duration "$SECONDS_EACH" --warmup 3 "$@"
 }
 
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
     "flags: $(grep -o -w 'avx2\|avx512f\|avx512_bf16\|avx512_vnni\|amx_tile' /proc/cpuinfo | sort -u | xargs)"
 
-start 50071
-load "sled, one node, 4 clients" --rpc upload --addr http://127.0.0.1:50071 --concurrency 4
-stop_all
+# One face per photo (yaoming.jpg), as the README's other UploadFace numbers.
+ONE="$WORK/one-face"
+mkdir -p "$ONE"
+cp tests/fixtures/images/yaoming.jpg "$ONE/"
+for round in 1 2; do
+    echo "# round $round"
+    start 50071
+    load "sled, one node, 4 clients" --rpc upload --images "$ONE" --addr http://127.0.0.1:50071 --concurrency 4
+    stop_all
+    start 50072 --postgres-url "$URL"
+    load "PostgreSQL, one node, 4 clients" --rpc upload --images "$ONE" --addr http://127.0.0.1:50072 --concurrency 4
+    start 50073 --postgres-url "$URL"
+    load "PostgreSQL, two nodes on this machine, 4 clients split" --rpc upload --images "$ONE" \
+        --addr http://127.0.0.1:50072,http://127.0.0.1:50073 --concurrency 4
+    stop_all
+done
 
+# Visibility on a fresh database (each search must list the new user among every earlier upload
+# of the same photo: at most 100).
+psql "$ADMIN" -qc "DROP DATABASE $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 start 50072 --postgres-url "$URL"
-load "PostgreSQL, one node, 4 clients" --rpc upload --addr http://127.0.0.1:50072 --concurrency 4
 start 50073 --postgres-url "$URL"
-load "PostgreSQL, two nodes (one machine), 4 clients split" --rpc upload \
-    --addr http://127.0.0.1:50072,http://127.0.0.1:50073 --concurrency 4
 load "PostgreSQL, write on one node, searched on the other until found (1 client)" --rpc upload \
-    --addr http://127.0.0.1:50072 --visible-on http://127.0.0.1:50073 --concurrency 1
-load "the same search alone on the other node (its own latency, the floor of the line above)" \
-    --rpc search --addr http://127.0.0.1:50073 --concurrency 1
+    --images "$ONE" --addr http://127.0.0.1:50072 --visible-on http://127.0.0.1:50073 --concurrency 1 --requests 60
+load "the same search alone on the other node (its own latency: the floor of the line above)" \
+    --rpc search --images "$ONE" --addr http://127.0.0.1:50073 --concurrency 1
 stop_all
