@@ -15,7 +15,7 @@
 #
 # FACEVAULT_TEST_POSTGRES chooses the path: auto (default, the order above), local (only 2),
 # throwaway (only 3, Debian's binaries first), embedded (only 3, with the wheel's binaries).
-# `scripts/test-postgres.sh stop` stops the throwaway servers.
+# `scripts/test-postgres.sh stop` stops the throwaway servers; `restart` restarts the running one.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -218,9 +218,28 @@ stop_all() {
     done
 }
 
+# Restarts the running throwaway server (fast shutdown, then start on the same port): the
+# multi-node test of a PostgreSQL restart during load.
+restart_throwaway() {
+    local base dir
+    base="$(state_base)"
+    for dir in "$base/test-postgres" "$base/test-postgres-embedded"; do
+        if running_url "$dir" >/dev/null 2>&1; then
+            say "restarting the throwaway server in $dir"
+            as_run_user "$(cat "$dir/bindir")/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >&2 9>&-
+            return 0
+        fi
+    done
+    die "no throwaway server runs"
+}
+
 main() {
     if [ "${1:-}" = stop ]; then
         stop_all
+        return 0
+    fi
+    if [ "${1:-}" = restart ]; then
+        restart_throwaway
         return 0
     fi
     if [ -n "${FACEVAULT_TEST_POSTGRES_URL:-}" ]; then

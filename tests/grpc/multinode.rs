@@ -172,3 +172,107 @@ async fn multinode_sigkill_of_one_node_loses_no_acknowledged_write() {
         }
     }
 }
+
+/// The admin URL of the throwaway PostgreSQL server of scripts/test-postgres.sh (started, or
+/// reused while it runs): a server this test may restart without disturbing the others.
+fn throwaway_server() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let output = std::process::Command::new("bash")
+            .arg(crate::common::root().join("scripts/test-postgres.sh"))
+            .env("FACEVAULT_TEST_POSTGRES", "throwaway")
+            .output()
+            .expect("run scripts/test-postgres.sh");
+        assert!(output.status.success(), "no throwaway PostgreSQL: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+    })
+}
+
+async fn serving(node: &ChildServer) -> bool {
+    let Ok(channel) = tonic::transport::Channel::from_shared(node.url()).expect("url").connect().await else {
+        return false;
+    };
+    let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    let status = tonic_health::pb::health_client::HealthClient::new(channel).check(request).await;
+    status
+        .is_ok_and(|r| r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}
+
+#[tokio::test]
+async fn multinode_postgres_restart_during_load_loses_nothing_and_nodes_recover() {
+    let db = TestDatabase::create_on(throwaway_server()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nodes = nodes(dir.path(), db.url(), 2).await;
+    let people = Arc::new(people());
+    let (_, mut users) = clients(&nodes[0]).await;
+    for i in 0..6 {
+        create(&mut users, &format!("r{i}")).await.expect("CreateUser");
+    }
+    // Six clients upload (up to 5 faces each), alternating nodes, while PostgreSQL restarts.
+    // Each call is acknowledged or UNAVAILABLE (retryable); nothing else.
+    let mut drivers = Vec::new();
+    for i in 0..6 {
+        let (mut faces, _) = clients(&nodes[i % 2]).await;
+        let people = people.clone();
+        drivers.push(tokio::spawn(async move {
+            let (mut acked, mut unavailable) = (Vec::new(), 0);
+            let started = Instant::now();
+            while acked.len() < 5 && started.elapsed() < Duration::from_secs(60) {
+                match faces.upload_face(upload(&format!("r{i}"), &people[i], DuplicatePolicy::Report)).await {
+                    Ok(reply) => acked.push(reply.into_inner().face.expect("face").face_id),
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    // The call in flight at the restart: its commit may or may not have landed.
+                    Err(status) if reason(&status) == "FACE_LIMIT_REACHED" => break,
+                    Err(status) => panic!("r{i}: {status:?}"),
+                }
+            }
+            (i, acked, unavailable)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let restart = std::process::Command::new("bash")
+        .arg(crate::common::root().join("scripts/test-postgres.sh"))
+        .arg("restart")
+        .env("FACEVAULT_TEST_POSTGRES", "throwaway")
+        .output()
+        .expect("restart PostgreSQL");
+    assert!(restart.status.success(), "{}", String::from_utf8_lossy(&restart.stderr));
+    // Both nodes serve again by themselves.
+    let back = Instant::now();
+    for node in &nodes {
+        while !serving(node).await {
+            assert!(back.elapsed() < Duration::from_secs(30), "a node did not recover from the restart");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut unavailable_total = 0;
+    let mut acked_all = Vec::new();
+    for driver in drivers {
+        let (i, acked, unavailable) = driver.await.expect("join");
+        unavailable_total += unavailable;
+        acked_all.push((i, acked));
+    }
+    println!("PostgreSQL restarted under load: {unavailable_total} calls answered UNAVAILABLE");
+    // Every acknowledged face is stored and listed by both nodes, and both find every user.
+    for node in &nodes {
+        let (mut faces, _) = clients(node).await;
+        for (i, acked) in &acked_all {
+            let listed = faces.list_faces(ListFacesRequest { user: by_external(&format!("r{i}")) }).await;
+            let listed: Vec<String> =
+                listed.expect("ListFaces").into_inner().faces.into_iter().map(|f| f.face_id).collect();
+            for face in acked {
+                assert!(listed.contains(face), "r{i}: acknowledged face {face} is missing after the restart");
+            }
+            assert!(found(&mut faces, &people[*i]).await.contains(&format!("r{i}")), "r{i} is searchable");
+        }
+    }
+    // The store is whole.
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_facevault"))
+        .args(["verify", "--postgres-url", db.url()])
+        .output()
+        .expect("facevault verify");
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}

@@ -173,7 +173,11 @@ impl TestDatabase {
 
     /// Creates a database; panics when PostgreSQL cannot be reached or refuses.
     pub(crate) async fn create() -> Self {
-        let admin = admin_url().await;
+        Self::create_on(admin_url().await).await
+    }
+
+    /// Creates a database on the server of the admin URL `admin`.
+    pub(crate) async fn create_on(admin: &'static str) -> Self {
         let name = unique_name();
         let client = connect(admin).await.unwrap_or_else(|e| {
             panic!("FACEVAULT_TEST_BACKEND=postgres: PostgreSQL at {} does not answer: {e}", redacted(admin))
