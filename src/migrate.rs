@@ -44,6 +44,11 @@ pub struct MigrateArgs {
     /// Stops after this many users, unverified (tests of an interrupted run).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
+
+    /// Copy even though servers used the database in the last minute (they would not index
+    /// the copied faces until restarted: the copy writes no change-log entries).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// What a run did.
@@ -118,12 +123,12 @@ pub(crate) fn migrate(args: &MigrateArgs) -> Result<Outcome> {
     };
     let target = PgStore::open(&options, key)?;
     let nodes = target.live_nodes()?;
-    if nodes > 0 {
-        eprintln!(
-            "facevault migrate: warning: {nodes} node(s) used this database in the last minute (servers, or \
-             facevault verify): a running server sees the faces copied only once restarted (each node rebuilds its \
-             index from the records at start)"
-        );
+    if nodes > 0 && !args.force {
+        return Err(refuse(format!(
+            "{nodes} node(s) used this database in the last minute (servers, or facevault verify): a running server \
+             would not index the faces copied (the copy writes no change-log entries; each node rebuilds its index \
+             from the records at start). Stop the servers, or pass --force and restart them after the copy"
+        )));
     }
     let (total_users, total_faces) = source.export_sizes();
     copy_embedder(&source, &target, total_faces)?;
@@ -354,6 +359,7 @@ mod tests {
             to_postgres: db.url.clone(),
             encryption_key_file: key_file.map(Path::to_owned),
             stop_after: None,
+            force: false,
         }
     }
 
@@ -453,6 +459,10 @@ mod tests {
         assert_eq!(pending.seq(), 1);
         drop(source);
 
+        // A node used the database a moment ago (the index rebuilt above): refused without --force.
+        let live = migrate(&args).unwrap_err().to_string();
+        assert!(live.contains("node(s) used this database"), "{live}");
+        let args = MigrateArgs { force: true, ..args };
         // The target now holds a different user-0: refused, not overwritten; exit code 2.
         let refused = migrate(&args).unwrap_err().to_string();
         assert!(refused.contains("a different user") && refused.contains("acme"), "{refused}");

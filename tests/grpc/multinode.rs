@@ -158,19 +158,30 @@ async fn multinode_sigkill_of_one_node_loses_no_acknowledged_write() {
             (i, acked)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Early enough that A's clients are mid-way (5 uploads each, with 9 clients on two cores).
+    tokio::time::sleep(Duration::from_millis(800)).await;
     nodes[0].kill();
     let (mut faces_b, _) = clients(&nodes[1]).await;
+    let mut cut_short = 0;
     for driver in drivers {
         let (i, acked) = driver.await.expect("join");
+        if i % 2 == 0 && acked < 5 {
+            cut_short += 1;
+        }
         let listed = faces_b.list_faces(ListFacesRequest { user: by_external(&format!("k{i}")) }).await;
         let stored = listed.expect("ListFaces on B").into_inner().faces.len();
         // Each acknowledged upload is there; at most the one in flight at the kill more.
         assert!(stored == acked || stored == acked + 1, "k{i}: {acked} acknowledged, {stored} stored");
         if stored > 0 {
-            assert!(found(&mut faces_b, &people[i]).await.contains(&format!("k{i}")), "k{i} is searchable on B");
+            // Searchable on B once its feed applied the write (within its poll interval).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !found(&mut faces_b, &people[i]).await.contains(&format!("k{i}")) {
+                assert!(Instant::now() < deadline, "k{i} is not searchable on B");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
+    assert!(cut_short > 0, "the kill came after A's uploads were done: it tested nothing");
 }
 
 /// The admin URL of the throwaway PostgreSQL server of scripts/test-postgres.sh (started, or

@@ -21,6 +21,12 @@ const NODE_LIVENESS_SECS: f64 = 600.0;
 /// Rows fetched at a time by a full scan of the embeddings.
 const SCAN_BATCH: i32 = 2048;
 
+/// A reader behind the compacted part of the log (it must rebuild its index from the records,
+/// which its follower does): retryable for a caller.
+fn behind() -> Error {
+    Error::Unavailable { message: "this node is behind the compacted change log and rebuilds its index; retry".into() }
+}
+
 /// Appends `record` to the log as the last statement before the commit; its sequence number.
 pub(super) async fn append(tx: &Transaction<'_>, tenant: &Tenant, record: &pb::ChangeRecord) -> Result<u64> {
     let seq: i64 = tx
@@ -40,6 +46,7 @@ pub(super) async fn append(tx: &Transaction<'_>, tenant: &Tenant, record: &pb::C
 /// A tenant's write lock across nodes; released when dropped.
 pub struct TenantLock {
     conn: Option<Conn>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
     tenant: Tenant,
     fence: i64,
     store: PgStore,
@@ -65,7 +72,7 @@ impl Drop for TenantLock {
         // unlock fail, the connection is dropped, and its session's locks go with it.
         spawn(async move {
             if conn.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await.is_err() {
-                drop(conn);
+                conn.discard();
             }
         });
     }
@@ -75,10 +82,19 @@ impl PgStore {
     /// Takes `tenant`'s write lock (waiting for another node's holder), and a new fencing
     /// number that this node's writes of the tenant check until the lock is dropped.
     pub(super) async fn lock_tenant(&self, tenant: &Tenant) -> Result<TenantLock> {
+        let slot = tokio::time::timeout(self.pool.wait(), self.lock_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::Unavailable { message: "too many tenant write locks are held at once".into() })?
+            .map_err(|_| Error::bug("the tenant lock slots closed"))?;
         let conn = self.conn().await?;
         let (class, object) = tenant_lock_key(tenant);
-        conn.execute("SELECT pg_advisory_lock($1, $2)", &[&class, &object]).await.map_err(pg_error)?;
-        let mut lock = TenantLock { conn: Some(conn), tenant: tenant.clone(), fence: 0, store: self.clone() };
+        if let Err(e) = conn.execute("SELECT pg_advisory_lock($1, $2)", &[&class, &object]).await {
+            // A wait cut by the statement timeout may still end in the lock: never reuse it.
+            conn.discard();
+            return Err(pg_error(e));
+        }
+        let mut lock =
+            TenantLock { conn: Some(conn), _slot: slot, tenant: tenant.clone(), fence: 0, store: self.clone() };
         // Waits for the writes of the last holder still in flight (they hold the row FOR SHARE).
         let conn = lock.conn.as_ref().expect("just set");
         let fence: i64 = conn
@@ -116,7 +132,10 @@ impl PgStore {
 
     pub(super) async fn log_bounds(&self) -> Result<LogBounds> {
         let conn = self.conn().await?;
-        let row = conn.query_one("SELECT seq, compacted FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?;
+        let row = conn
+            .query_one("SELECT h.seq, c.seq FROM log_head h, log_compacted c WHERE h.id = 1 AND c.id = 1", &[])
+            .await
+            .map_err(pg_error)?;
         Ok(LogBounds { head: row.get::<_, i64>(0) as u64, compacted: row.get::<_, i64>(1) as u64 })
     }
 
@@ -130,9 +149,9 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         let compacted: i64 =
-            tx.query_one("SELECT compacted FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
+            tx.query_one("SELECT seq FROM log_compacted WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
         if (after as i64) < compacted {
-            return Err(Error::bug("the change log has a gap (entries were compacted that a reader still needs)"));
+            return Err(behind());
         }
         let rows = tx
             .query(
@@ -146,7 +165,7 @@ impl PgStore {
         for (expected, row) in (after + 1..).zip(rows) {
             let seq = row.get::<_, i64>(0) as u64;
             if seq != expected {
-                return Err(Error::bug("the change log has a gap (entries were compacted that a reader still needs)"));
+                return Err(behind());
             }
             out.push(crate::storage::log::decode_entry(self.encryption.as_ref(), seq, row.get(1))?);
         }
@@ -169,13 +188,15 @@ impl PgStore {
             .map_err(pg_error)?
             .get(0);
         let floor = floor.unwrap_or(0).min(upto as i64);
+        // Its own row, locked to the commit: compactions take turns and the bound only rises,
+        // while writers (who lock `log_head`) go on.
         let compacted: i64 =
-            tx.query_one("SELECT compacted FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
+            tx.query_one("SELECT seq FROM log_compacted WHERE id = 1 FOR UPDATE", &[]).await.map_err(pg_error)?.get(0);
         if floor <= compacted {
             return Ok(0);
         }
         // The bound first, so a reader that sees entries gone also sees why.
-        tx.execute("UPDATE log_head SET compacted = $1 WHERE id = 1", &[&floor]).await.map_err(pg_error)?;
+        tx.execute("UPDATE log_compacted SET seq = $1 WHERE id = 1", &[&floor]).await.map_err(pg_error)?;
         let removed = tx.execute("DELETE FROM change_log WHERE seq <= $1", &[&floor]).await.map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(removed as usize)
@@ -213,7 +234,16 @@ impl PgStore {
         tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(pg_error)?;
         let head: i64 = tx.query_one("SELECT seq FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
         let portal = tx.bind("SELECT tenant, id, embedding FROM faces", &[]).await.map_err(pg_error)?;
+        let mut reported = std::time::Instant::now();
         loop {
+            // A long scan keeps this node live, so no node compacts what it will replay after.
+            if reported.elapsed() > std::time::Duration::from_secs(30) {
+                let side = self.conn().await?;
+                side.execute("UPDATE nodes SET seen_at = now() WHERE id = $1", &[&self.node])
+                    .await
+                    .map_err(pg_error)?;
+                reported = std::time::Instant::now();
+            }
             let rows = tx.query_portal(&portal, SCAN_BATCH).await.map_err(pg_error)?;
             for row in &rows {
                 let tenant = Tenant::new(row.get(0)).ok_or_else(|| Error::bug("a face row names a bad tenant"))?;

@@ -68,6 +68,9 @@ pub struct PgStore {
     node: String,
     /// The fencing number of each tenant whose write lock this node holds.
     held: Arc<Mutex<HashMap<Tenant, i64>>>,
+    /// Tenant locks held (or waited for) at once, each on a connection of its own: at most half
+    /// the pool, so the other half always serves the work done under them.
+    lock_slots: Arc<tokio::sync::Semaphore>,
     /// Why the store stopped acknowledging writes (a lost connection), until a probe succeeds.
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -89,6 +92,10 @@ pub(super) fn pg_error(err: tokio_postgres::Error) -> Error {
     if code.starts_with("08") || code.starts_with("57P") {
         // A connection exception; the server shutting down, restarting or not yet accepting.
         return connection_lost(&format!("SQLSTATE {code}"));
+    }
+    if code.starts_with("28") || code == "3D000" {
+        // A login refused, a database that does not exist: the URL or the server's setup.
+        return connection_lost(&format!("the server refused the login or the database (SQLSTATE {code})"));
     }
     let transient = code.starts_with("53") // insufficient resources (too many connections, disk full)
         || code == "40001" // serialization failure
@@ -125,12 +132,19 @@ impl PgStore {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
             // Acknowledged means committed on the server's disk, whatever the server's default.
-            .options(format!("-c synchronous_commit=on -c statement_timeout={statement_ms}"));
+            // The server notices a dead client within about a minute (so the session advisory
+            // lock of a tenant held by a node cut off by the network is released), not after
+            // the operating system's two hours.
+            .options(format!(
+                "-c synchronous_commit=on -c statement_timeout={statement_ms} -c tcp_keepalives_idle=30 \
+                 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 -c client_connection_check_interval=10000"
+            ));
         let pool = Pool::new(config, options.pool_size, options.connect_timeout);
         let node = format!("{:016x}", crate::storage::random_id()?);
-        let store = PgStore { pool, encryption, node, held: Arc::default(), failure: Arc::new(Mutex::new(None)) };
+        let lock_slots = Arc::new(tokio::sync::Semaphore::new((options.pool_size / 2).max(1)));
+        let store =
+            PgStore { pool, encryption, node, held: Arc::default(), lock_slots, failure: Arc::new(Mutex::new(None)) };
         run(|| store.migrate())?;
-        run(|| store.check_encryption())?;
         Ok(store)
     }
 

@@ -105,6 +105,13 @@ impl std::ops::DerefMut for Conn {
     }
 }
 
+impl Conn {
+    /// Closes the connection instead of returning it (its session holds what it must not keep).
+    pub(super) fn discard(mut self) {
+        self.client = None;
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(client) = self.client.take()
@@ -118,6 +125,11 @@ impl Drop for Conn {
 impl Pool {
     pub(super) fn new(config: tokio_postgres::Config, size: usize, wait: Duration) -> Arc<Self> {
         Arc::new(Pool { config, idle: Mutex::default(), permits: Arc::new(Semaphore::new(size)), wait })
+    }
+
+    /// How long a caller waits for a connection.
+    pub(super) fn wait(&self) -> Duration {
+        self.wait
     }
 
     /// A connection: an idle one, or a new one; UNAVAILABLE after the pool's wait.

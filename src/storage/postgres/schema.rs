@@ -29,9 +29,10 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE tokens (hash bytea PRIMARY KEY, expires_ns bigint NOT NULL, record bytea NOT NULL);
      CREATE INDEX tokens_expiry ON tokens (expires_ns);
      CREATE TABLE change_log (seq bigint PRIMARY KEY, tenant text NOT NULL, record bytea NOT NULL);
-     CREATE TABLE log_head (
-         id int PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL, compacted bigint NOT NULL);
-     INSERT INTO log_head VALUES (1, 0, 0);
+     CREATE TABLE log_head (id int PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL);
+     INSERT INTO log_head VALUES (1, 0);
+     CREATE TABLE log_compacted (id int PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL);
+     INSERT INTO log_compacted VALUES (1, 0);
      CREATE TABLE tenant_fences (tenant text PRIMARY KEY, fence bigint NOT NULL);
      CREATE TABLE nodes (id text PRIMARY KEY, applied bigint NOT NULL, seen_at timestamptz NOT NULL);",
 ];
@@ -45,7 +46,12 @@ impl PgStore {
         conn.execute("SELECT pg_advisory_lock($1, $2)", &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1])
             .await
             .map_err(pg_error)?;
-        let migrated = migrate_locked(&mut conn).await;
+        // The key is checked (and a new store tied to it) under the same lock: two nodes that
+        // start together on an empty database cannot tie it to two keys.
+        let migrated = match migrate_locked(&mut conn).await {
+            Ok(()) => self.check_encryption().await,
+            Err(e) => Err(e),
+        };
         // Released on a connection that is still open; a closed one released it already.
         let _ = conn.execute("SELECT pg_advisory_unlock($1, $2)", &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1]).await;
         migrated
@@ -86,8 +92,10 @@ impl PgStore {
                 "the PostgreSQL store is encrypted with a different key than the one in --encryption-key-file".into(),
             )),
             (None, Some(key)) => {
-                let conn = self.conn().await?;
-                let holds: bool = conn
+                // One connection at a time (the migration lock holds another).
+                let holds: bool = self
+                    .conn()
+                    .await?
                     .query_one("SELECT EXISTS (SELECT 1 FROM faces) OR EXISTS (SELECT 1 FROM change_log)", &[])
                     .await
                     .map_err(pg_error)?

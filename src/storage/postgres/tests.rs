@@ -218,7 +218,8 @@ fn a_tenant_lock_excludes_other_nodes_and_fences_a_holder_that_lost_it() {
     // of the tenant is refused rather than racing B's.
     run(|| async {
         admin_for(&db).await.batch_execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .await
         .unwrap();

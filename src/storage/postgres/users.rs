@@ -49,11 +49,15 @@ pub(super) async fn save_user(tx: &Transaction<'_>, tenant: &Tenant, user: &User
 
 impl PgStore {
     pub(super) async fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
-        let conn = self.conn().await?;
+        let mut conn = self.conn().await?;
         loop {
+            // In a transaction with the fence: a create under the tenant's lock (a quota check)
+            // fails if another node took the lock since.
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            self.check_fence(&tx, tenant).await?;
             let user = User { id: UserId(random_id()?), ..user.clone() };
             let record = records::user_to_record(&user, Vec::new()).encode_to_vec();
-            let inserted = conn
+            let inserted = tx
                 .execute(
                     "INSERT INTO users (tenant, id, external_id, record) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (tenant, id) DO NOTHING",
@@ -62,6 +66,7 @@ impl PgStore {
                 .await
                 .map_err(|e| if external_id_taken(&e) { taken(&user.external_id) } else { pg_error(e) })?;
             if inserted == 1 {
+                tx.commit().await.map_err(pg_error)?;
                 return Ok(user);
             }
             // A random id that is taken (one in 2^64): draw again.
@@ -228,22 +233,34 @@ impl PgStore {
         Ok(Some(owner))
     }
 
+    /// Removes the tokens expired by `now`, and each one's hash from its user's record. Each
+    /// token in its own transaction that locks the user's row first, then the token (the order
+    /// of every other write), so a purge never deadlocks with an upload.
     pub(super) async fn purge_expired_tokens(&self, now: SystemTime) -> Result<usize> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(pg_error)?;
-        let rows = tx
-            .query("DELETE FROM tokens WHERE expires_ns <= $1 RETURNING hash, record", &[&records::to_nanos(now)])
-            .await
-            .map_err(pg_error)?;
-        for row in &rows {
+        let now = records::to_nanos(now);
+        let expired =
+            conn.query("SELECT hash, record FROM tokens WHERE expires_ns <= $1", &[&now]).await.map_err(pg_error)?;
+        let mut purged = 0;
+        for row in &expired {
             let hash: &[u8] = row.get(0);
             let token: pb::TokenRecord = decode(row.get::<_, &[u8]>(1), "decoding a token record")?;
-            let Some(tenant) = Tenant::new(&token.tenant) else { continue };
-            let id = UserId(token.user_id);
-            // The hash leaves the user's record too (the user stays REENROLLMENT_REQUIRED).
-            if let Some(mut record) = lock_user(&tx, &tenant, id).await?
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            let owner = Tenant::new(&token.tenant).map(|tenant| (tenant, UserId(token.user_id)));
+            let record = match &owner {
+                Some((tenant, id)) => lock_user(&tx, tenant, *id).await?,
+                None => None,
+            };
+            // Read again under the locks: UpdateUser or UpdateFace may have replaced or spent it.
+            let deleted = tx
+                .execute("DELETE FROM tokens WHERE hash = $1 AND expires_ns <= $2", &[&hash, &now])
+                .await
+                .map_err(pg_error)?;
+            if let (Some((tenant, id)), Some(mut record)) = (owner, record)
+                && deleted == 1
                 && record.reenrollment_token_hash == hash
             {
+                // The hash leaves the user's record too (the user stays REENROLLMENT_REQUIRED).
                 record.reenrollment_token_hash.clear();
                 tx.execute(
                     "UPDATE users SET record = $3 WHERE tenant = $1 AND id = $2",
@@ -252,9 +269,10 @@ impl PgStore {
                 .await
                 .map_err(pg_error)?;
             }
+            tx.commit().await.map_err(pg_error)?;
+            purged += deleted as usize;
         }
-        tx.commit().await.map_err(pg_error)?;
-        Ok(rows.len())
+        Ok(purged)
     }
 }
 

@@ -179,8 +179,9 @@ impl PgStore {
         }
         let row = tx
             .query_one(
-                "SELECT h.seq, h.compacted, count(c.seq), coalesce(min(c.seq), 0), coalesce(max(c.seq), 0) \
-                 FROM log_head h LEFT JOIN change_log c ON true WHERE h.id = 1 GROUP BY h.seq, h.compacted",
+                "SELECT h.seq, k.seq, count(c.seq), coalesce(min(c.seq), 0), coalesce(max(c.seq), 0) \
+                 FROM log_head h JOIN log_compacted k ON k.id = 1 LEFT JOIN change_log c ON true \
+                 WHERE h.id = 1 GROUP BY h.seq, k.seq",
                 &[],
             )
             .await
