@@ -5,7 +5,7 @@
 use prost::Message;
 
 use super::users::{decode, lock_user, save_user, user_id};
-use super::{PgStore, pg_error, to_db};
+use super::{PgStore, pg_error, read_snapshot, to_db};
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Result};
 use crate::storage::faces::{decode_embedding, encode_embedding, face_removed, plan_put, token_matches};
@@ -174,13 +174,7 @@ impl PgStore {
         column: &str,
     ) -> Result<Option<(pb::UserRecord, Vec<(FaceId, Vec<u8>)>)>> {
         let mut conn = self.conn().await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
+        let tx = read_snapshot(&mut conn).await?;
         let row = match key {
             UserKey::Id(id) => {
                 tx.query_opt(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::types::Type;
 
-use super::{PgStore, from_db, pg_error, to_db};
+use super::{PgStore, from_db, pg_error, read_snapshot, to_db};
 use crate::domain::Tenant;
 use crate::error::{Error, Result};
 use crate::storage::export::{Imported, RawFace, RawUser, Tally, token_tenant};
@@ -151,13 +151,7 @@ impl PgStore {
 
     async fn scan_tallies(&self) -> Result<BTreeMap<Tenant, Tally>> {
         let mut conn = self.conn().await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
+        let tx = read_snapshot(&mut conn).await?;
         tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(pg_error)?;
         let mut tallies: BTreeMap<Tenant, Tally> = BTreeMap::new();
         let scans = [

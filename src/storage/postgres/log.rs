@@ -8,7 +8,7 @@ use prost::Message;
 use tokio_postgres::Transaction;
 
 use super::pool::{Conn, spawn};
-use super::{PgStore, from_db, pg_error, tenant_lock_key};
+use super::{PgStore, from_db, pg_error, read_snapshot, tenant_lock_key};
 use crate::domain::{FaceId, Tenant};
 use crate::error::{Error, Result};
 use crate::storage::records::pb;
@@ -141,13 +141,7 @@ impl PgStore {
 
     pub(super) async fn read_log(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>> {
         let mut conn = self.conn().await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
+        let tx = read_snapshot(&mut conn).await?;
         let compacted: i64 =
             tx.query_one("SELECT seq FROM log_compacted WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
         if (after as i64) < compacted {
@@ -224,13 +218,7 @@ impl PgStore {
         let head_before: i64 =
             conn.query_one("SELECT seq FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
         self.report_applied(&conn, head_before as u64).await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
+        let tx = read_snapshot(&mut conn).await?;
         tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(pg_error)?;
         let head: i64 = tx.query_one("SELECT seq FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
         let portal = tx.bind("SELECT tenant, id, embedding FROM faces", &[]).await.map_err(pg_error)?;

@@ -110,6 +110,17 @@ pub(super) fn pg_error(err: tokio_postgres::Error) -> Error {
     Error::bug("a PostgreSQL statement failed")
 }
 
+/// A read-only transaction over one snapshot of the database (reads that span rows).
+pub(super) async fn read_snapshot(client: &mut tokio_postgres::Client) -> Result<tokio_postgres::Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)
+}
+
 /// Ids are u64; PostgreSQL's bigint is signed. Flipping the top bit keeps the order.
 pub(super) fn to_db(id: u64) -> i64 {
     (id ^ (1 << 63)) as i64

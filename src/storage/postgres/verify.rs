@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
-use super::{PgStore, from_db, pg_error};
+use super::{PgStore, from_db, pg_error, read_snapshot};
 use crate::domain::{FaceId, Tenant, UserId};
 use crate::error::{Error, Result};
 use crate::storage::faces::embedding_owner;
@@ -83,13 +83,7 @@ impl PgStore {
     /// tokens held by their users; the log without gaps. Read from one snapshot.
     pub(super) async fn verify(&self, max_faces: usize) -> Result<Integrity> {
         let mut conn = self.conn().await?;
-        let tx = conn
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
+        let tx = read_snapshot(&mut conn).await?;
         tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(pg_error)?;
         let enc = self.encryption.as_ref();
         let mut report = Integrity::default();
