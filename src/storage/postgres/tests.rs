@@ -195,6 +195,22 @@ fn racing_writers_keep_the_face_limit_and_a_gapless_ordered_log() {
     assert_eq!(store.get_user(&t, a.id).unwrap().unwrap().face_ids.len(), 5);
     assert_eq!(store.log_bounds().unwrap().head, 10);
     assert!(Storage::verify(store.as_ref(), 5).unwrap().problems.is_empty());
+    // verify finds what is broken: a face whose images are gone, a face no user lists.
+    run(|| async {
+        let admin = admin_for(&db).await;
+        admin
+            .batch_execute("DELETE FROM face_images WHERE face_id = (SELECT min(face_id) FROM face_images)")
+            .await
+            .unwrap();
+        admin
+            .batch_execute("UPDATE faces SET user_id = user_id + 1 WHERE id = (SELECT max(id) FROM faces)")
+            .await
+            .unwrap();
+    });
+    let problems = Storage::verify(store.as_ref(), 5).unwrap().problems;
+    let has = |text: &str| problems.iter().any(|p| p.contains(text));
+    assert!(has("has none") && has("does not belong to user") && has("has a record of another face"), "{problems:?}");
+    assert!(has("embeddings:") && problems.len() == 4, "{problems:?}");
 }
 
 #[test]

@@ -26,6 +26,26 @@ const TREES: &[(&str, &str)] = &[
     (keys::META, "SELECT key, value FROM meta ORDER BY key"),
 ];
 
+/// Calls `each` with every row of `sql`, fetched a batch at a time (a table of millions of
+/// faces and images is never held in memory at once).
+async fn each_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    mut each: impl FnMut(&tokio_postgres::Row) -> Result<()>,
+) -> Result<()> {
+    const BATCH: i32 = 1024;
+    let portal = tx.bind(sql, &[]).await.map_err(pg_error)?;
+    loop {
+        let rows = tx.query_portal(&portal, BATCH).await.map_err(pg_error)?;
+        for row in &rows {
+            each(row)?;
+        }
+        if rows.len() < BATCH as usize {
+            return Ok(());
+        }
+    }
+}
+
 fn tenant(row: &tokio_postgres::Row) -> Result<Tenant> {
     Tenant::new(row.get(0)).ok_or_else(|| Error::bug("a row names a bad tenant"))
 }
@@ -90,12 +110,12 @@ impl PgStore {
         let mut problems = Vec::new();
         let mut listed: HashMap<(Tenant, u64), u64> = HashMap::new();
         let mut token_holders: HashMap<Vec<u8>, (Tenant, u64)> = HashMap::new();
-        for row in tx.query("SELECT tenant, id, external_id, record FROM users", &[]).await.map_err(pg_error)? {
-            let tenant = tenant(&row)?;
+        each_row(&tx, "SELECT tenant, id, external_id, record FROM users", |row| {
+            let tenant = tenant(row)?;
             let id = from_db(row.get(1));
             let Ok(record) = pb::UserRecord::decode(row.get::<_, &[u8]>(3)) else {
                 problems.push(format!("users: user {id:016x} of tenant {} does not decode", tenant.as_str()));
-                continue;
+                return Ok(());
             };
             report.users += 1;
             if record.id != id || record.external_id != row.get::<_, &str>(2) {
@@ -112,13 +132,13 @@ impl PgStore {
                     problems.push(format!("users: face {face:016x} is listed twice"));
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         report.faces = listed.len();
         let mut stored = HashSet::new();
-        let faces =
-            tx.query("SELECT tenant, id, user_id, record, embedding FROM faces", &[]).await.map_err(pg_error)?;
-        for row in faces {
-            let tenant = tenant(&row)?;
+        each_row(&tx, "SELECT tenant, id, user_id, record, embedding FROM faces", |row| {
+            let tenant = tenant(row)?;
             let (face, owner) = (from_db(row.get(1)), from_db(row.get(2)));
             let key = keys::face_key(&tenant, FaceId(face));
             match listed.get(&(tenant.clone(), face)) {
@@ -136,12 +156,12 @@ impl PgStore {
                 Err(_) => problems.push(format!("embeddings: face {face:016x} fails authentication")),
             }
             stored.insert((tenant, face));
-        }
-        let images =
-            tx.query("SELECT tenant, face_id, original, thumbnail FROM face_images", &[]).await.map_err(pg_error)?;
+            Ok(())
+        })
+        .await?;
         let mut imaged = HashSet::new();
-        for row in images {
-            let tenant = tenant(&row)?;
+        each_row(&tx, "SELECT tenant, face_id, original, thumbnail FROM face_images", |row| {
+            let tenant = tenant(row)?;
             let face = from_db(row.get(1));
             let key = keys::face_key(&tenant, FaceId(face));
             for (name, column) in [(keys::IMAGES, 2), (keys::THUMBNAILS, 3)] {
@@ -153,7 +173,9 @@ impl PgStore {
                 problems.push(format!("images: orphan face {face:016x}"));
             }
             imaged.insert((tenant, face));
-        }
+            Ok(())
+        })
+        .await?;
         for (tenant, face) in listed.keys() {
             let id = (tenant.clone(), *face);
             if !stored.contains(&id) {
