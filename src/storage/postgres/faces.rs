@@ -4,7 +4,7 @@
 
 use prost::Message;
 
-use super::users::{decode, lock_user, save_user, user_id};
+use super::users::{decode, lock_user, read_user, save_user, user_id};
 use super::{PgStore, pg_error, read_snapshot, to_db};
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Result};
@@ -175,25 +175,7 @@ impl PgStore {
     ) -> Result<Option<(pb::UserRecord, Vec<(FaceId, Vec<u8>)>)>> {
         let mut conn = self.conn().await?;
         let tx = read_snapshot(&mut conn).await?;
-        let row = match key {
-            UserKey::Id(id) => {
-                tx.query_opt(
-                    "SELECT record FROM users WHERE tenant = $1 AND id = $2",
-                    &[&tenant.as_str(), &to_db(id.0)],
-                )
-                .await
-            }
-            UserKey::External(external_id) => {
-                tx.query_opt(
-                    "SELECT record FROM users WHERE tenant = $1 AND external_id = $2",
-                    &[&tenant.as_str(), &external_id],
-                )
-                .await
-            }
-        }
-        .map_err(pg_error)?;
-        let Some(row) = row else { return Ok(None) };
-        let record: pb::UserRecord = decode(row.get::<_, &[u8]>(0), "decoding a user record")?;
+        let Some(record) = read_user(&tx, tenant, key).await? else { return Ok(None) };
         let ids: Vec<i64> = record.face_ids.iter().map(|&f| to_db(f)).collect();
         let sql = format!("SELECT id, {column} FROM faces WHERE tenant = $1 AND id = ANY($2)");
         let rows = tx.query(&sql, &[&tenant.as_str(), &ids]).await.map_err(pg_error)?;

@@ -24,6 +24,31 @@ fn external_id_taken(err: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// The record `key` names, read through `client` (a connection, or a snapshot transaction).
+pub(super) async fn read_user(
+    client: &impl tokio_postgres::GenericClient,
+    tenant: &Tenant,
+    key: UserKey<'_>,
+) -> Result<Option<pb::UserRecord>> {
+    let row = match key {
+        UserKey::Id(id) => {
+            client
+                .query_opt("SELECT record FROM users WHERE tenant = $1 AND id = $2", &[&tenant.as_str(), &to_db(id.0)])
+                .await
+        }
+        UserKey::External(external_id) => {
+            client
+                .query_opt(
+                    "SELECT record FROM users WHERE tenant = $1 AND external_id = $2",
+                    &[&tenant.as_str(), &external_id],
+                )
+                .await
+        }
+    }
+    .map_err(pg_error)?;
+    row.map(|r| decode(r.get::<_, &[u8]>(0), "decoding a user record")).transpose()
+}
+
 /// The user's record, its row locked to the end of the transaction.
 pub(super) async fn lock_user(tx: &Transaction<'_>, tenant: &Tenant, id: UserId) -> Result<Option<pb::UserRecord>> {
     let row = tx
@@ -84,25 +109,7 @@ impl PgStore {
 
     /// The record `key` names (one statement: one state).
     pub(super) async fn find_record(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<pb::UserRecord>> {
-        let conn = self.conn().await?;
-        let row = match key {
-            UserKey::Id(id) => {
-                conn.query_opt(
-                    "SELECT record FROM users WHERE tenant = $1 AND id = $2",
-                    &[&tenant.as_str(), &to_db(id.0)],
-                )
-                .await
-            }
-            UserKey::External(external_id) => {
-                conn.query_opt(
-                    "SELECT record FROM users WHERE tenant = $1 AND external_id = $2",
-                    &[&tenant.as_str(), &external_id],
-                )
-                .await
-            }
-        }
-        .map_err(pg_error)?;
-        row.map(|r| decode(r.get::<_, &[u8]>(0), "decoding a user record")).transpose()
+        read_user(&*self.conn().await?, tenant, key).await
     }
 
     pub(super) async fn update_user(
