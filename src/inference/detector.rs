@@ -11,14 +11,12 @@
 //! ordinary faces and the coarse pass adds the faces only it can see.
 
 use image::RgbImage;
-use ort::session::Session;
-use ort::value::TensorRef;
 
 use crate::domain::{BoundingBox, Detection, Point};
 use crate::error::{Error, Result};
 use crate::imaging::resize::{LetterboxGeometry, Letterboxer};
 use crate::inference::nms::nms;
-use crate::inference::session::tensor_dims;
+use crate::inference::session::ModelSession;
 
 const STRIDES: [u32; 3] = [8, 16, 32];
 const ANCHORS_PER_LOCATION: usize = 2;
@@ -63,7 +61,8 @@ pub enum Coverage {
     MinFace(f32),
 }
 
-/// The canvas sizes a request will run, coarse first.
+/// The canvas sizes a request may run, coarse first (`Detector::detect` runs the fine one first
+/// and may skip the coarse one).
 pub fn plan_passes(config: &DetectorConfig, width: u32, height: u32, coverage: Coverage) -> Vec<u32> {
     let coarse = config.coarse_size;
     let long_side = width.max(height) as f32;
@@ -84,7 +83,7 @@ pub fn plan_passes(config: &DetectorConfig, width: u32, height: u32, coverage: C
 /// The detector model on one worker thread.
 #[derive(Debug)]
 pub struct Detector {
-    session: Session,
+    session: ModelSession,
     config: DetectorConfig,
     tensor: Vec<f32>,
 }
@@ -100,25 +99,24 @@ struct PassDetection {
 impl Detector {
     /// Wraps a loaded SCRFD session after checking its signature: one (N,3,H,W) input and nine
     /// outputs (scores, boxes, keypoints for strides 8/16/32, in that order).
-    pub fn try_new(session: Session, config: DetectorConfig) -> Result<Self> {
+    pub fn try_new(session: ModelSession, config: DetectorConfig) -> Result<Self> {
         let bad = |what: String| Error::Unavailable { message: format!("detector model: {what}") };
-        let inputs = session.inputs();
+        let inputs = session.input_dims();
         if inputs.len() != 1 {
             return Err(bad(format!("expected 1 input, found {}", inputs.len())));
         }
-        let dims = tensor_dims(inputs[0].dtype()).ok_or_else(|| bad("input is not a tensor".into()))?;
+        let dims = &inputs[0];
         if dims.len() != 4 || dims[1] != 3 {
             return Err(bad(format!("expected an (N,3,H,W) input, found {dims:?}")));
         }
-        let outputs = session.outputs();
+        let outputs = session.output_dims();
         if outputs.len() != 9 {
             return Err(bad(format!("expected 9 outputs (SCRFD with keypoints), found {}", outputs.len())));
         }
-        for (i, output) in outputs.iter().enumerate() {
+        for (i, dims) in outputs.iter().enumerate() {
             let want = [1, 4, 10][i / 3];
-            let dims = tensor_dims(output.dtype()).ok_or_else(|| bad("output is not a tensor".into()))?;
             if dims.last() != Some(&want) {
-                return Err(bad(format!("output {} has shape {dims:?}, expected last axis {want}", output.name())));
+                return Err(bad(format!("output {i} has shape {dims:?}, expected last axis {want}")));
             }
         }
         for size in [config.coarse_size, config.fine_size] {
@@ -142,9 +140,18 @@ impl Detector {
         coverage: Coverage,
         letterbox: &mut Letterboxer,
     ) -> Result<Vec<Detection>> {
-        let passes = plan_passes(&self.config, image.width(), image.height(), coverage);
+        let mut passes = plan_passes(&self.config, image.width(), image.height(), coverage);
         let mut found = Vec::new();
-        for &canvas in &passes {
+        // The fine pass first. The coarse pass only adds faces larger than half the fine canvas
+        // (see `merge`), so it is skipped when the fine pass found faces and none of them comes
+        // near that size (a quarter of the fine canvas); it still runs when the fine pass found
+        // nothing, since a face that fills the frame scores low at the fine size.
+        passes.reverse();
+        for (i, &canvas) in passes.iter().enumerate() {
+            if i > 0 && !found.is_empty() && !found.iter().any(|d| near_coarse_range(d, passes[0])) {
+                passes.truncate(i);
+                break;
+            }
             let geometry = letterbox.to_tensor(image, canvas, INPUT_MEAN, INPUT_STD, &mut self.tensor)?;
             for detection in self.run_pass(&geometry)? {
                 found.push(PassDetection { detection, canvas, scale: geometry.scale });
@@ -169,50 +176,59 @@ impl Detector {
 
     fn run_pass(&mut self, geometry: &LetterboxGeometry) -> Result<Vec<Detection>> {
         let side = geometry.canvas as usize;
-        let input = TensorRef::from_array_view(([1usize, 3, side, side], self.tensor.as_slice()))
-            .map_err(|e| Error::internal("detector input tensor", e))?;
-        let outputs = self.session.run(ort::inputs![input]).map_err(|e| Error::internal("detector inference", e))?;
         let threshold = self.config.score_threshold;
-        let mut detections = Vec::new();
-        for (level, &stride) in STRIDES.iter().enumerate() {
-            let extract = |i: usize| {
-                outputs[i]
-                    .try_extract_tensor::<f32>()
-                    .map(|(_, data)| data)
-                    .map_err(|e| Error::internal("detector output", e))
-            };
-            let (scores, boxes, kps) = (extract(level)?, extract(level + 3)?, extract(level + 6)?);
-            let grid = side / stride as usize;
-            let anchors = grid * grid * ANCHORS_PER_LOCATION;
-            if scores.len() != anchors || boxes.len() != anchors * 4 || kps.len() != anchors * 10 {
-                return Err(Error::bug("detector output size does not match its stride"));
-            }
-            let s = stride as f32;
-            for (k, &score) in scores.iter().enumerate() {
-                if score < threshold {
-                    continue;
-                }
-                let location = k / ANCHORS_PER_LOCATION;
-                let cx = (location % grid) as f32 * s;
-                let cy = (location / grid) as f32 * s;
-                let d = &boxes[k * 4..k * 4 + 4];
-                let inv = 1.0 / geometry.scale;
-                let bbox = BoundingBox {
-                    x_min: (cx - d[0] * s) * inv,
-                    y_min: (cy - d[1] * s) * inv,
-                    x_max: (cx + d[2] * s) * inv,
-                    y_max: (cy + d[3] * s) * inv,
-                };
-                let p = &kps[k * 10..k * 10 + 10];
-                let mut landmarks = [Point::default(); 5];
-                for (j, point) in landmarks.iter_mut().enumerate() {
-                    *point = Point { x: (cx + p[2 * j] * s) * inv, y: (cy + p[2 * j + 1] * s) * inv };
-                }
-                detections.push(Detection { bbox, score, landmarks });
-            }
-        }
-        Ok(detections)
+        let dims = [1usize, 3, side, side];
+        self.session.run(&dims, &self.tensor, |outputs| decode_outputs(outputs, geometry, threshold))
     }
+}
+
+/// Turns SCRFD's nine outputs (scores, boxes, keypoints per stride) into detections above
+/// `threshold`, in image pixels.
+fn decode_outputs(outputs: &[&[f32]], geometry: &LetterboxGeometry, threshold: f32) -> Result<Vec<Detection>> {
+    if outputs.len() != 9 {
+        return Err(Error::bug("the detector returned the wrong number of outputs"));
+    }
+    let side = geometry.canvas as usize;
+    let mut detections = Vec::new();
+    for (level, &stride) in STRIDES.iter().enumerate() {
+        let (scores, boxes, kps) = (outputs[level], outputs[level + 3], outputs[level + 6]);
+        let grid = side / stride as usize;
+        let anchors = grid * grid * ANCHORS_PER_LOCATION;
+        if scores.len() != anchors || boxes.len() != anchors * 4 || kps.len() != anchors * 10 {
+            return Err(Error::bug("detector output size does not match its stride"));
+        }
+        let s = stride as f32;
+        for (k, &score) in scores.iter().enumerate() {
+            if score < threshold {
+                continue;
+            }
+            let location = k / ANCHORS_PER_LOCATION;
+            let cx = (location % grid) as f32 * s;
+            let cy = (location / grid) as f32 * s;
+            let d = &boxes[k * 4..k * 4 + 4];
+            let inv = 1.0 / geometry.scale;
+            let bbox = BoundingBox {
+                x_min: (cx - d[0] * s) * inv,
+                y_min: (cy - d[1] * s) * inv,
+                x_max: (cx + d[2] * s) * inv,
+                y_max: (cy + d[3] * s) * inv,
+            };
+            let p = &kps[k * 10..k * 10 + 10];
+            let mut landmarks = [Point::default(); 5];
+            for (j, point) in landmarks.iter_mut().enumerate() {
+                *point = Point { x: (cx + p[2 * j] * s) * inv, y: (cy + p[2 * j + 1] * s) * inv };
+            }
+            detections.push(Detection { bbox, score, landmarks });
+        }
+    }
+    Ok(detections)
+}
+
+/// Whether a detection of the fine pass (canvas `fine`) is at least a quarter of that canvas:
+/// near the sizes the coarse pass is preferred for.
+fn near_coarse_range(d: &PassDetection, fine: u32) -> bool {
+    let side = d.detection.bbox.width().max(d.detection.bbox.height()) * d.scale;
+    side >= fine as f32 / 4.0
 }
 
 /// Merges detections of several passes: each face is taken from the pass in whose range it

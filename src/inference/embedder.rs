@@ -1,13 +1,10 @@
 //! ArcFace embedding: aligned 112x112 crops -> (N,3,112,112) tensor -> L2-normalised 512-d
 //! embeddings. All faces of one image go through in one `run`. No similarity search here.
 
-use ort::session::Session;
-use ort::value::TensorRef;
-
 use crate::domain::{EMBEDDING_DIM, Embedding};
 use crate::error::{Error, Result};
 use crate::imaging::align::ALIGNED_SIZE;
-use crate::inference::session::tensor_dims;
+use crate::inference::session::ModelSession;
 
 const INPUT_MEAN: f32 = 127.5;
 /// Most crops in one `run`: bounds the input tensor (2.4 MB) and ONNX Runtime's arena, which
@@ -18,25 +15,25 @@ const INPUT_STD: f32 = 127.5;
 /// The embedder model on one worker thread.
 #[derive(Debug)]
 pub struct Embedder {
-    session: Session,
+    session: ModelSession,
     tensor: Vec<f32>,
 }
 
 impl Embedder {
     /// Wraps a loaded session after checking its signature: one (N,3,112,112) input and one
     /// (N,512) output.
-    pub fn try_new(session: Session) -> Result<Self> {
+    pub fn try_new(session: ModelSession) -> Result<Self> {
         let bad = |what: String| Error::Unavailable { message: format!("embedder model: {what}") };
-        let (inputs, outputs) = (session.inputs(), session.outputs());
+        let (inputs, outputs) = (session.input_dims(), session.output_dims());
         if inputs.len() != 1 || outputs.len() != 1 {
             return Err(bad(format!("expected 1 input and 1 output, found {} and {}", inputs.len(), outputs.len())));
         }
         let side = i64::from(ALIGNED_SIZE);
-        let dims = tensor_dims(inputs[0].dtype()).ok_or_else(|| bad("input is not a tensor".into()))?;
+        let dims = &inputs[0];
         if dims.len() != 4 || dims[1] != 3 || dims[2] != side || dims[3] != side {
             return Err(bad(format!("expected an (N,3,112,112) input, found {dims:?}")));
         }
-        let dims = tensor_dims(outputs[0].dtype()).ok_or_else(|| bad("output is not a tensor".into()))?;
+        let dims = &outputs[0];
         if dims.len() != 2 || dims[1] != EMBEDDING_DIM as i64 {
             return Err(bad(format!("expected an (N,{EMBEDDING_DIM}) output, found {dims:?}")));
         }
@@ -76,18 +73,18 @@ impl Embedder {
             }
         }
         let side = ALIGNED_SIZE as usize;
-        let input = TensorRef::from_array_view(([crops.len(), 3, side, side], self.tensor.as_slice()))
-            .map_err(|e| Error::internal("embedder input tensor", e))?;
-        let outputs = self.session.run(ort::inputs![input]).map_err(|e| Error::internal("embedder inference", e))?;
-        let (_, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| Error::internal("embedder output", e))?;
-        if data.len() != crops.len() * EMBEDDING_DIM {
-            return Err(Error::bug("embedder output has the wrong size"));
-        }
-        data.chunks_exact(EMBEDDING_DIM)
-            .map(|row| {
-                Embedding::from_raw(row.to_vec())
-                    .ok_or_else(|| Error::bug("embedder produced a zero or non-finite vector"))
-            })
-            .collect()
+        let dims = [crops.len(), 3, side, side];
+        self.session.run(&dims, &self.tensor, |outputs| {
+            let data = outputs.first().copied().unwrap_or_default();
+            if data.len() != crops.len() * EMBEDDING_DIM {
+                return Err(Error::bug("embedder output has the wrong size"));
+            }
+            data.chunks_exact(EMBEDDING_DIM)
+                .map(|row| {
+                    Embedding::from_raw(row.to_vec())
+                        .ok_or_else(|| Error::bug("embedder produced a zero or non-finite vector"))
+                })
+                .collect()
+        })
     }
 }

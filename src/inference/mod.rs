@@ -1,10 +1,12 @@
 //! `InferencePool`: the async face of the pipeline. Jobs go through a bounded queue to worker
-//! threads that each own a [`FacePipeline`] (their own ort sessions); replies come back on
-//! oneshot channels. ort never runs on a tokio thread.
+//! threads that each own a [`FacePipeline`] (their own sessions, on ONNX Runtime or OpenVINO);
+//! replies come back on oneshot channels. Inference never runs on a tokio thread.
 
+pub mod backend;
 pub mod detector;
 pub mod embedder;
 pub mod nms;
+pub mod openvino;
 pub mod pipeline;
 pub mod quality;
 pub mod session;
@@ -18,22 +20,27 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+pub use backend::Backend;
 pub use detector::{Coverage, DetectorConfig};
 pub use pipeline::{Analysis, AnalyzeOptions, FacePipeline, FaceSelection, PipelineConfig, StageTimings};
-use session::{ModelBytes, ModelSpec, SessionOptions};
+use session::{ModelBytes, ModelSession, ModelSpec, RuntimeConfig};
 
 /// Everything needed to build pipelines.
 #[derive(Debug, Clone)]
 pub struct InferenceConfig {
     /// Path of libonnxruntime.so.
     pub runtime_library: PathBuf,
+    /// Path of libopenvino_c.so.
+    pub openvino_library: PathBuf,
+    /// The backend and precision that run the models (resolved from the flags).
+    pub backend: Backend,
     pub detector: ModelSpec,
     pub embedder: ModelSpec,
     pub detector_config: DetectorConfig,
     pub pipeline: PipelineConfig,
     /// Worker threads, each with its own sessions.
     pub workers: usize,
-    /// ort intra-op threads per session.
+    /// Inference threads per session (ONNX Runtime intra-op, OpenVINO inference threads).
     pub intra_threads: usize,
     /// Jobs waiting beyond those being worked on; a full queue answers OVERLOADED.
     pub queue_capacity: usize,
@@ -60,16 +67,22 @@ pub fn load_pipeline(config: &InferenceConfig) -> Result<FacePipeline> {
     load_pipeline_from(config, &Models::read(config)?)
 }
 
-/// Builds one pipeline: loads the runtime (once per process), opens sessions from the model
-/// bytes and verifies their tensors.
+/// Builds one pipeline: loads the backend's runtime (once per process), opens sessions from the
+/// model bytes and verifies their tensors.
 pub fn load_pipeline_from(config: &InferenceConfig, models: &Models) -> Result<FacePipeline> {
-    let env = session::environment(&config.runtime_library)?;
-    let options = SessionOptions { intra_threads: config.intra_threads };
+    let runtime = RuntimeConfig {
+        onnxruntime: config.runtime_library.clone(),
+        openvino: config.openvino_library.clone(),
+        backend: config.backend,
+        intra_threads: config.intra_threads,
+    };
+    let backend = config.backend;
     let detector = detector::Detector::try_new(
-        session::open_session(&env, &models.detector, options, false)?,
+        ModelSession::open(&runtime, backend.detector, &models.detector, false)?,
         config.detector_config,
     )?;
-    let embedder = embedder::Embedder::try_new(session::open_session(&env, &models.embedder, options, true)?)?;
+    let embedder =
+        embedder::Embedder::try_new(ModelSession::open(&runtime, backend.embedder, &models.embedder, true)?)?;
     Ok(FacePipeline::new(detector, embedder, config.pipeline))
 }
 
@@ -86,6 +99,7 @@ struct Job {
 pub struct InferencePool {
     queue: async_channel::Sender<Job>,
     workers: usize,
+    backend: Backend,
     rejected: Arc<AtomicU64>,
 }
 
@@ -111,7 +125,7 @@ impl InferencePool {
                 Err(_) => return Err(Error::bug("an inference worker died during start-up")),
             }
         }
-        Ok(InferencePool { queue, workers, rejected: Arc::new(AtomicU64::new(0)) })
+        Ok(InferencePool { queue, workers, backend: config.backend, rejected: Arc::new(AtomicU64::new(0)) })
     }
 
     /// Runs the pipeline on `bytes`. Fails fast with OVERLOADED when the queue is full.
@@ -153,5 +167,10 @@ impl InferencePool {
 
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// The backend and precision the workers run.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 }

@@ -1,7 +1,7 @@
-//! ONNX Runtime setup: the process-wide environment (loaded from the configured
-//! libonnxruntime), and model sessions built from model bytes that were read once and
-//! sha256-checked (`ModelBytes`), shape-verified at load.
-//! No preprocessing here.
+//! Model sessions on either inference backend: the ONNX Runtime environment (loaded from the
+//! configured libonnxruntime), OpenVINO (`super::openvino`), and [`ModelSession`], one model on
+//! one worker whichever backend runs it, built from model bytes that were read once and
+//! sha256-checked (`ModelBytes`). No preprocessing here.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,7 +10,7 @@ use ort::environment::Environment;
 use ort::logging::LogLevel;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::ValueType;
+use ort::value::{TensorRef, ValueType};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -28,6 +28,86 @@ pub struct ModelSpec {
 pub struct SessionOptions {
     /// Intra-op threads per session.
     pub intra_threads: usize,
+}
+
+pub use super::backend::{Backend, Engine, Precision};
+use super::openvino;
+
+/// Where the runtimes are, and which one runs the models.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// libonnxruntime.so.
+    pub onnxruntime: PathBuf,
+    /// libopenvino_c.so.
+    pub openvino: PathBuf,
+    pub backend: Backend,
+    pub intra_threads: usize,
+}
+
+/// One model on one worker thread, on ONNX Runtime or OpenVINO.
+#[derive(Debug)]
+pub enum ModelSession {
+    Ort(Session),
+    OpenVino(openvino::Session),
+}
+
+impl ModelSession {
+    /// Builds a session for `model` on `engine`. `quiet` raises ONNX Runtime's log level (see
+    /// `open_session`).
+    pub fn open(runtime: &RuntimeConfig, engine: Engine, model: &ModelBytes, quiet: bool) -> Result<Self> {
+        match engine {
+            Engine::Ort => {
+                let env = environment(&runtime.onnxruntime)?;
+                let options = SessionOptions { intra_threads: runtime.intra_threads };
+                Ok(ModelSession::Ort(open_session(&env, model, options, quiet)?))
+            }
+            Engine::OpenVino(precision) => {
+                let precision = match precision {
+                    Precision::F32 => openvino::Precision::F32,
+                    Precision::Bf16 => openvino::Precision::Bf16,
+                };
+                openvino::Session::open(&runtime.openvino, &model.bytes, runtime.intra_threads, precision)
+                    .map(ModelSession::OpenVino)
+                    .map_err(|e| Error::Unavailable {
+                        message: format!("cannot load model {} into OpenVINO: {e}", model.path.display()),
+                    })
+            }
+        }
+    }
+
+    /// Shapes of the inputs (-1: dynamic axis); an empty shape for a non-tensor.
+    pub fn input_dims(&self) -> Vec<Vec<i64>> {
+        match self {
+            ModelSession::Ort(s) => s.inputs().iter().map(|i| tensor_dims(i.dtype()).unwrap_or_default()).collect(),
+            ModelSession::OpenVino(s) => s.input_dims().to_vec(),
+        }
+    }
+
+    /// Shapes of the outputs (-1: dynamic axis); an empty shape for a non-tensor.
+    pub fn output_dims(&self) -> Vec<Vec<i64>> {
+        match self {
+            ModelSession::Ort(s) => s.outputs().iter().map(|o| tensor_dims(o.dtype()).unwrap_or_default()).collect(),
+            ModelSession::OpenVino(s) => s.output_dims().to_vec(),
+        }
+    }
+
+    /// Runs the model on one f32 input of shape `dims` and hands every output (f32) to `read`.
+    pub fn run<R>(&mut self, dims: &[usize], input: &[f32], read: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+        match self {
+            ModelSession::Ort(session) => {
+                let tensor =
+                    TensorRef::from_array_view((dims, input)).map_err(|e| Error::internal("input tensor", e))?;
+                let outputs = session.run(ort::inputs![tensor]).map_err(|e| Error::internal("inference", e))?;
+                let data = (0..outputs.len())
+                    .map(|i| {
+                        outputs[i].try_extract_tensor::<f32>().map(|(_, d)| d).map_err(|e| Error::internal("output", e))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                read(&data)
+            }
+            ModelSession::OpenVino(session) => session.run(dims, input, read),
+        }
+    }
 }
 
 static ENVIRONMENT: OnceLock<(PathBuf, Environment)> = OnceLock::new();
@@ -70,7 +150,7 @@ pub fn environment(library: &Path) -> Result<Environment> {
 #[derive(Clone)]
 pub struct ModelBytes {
     path: PathBuf,
-    bytes: Arc<[u8]>,
+    pub(super) bytes: Arc<[u8]>,
     sha256: String,
 }
 

@@ -2,8 +2,12 @@
 //! made by scripts/reference/run.sh): every face the reference finds at its default 640
 //! input is found with IoU >= 0.9, landmarks within 2 px and embedding cosine >= 0.99; and
 //! where the reference finds nothing (faces that fill the frame) facevault finds the face.
+//! Checked on ONNX Runtime fp32 (the reference's own runtime) and on the default backend of
+//! this CPU (`auto`: OpenVINO bf16 where the CPU has bf16), and on OpenVINO f32.
 
+use facevault::config::Config;
 use facevault::grpc::pb::{DetectFacesRequest, DetectFacesResponse};
+use facevault::inference::backend::{BackendChoice, PrecisionChoice};
 use image::imageops;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -51,9 +55,33 @@ async fn detect(server: &TestServer, image: Vec<u8>) -> DetectFacesResponse {
     server.faces().await.detect_faces(request).await.expect("DetectFaces").into_inner()
 }
 
+fn onnx_runtime(config: &mut Config) {
+    config.inference_backend = BackendChoice::Ort;
+}
+
+fn openvino_f32(config: &mut Config) {
+    config.inference_backend = BackendChoice::Openvino;
+    config.inference_precision = PrecisionChoice::F32;
+}
+
 #[tokio::test]
-async fn every_reference_face_is_found_with_the_same_landmarks_and_embedding() {
-    let server = TestServer::start().await;
+async fn reference_faces_match_on_onnx_runtime_f32() {
+    every_reference_face_is_found_with_the_same_landmarks_and_embedding(onnx_runtime).await;
+}
+
+#[tokio::test]
+async fn reference_faces_match_on_the_default_backend() {
+    every_reference_face_is_found_with_the_same_landmarks_and_embedding(|_| {}).await;
+}
+
+#[tokio::test]
+async fn reference_faces_match_on_openvino_f32() {
+    every_reference_face_is_found_with_the_same_landmarks_and_embedding(openvino_f32).await;
+}
+
+async fn every_reference_face_is_found_with_the_same_landmarks_and_embedding(backend: fn(&mut Config)) {
+    let server = TestServer::start_with(backend).await;
+    println!("backend: {}", server.app().pool().backend());
     let reference = reference();
     let (mut matched, mut worst_iou, mut worst_px, mut worst_cos) = (0, 1.0f32, 0.0f32, 1.0f32);
     for (name, image) in &reference.images {
@@ -105,8 +133,17 @@ async fn every_reference_face_is_found_with_the_same_landmarks_and_embedding() {
 }
 
 #[tokio::test]
-async fn tight_face_crops_the_reference_misses_are_found() {
-    let server = TestServer::start().await;
+async fn tight_face_crops_the_reference_misses_are_found_on_onnx_runtime_f32() {
+    tight_face_crops_the_reference_misses_are_found(onnx_runtime).await;
+}
+
+#[tokio::test]
+async fn tight_face_crops_the_reference_misses_are_found_on_the_default_backend() {
+    tight_face_crops_the_reference_misses_are_found(|_| {}).await;
+}
+
+async fn tight_face_crops_the_reference_misses_are_found(backend: fn(&mut Config)) {
+    let server = TestServer::start_with(backend).await;
     let reference = reference();
     assert!(!reference.crops.is_empty());
     let mut found = 0;
