@@ -74,13 +74,19 @@ pub struct Config {
     /// Inference backend: `ort` (ONNX Runtime, f32: the reference), `openvino`, or `auto`
     /// (where the CPU has bf16 instructions, the embedder on OpenVINO bf16 and the detector on
     /// ONNX Runtime f32; elsewhere ONNX Runtime).
-    #[arg(long, env = "FACEVAULT_INFERENCE_BACKEND", value_enum, default_value = "auto")]
+    #[arg(long, env = "FACEVAULT_INFERENCE_BACKEND", value_enum, default_value = "auto", hide_possible_values = true)]
     pub inference_backend: BackendChoice,
 
     /// Precision the models compute in: `f32`, `bf16` (both models; OpenVINO on a CPU with
     /// AVX512_BF16 or AMX only), or `auto` (the embedder in bf16 where the backend and the CPU
     /// can, the detector in f32).
-    #[arg(long, env = "FACEVAULT_INFERENCE_PRECISION", value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        env = "FACEVAULT_INFERENCE_PRECISION",
+        value_enum,
+        default_value = "auto",
+        hide_possible_values = true
+    )]
     pub inference_precision: PrecisionChoice,
 
     /// SCRFD detector model (ONNX, 5 keypoints, outputs for strides 8/16/32).

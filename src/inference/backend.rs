@@ -11,7 +11,7 @@ use std::fmt;
 /// `--inference-backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// OpenVINO bf16 where the CPU has bf16, else ONNX Runtime.
+    /// See `resolve`.
     Auto,
     /// ONNX Runtime (fp32): the reference.
     Ort,
