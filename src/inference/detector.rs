@@ -295,6 +295,16 @@ mod tests {
     }
 
     #[test]
+    fn the_coarse_pass_is_needed_only_near_its_range() {
+        // 1000 px image at the 640 fine canvas (scale 0.64): a quarter of the canvas is 160
+        // canvas px, 250 image px.
+        let small = PassDetection { detection: det(0.0, 0.0, 240.0, 0.9), canvas: 640, scale: 0.64 };
+        let near = PassDetection { detection: det(0.0, 0.0, 260.0, 0.9), canvas: 640, scale: 0.64 };
+        assert!(!near_coarse_range(&small, 640));
+        assert!(near_coarse_range(&near, 640));
+    }
+
+    #[test]
     fn merge_keeps_faces_only_one_pass_found() {
         let only_coarse = PassDetection { detection: det(0.0, 0.0, 900.0, 0.8), canvas: 320, scale: 0.32 };
         let only_fine = PassDetection { detection: det(950.0, 950.0, 20.0, 0.6), canvas: 640, scale: 0.64 };
