@@ -22,7 +22,7 @@ cargo build --release --bin facevault --bin facevault-load
 one="$(mktemp -d)"; out="$(mktemp -d)"
 cp tests/fixtures/images/yaoming.jpg "$one/"
 pids=(); dirs=("$one"); names=(); addrs=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "${dirs[@]}"' EXIT
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "${dirs[@]}"' EXIT
 port=50151
 for entry in $BACKENDS; do
   backend="${entry%%/*}"; precision=auto
@@ -38,15 +38,17 @@ for entry in $BACKENDS; do
   pids+=($!); names+=("$name"); addrs+=("127.0.0.1:$port")
   port=$((port + 1))
 done
-for addr in "${addrs[@]}"; do
+[ "${#names[@]}" -gt 0 ] || { echo "no backend of BACKENDS can run here" >&2; exit 1; }
+for i in "${!names[@]}"; do
   for _ in $(seq 1 240); do
-    third_party/grpcurl/grpcurl -plaintext "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break
+    third_party/grpcurl/grpcurl -plaintext "${addrs[$i]}" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break
+    kill -0 "${pids[$i]}" 2>/dev/null || { echo "the ${names[$i]} server died:" >&2; tail "$out/server-${names[$i]}.log" >&2; exit 1; }
     sleep 0.5
   done
 done
-for i in "${!names[@]}"; do # what auto resolved to, from the start-up log
-  grep -o 'backend="\?[a-z]*"\? precision="\?[a-z0-9]*"\?' "$out/server-${names[$i]}.log" | head -n 1 \
-    | tr -d '"' | sed "s/^/${names[$i]}: /" > "$out/resolved-${names[$i]}" || true
+for i in "${!names[@]}"; do # what each server runs, from its start-up log
+  grep -o 'detector=[a-z]* [a-z0-9]* embedder=[a-z]* [a-z0-9]*' "$out/server-${names[$i]}.log" | head -n 1 \
+    | sed "s/^/${names[$i]}: /" > "$out/resolved-${names[$i]}" || true
 done
 load() { target/release/facevault-load --json --duration "$DURATION" "$@" | tail -n 1; }
 for round in $(seq 1 "$ROUNDS"); do

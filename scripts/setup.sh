@@ -53,7 +53,7 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 field() { cut -d'|' -f"$2" <<<"$1"; }
 
 if [ "$(uname -m)" != x86_64 ]; then
-  echo "setup: the pinned onnxruntime and grpcurl binaries are x86_64 Linux builds; this is $(uname -m)" >&2
+  echo "setup: the pinned onnxruntime, openvino and grpcurl binaries are x86_64 Linux builds; this is $(uname -m)" >&2
   exit 1
 fi
 

@@ -463,7 +463,19 @@ impl Config {
     /// cannot run here, such as bf16 on a CPU without it).
     pub fn backend(&self) -> Result<Backend, String> {
         let cpu = CpuFeatures::detect();
-        backend::resolve(self.inference_backend, self.inference_precision, cpu, self.openvino.is_file())
+        backend::resolve(self.inference_backend, self.inference_precision, cpu, self.openvino_loads(cpu).is_ok())
+    }
+
+    /// Whether `auto` would run OpenVINO here and it loads: Ok(()) when auto does not want it,
+    /// else the error of loading it (`auto` then runs ONNX Runtime).
+    pub fn openvino_loads(&self, cpu: CpuFeatures) -> Result<(), String> {
+        let wanted = self.inference_backend == BackendChoice::Auto
+            && self.inference_precision == PrecisionChoice::Auto
+            && cpu.bf16;
+        if !wanted {
+            return Ok(());
+        }
+        crate::inference::openvino::version(&self.openvino).map(drop).map_err(|e| e.to_string())
     }
 
     /// The inference settings. The backend is ONNX Runtime where the flags do not resolve

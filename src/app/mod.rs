@@ -170,11 +170,8 @@ impl App {
         .await?;
         let pool = blocking(move || InferencePool::start(&inference, &models)).await?;
         let cpu = crate::inference::backend::CpuFeatures::detect();
-        if config.inference_backend == crate::inference::backend::BackendChoice::Auto
-            && cpu.bf16
-            && !config.openvino.is_file()
-        {
-            tracing::warn!("the OpenVINO library is missing (run scripts/setup.sh): ONNX Runtime runs both models");
+        if let Err(error) = config.openvino_loads(cpu) {
+            tracing::warn!(%error, "OpenVINO does not load: ONNX Runtime runs both models");
         }
         let cpu = cpu.describe();
         let backend = pool.backend();

@@ -3,7 +3,7 @@
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{ImageEncoder, RgbImage};
+use image::RgbImage;
 
 use crate::domain::BoundingBox;
 use crate::error::{Error, Result};
@@ -76,8 +76,9 @@ pub fn face_thumbnail(
         }
     }
     let mut jpeg = Vec::with_capacity(32 * 1024);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, spec.quality)
-        .write_image(&canvas, spec.size, spec.size, image::ExtendedColorType::Rgb8)
+    let side = u16::try_from(spec.size).map_err(|e| Error::internal("thumbnail size", e))?;
+    jpeg_encoder::Encoder::new(&mut jpeg, spec.quality)
+        .encode(&canvas, side, side, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| Error::internal("thumbnail encode", e))?;
     Ok(jpeg)
 }

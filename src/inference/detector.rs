@@ -61,8 +61,7 @@ pub enum Coverage {
     MinFace(f32),
 }
 
-/// The canvas sizes a request may run, coarse first (`Detector::detect` runs the fine one first
-/// and may skip the coarse one).
+/// The canvas sizes a request will run, coarse first.
 pub fn plan_passes(config: &DetectorConfig, width: u32, height: u32, coverage: Coverage) -> Vec<u32> {
     let coarse = config.coarse_size;
     let long_side = width.max(height) as f32;
@@ -140,18 +139,9 @@ impl Detector {
         coverage: Coverage,
         letterbox: &mut Letterboxer,
     ) -> Result<Vec<Detection>> {
-        let mut passes = plan_passes(&self.config, image.width(), image.height(), coverage);
+        let passes = plan_passes(&self.config, image.width(), image.height(), coverage);
         let mut found = Vec::new();
-        // The fine pass first. The coarse pass only adds faces larger than half the fine canvas
-        // (see `merge`), so it is skipped when the fine pass found faces and none of them comes
-        // near that size (a quarter of the fine canvas); it still runs when the fine pass found
-        // nothing, since a face that fills the frame scores low at the fine size.
-        passes.reverse();
-        for (i, &canvas) in passes.iter().enumerate() {
-            if i > 0 && !found.is_empty() && !found.iter().any(|d| near_coarse_range(d, passes[0])) {
-                passes.truncate(i);
-                break;
-            }
+        for &canvas in &passes {
             let geometry = letterbox.to_tensor(image, canvas, INPUT_MEAN, INPUT_STD, &mut self.tensor)?;
             for detection in self.run_pass(&geometry)? {
                 found.push(PassDetection { detection, canvas, scale: geometry.scale });
@@ -224,13 +214,6 @@ fn decode_outputs(outputs: &[&[f32]], geometry: &LetterboxGeometry, threshold: f
     Ok(detections)
 }
 
-/// Whether a detection of the fine pass (canvas `fine`) is at least a quarter of that canvas:
-/// near the sizes the coarse pass is preferred for.
-fn near_coarse_range(d: &PassDetection, fine: u32) -> bool {
-    let side = d.detection.bbox.width().max(d.detection.bbox.height()) * d.scale;
-    side >= fine as f32 / 4.0
-}
-
 /// Merges detections of several passes: each face is taken from the pass in whose range it
 /// lies (see the module docs), ties and overlaps resolved by score, then NMS.
 fn merge(mut found: Vec<PassDetection>, passes: &[u32], nms_threshold: f32) -> Vec<Detection> {
@@ -292,16 +275,6 @@ mod tests {
         assert_eq!(merged.len(), 2);
         assert!(merged.iter().any(|d| d.bbox.x_min == 10.0), "small face from the fine pass");
         assert!(merged.iter().any(|d| d.bbox.x_min == 302.0), "large face from the coarse pass");
-    }
-
-    #[test]
-    fn the_coarse_pass_is_needed_only_near_its_range() {
-        // 1000 px image at the 640 fine canvas (scale 0.64): a quarter of the canvas is 160
-        // canvas px, 250 image px.
-        let small = PassDetection { detection: det(0.0, 0.0, 240.0, 0.9), canvas: 640, scale: 0.64 };
-        let near = PassDetection { detection: det(0.0, 0.0, 260.0, 0.9), canvas: 640, scale: 0.64 };
-        assert!(!near_coarse_range(&small, 640));
-        assert!(near_coarse_range(&near, 640));
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! memory and compiled for the CPU with explicit threads and precision, and a synchronous infer
 //! request per worker fed f32 tensors. No preprocessing here.
 //!
-//! The library is pinned (2026.4.1): its enum values and struct layouts are those of that
-//! release, and a self-check at load (the byte size of an f32 and a bf16 tensor) refuses a
-//! library whose element types are numbered otherwise.
+//! The library is pinned (2026.4.1; 2026.4.x is accepted): its enum values and struct layouts
+//! are those of that release, and a self-check at load (the element type and byte size of an
+//! f32 and a bf16 tensor) refuses a library whose element types are numbered otherwise.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
@@ -51,8 +51,10 @@ struct Api {
     get_version: unsafe extern "C" fn(*mut Version) -> Status,
     version_free: unsafe extern "C" fn(*mut Version),
     last_error: unsafe extern "C" fn() -> *const c_char,
+    error_info: unsafe extern "C" fn(Status) -> *const c_char,
     free_string: unsafe extern "C" fn(*const c_char),
     core_create: unsafe extern "C" fn(*mut Ptr) -> Status,
+    core_free: unsafe extern "C" fn(Ptr),
     read_model: unsafe extern "C" fn(Ptr, *const c_char, usize, Ptr, *mut Ptr) -> Status,
     model_free: unsafe extern "C" fn(Ptr),
     model_inputs_size: unsafe extern "C" fn(Ptr, *mut usize) -> Status,
@@ -74,6 +76,7 @@ struct Api {
     tensor_from_host: unsafe extern "C" fn(c_int, Shape, Ptr, *mut Ptr) -> Status,
     tensor_shape: unsafe extern "C" fn(Ptr, *mut Shape) -> Status,
     tensor_byte_size: unsafe extern "C" fn(Ptr, *mut usize) -> Status,
+    tensor_element_type: unsafe extern "C" fn(Ptr, *mut c_int) -> Status,
     tensor_data: unsafe extern "C" fn(Ptr, *mut Ptr) -> Status,
     tensor_free: unsafe extern "C" fn(Ptr),
 }
@@ -100,23 +103,29 @@ fn unavailable(message: String) -> Error {
 }
 
 impl Runtime {
-    /// Turns a status into a result, with OpenVINO's last error message.
+    /// Turns a status into a result, with the status's description and OpenVINO's last error
+    /// message (process-wide in the C API, so under concurrency it may be another call's).
     fn check(&self, status: Status, what: &'static str) -> Result<()> {
         if status == OK {
             return Ok(());
         }
-        // SAFETY: the message is a C string the library allocated for us; we copy and free it.
-        let detail = unsafe {
+        // SAFETY: the status description is a static C string; the last message is a C string
+        // the library allocated for us, which we copy and free.
+        let (info, detail) = unsafe {
+            let info = (self.api.error_info)(status);
+            let info = if info.is_null() { String::new() } else { CStr::from_ptr(info).to_string_lossy().into_owned() };
             let message = (self.api.last_error)();
-            if message.is_null() {
+            let detail = if message.is_null() {
                 String::new()
             } else {
                 let text = CStr::from_ptr(message).to_string_lossy().trim().to_owned();
                 (self.api.free_string)(message);
                 text
-            }
+            };
+            (info, detail)
         };
-        Err(Error::internal(what, std::io::Error::other(format!("OpenVINO status {status}: {detail}"))))
+        let message = format!("OpenVINO status {status} ({info}); last OpenVINO message: {detail}");
+        Err(Error::internal(what, std::io::Error::other(message)))
     }
 }
 
@@ -156,8 +165,10 @@ fn load(path: &Path) -> Result<Runtime> {
             get_version: sym!("ov_get_openvino_version"),
             version_free: sym!("ov_version_free"),
             last_error: sym!("ov_get_last_err_msg"),
+            error_info: sym!("ov_get_error_info"),
             free_string: sym!("ov_free"),
             core_create: sym!("ov_core_create"),
+            core_free: sym!("ov_core_free"),
             read_model: sym!("ov_core_read_model_from_memory_buffer"),
             model_free: sym!("ov_model_free"),
             model_inputs_size: sym!("ov_model_inputs_size"),
@@ -179,18 +190,23 @@ fn load(path: &Path) -> Result<Runtime> {
             tensor_from_host: sym!("ov_tensor_create_from_host_ptr"),
             tensor_shape: sym!("ov_tensor_get_shape"),
             tensor_byte_size: sym!("ov_tensor_get_byte_size"),
+            tensor_element_type: sym!("ov_tensor_get_element_type"),
             tensor_data: sym!("ov_tensor_data"),
             tensor_free: sym!("ov_tensor_free"),
         };
         let mut raw = Version { build_number: std::ptr::null(), description: std::ptr::null() };
-        if (api.get_version)(&mut raw) != OK || raw.build_number.is_null() {
-            return Err(unavailable(format!("{} did not report its version", path.display())));
+        let status = (api.get_version)(&mut raw);
+        let version = (status == OK && !raw.build_number.is_null())
+            .then(|| CStr::from_ptr(raw.build_number).to_string_lossy().into_owned());
+        if status == OK {
+            (api.version_free)(&mut raw);
         }
-        let version = CStr::from_ptr(raw.build_number).to_string_lossy().into_owned();
-        (api.version_free)(&mut raw);
-        if !version.starts_with("2026.") {
+        let Some(version) = version else {
+            return Err(unavailable(format!("{} did not report its version", path.display())));
+        };
+        if !version.starts_with("2026.4.") {
             return Err(unavailable(format!(
-                "OpenVINO {version} at {}: facevault is built against the 2026 C API (run scripts/setup.sh)",
+                "OpenVINO {version} at {}: facevault is built against the 2026.4 C API (run scripts/setup.sh)",
                 path.display()
             )));
         }
@@ -198,22 +214,31 @@ fn load(path: &Path) -> Result<Runtime> {
         let runtime = Runtime { path: path.to_path_buf(), api, core: std::ptr::null_mut(), version, _library: library };
         runtime.check((runtime.api.core_create)(&mut core), "creating the OpenVINO core")?;
         let runtime = Runtime { core, ..runtime };
-        for (element, bytes) in [(ELEMENT_F32, 4), (ELEMENT_BF16, 2)] {
-            let mut buffer = [0u8; 8];
-            let mut tensor = HostTensor::new(&runtime, element, &[2], buffer.as_mut_ptr().cast())?;
-            if tensor.byte_size()? != 2 * bytes {
-                return Err(unavailable(format!(
-                    "OpenVINO {} numbers its element types differently than facevault expects",
-                    runtime.version
-                )));
-            }
-            tensor.release();
+        if let Err(err) = self_check(&runtime) {
+            (runtime.api.core_free)(runtime.core);
+            return Err(err);
         }
         Ok(runtime)
     }
 }
 
-/// The version of the loaded library (for start-up logs and metrics).
+/// Checks that the library numbers element types as facevault does: an f32 and a bf16 tensor
+/// of two elements must be 8 and 4 bytes.
+fn self_check(runtime: &Runtime) -> Result<()> {
+    for (element, bytes) in [(ELEMENT_F32, 4), (ELEMENT_BF16, 2)] {
+        let mut buffer = [0f32; 2];
+        let tensor = HostTensor::new(runtime, element, &[2], buffer.as_mut_ptr().cast())?;
+        if tensor.byte_size()? != 2 * bytes || tensor.element_type()? != element {
+            return Err(unavailable(format!(
+                "OpenVINO {} numbers its element types differently than facevault expects",
+                runtime.version
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads the library (once per process) and returns its version: whether OpenVINO can run here.
 pub fn version(library: &Path) -> Result<String> {
     Ok(runtime(library)?.version.clone())
 }
@@ -241,6 +266,14 @@ impl<'r> HostTensor<'r> {
         Ok(HostTensor { runtime, ptr })
     }
 
+    fn element_type(&self) -> Result<c_int> {
+        let mut element = -1;
+        // SAFETY: ptr is a live tensor.
+        let status = unsafe { (self.runtime.api.tensor_element_type)(self.ptr, &mut element) };
+        self.runtime.check(status, "an OpenVINO tensor's element type")?;
+        Ok(element)
+    }
+
     fn byte_size(&self) -> Result<usize> {
         let mut size = 0;
         // SAFETY: ptr is a live tensor.
@@ -258,10 +291,14 @@ impl<'r> HostTensor<'r> {
         // data stays valid while the tensor lives (the borrow of self).
         unsafe {
             self.runtime.check((api.tensor_shape)(self.ptr, &mut shape), "an OpenVINO output shape")?;
-            let dims = std::slice::from_raw_parts(shape.dims, shape.rank.max(0) as usize);
-            let elements = dims.iter().map(|&d| d.max(0) as usize).product::<usize>();
+            let elements = if shape.dims.is_null() {
+                1 // a scalar
+            } else {
+                let dims = std::slice::from_raw_parts(shape.dims, shape.rank.max(0) as usize);
+                dims.iter().map(|&d| d.max(0) as usize).product::<usize>()
+            };
             (api.shape_free)(&mut shape);
-            if self.byte_size()? != elements * 4 {
+            if self.element_type()? != ELEMENT_F32 || self.byte_size()? != elements * 4 {
                 return Err(Error::bug("an OpenVINO output is not f32"));
             }
             self.runtime.check((api.tensor_data)(self.ptr, &mut data), "an OpenVINO output's data")?;
@@ -271,19 +308,12 @@ impl<'r> HostTensor<'r> {
             Ok(std::slice::from_raw_parts(data.cast::<f32>(), elements))
         }
     }
-
-    fn release(&mut self) {
-        if !self.ptr.is_null() {
-            // SAFETY: ptr is a live tensor we own, freed once.
-            unsafe { (self.runtime.api.tensor_free)(self.ptr) };
-            self.ptr = std::ptr::null_mut();
-        }
-    }
 }
 
 impl Drop for HostTensor<'_> {
     fn drop(&mut self) {
-        self.release();
+        // SAFETY: ptr is a live tensor we own, freed once.
+        unsafe { (self.runtime.api.tensor_free)(self.ptr) };
     }
 }
 
@@ -335,8 +365,16 @@ impl Session {
             (api.read_model)(runtime.core, onnx.as_ptr().cast(), onnx.len(), std::ptr::null_mut(), &mut model)
         };
         runtime.check(status, "reading a model into OpenVINO")?;
-        let shapes = port_shapes(runtime, model);
-        let threads = CString::new(threads.max(1).to_string()).map_err(|e| Error::internal("thread count", e))?;
+        let shapes = match port_shapes(runtime, model) {
+            Ok(shapes) => shapes,
+            Err(err) => {
+                // SAFETY: model is live and freed once.
+                unsafe { (api.model_free)(model) };
+                return Err(err);
+            }
+        };
+        let (inputs, outputs) = shapes;
+        let threads = CString::new(threads.max(1).to_string()).expect("a number has no NUL byte");
         let mut compiled = std::ptr::null_mut();
         // SAFETY: model is live; the variadic arguments are 5 pairs of NUL-terminated strings, as
         // property_args_size (10) says.
@@ -361,7 +399,6 @@ impl Session {
         };
         // SAFETY: the compiled model (if any) holds what it needs of the model.
         unsafe { (api.model_free)(model) };
-        let (inputs, outputs) = shapes?;
         runtime.check(status, "compiling a model with OpenVINO")?;
         let mut session = Session { runtime, compiled, request: std::ptr::null_mut(), inputs, outputs };
         let mut request = std::ptr::null_mut();
@@ -390,7 +427,10 @@ impl Session {
         let runtime = self.runtime;
         let api = &runtime.api;
         let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-        // The request only reads the input during `infer`, which ends before this borrow does.
+        // The tensor wraps `input` without copying. The request reads it only during `infer`,
+        // which ends before this borrow does; it keeps a reference to the tensor afterwards (so
+        // to memory the caller may free or move), but never reads it again: every `infer` is
+        // preceded by a `set_input` of the new input. OpenVINO never writes to an input.
         let tensor = HostTensor::new(runtime, ELEMENT_F32, &dims, input.as_ptr().cast_mut().cast())?;
         // SAFETY: request and tensor are live.
         unsafe {

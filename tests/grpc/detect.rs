@@ -147,3 +147,29 @@ async fn thumbnails_are_square_jpegs_of_each_face() {
         assert!((cx - 128.0).abs() < 40.0 && (cy - 128.0).abs() < 40.0, "face centre in thumbnail: {cx},{cy}");
     }
 }
+
+/// A face that fills most of the frame (which the fine pass scores far below the threshold)
+/// beside a small face that only the fine pass finds: both come back. Guards any plan to skip
+/// the coarse pass when the fine one found faces (measured: the fine pass's large-box scores
+/// overlap between such faces, 0.034 and up, and the background of group photos, up to 0.030).
+#[tokio::test]
+async fn a_frame_filling_face_beside_a_small_one_is_found() {
+    let server = TestServer::start().await;
+    let t1 = fixture_rgb("t1.jpg");
+    let faces = detect(&server, png(&t1), false).await.faces;
+    let [x1, y1, x2, y2] = bbox(&faces[0]);
+    let (cx, cy, half) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0, 0.75 * (x2 - x1).max(y2 - y1));
+    let small =
+        imageops::crop_imm(&t1, (cx - half) as u32, (cy - half) as u32, (2.0 * half) as u32, (2.0 * half) as u32)
+            .to_image();
+    let small = imageops::resize(&small, 56, 56, imageops::FilterType::Triangle);
+    let big = imageops::resize(&fixture_rgb("Tom_Hanks_54745.png"), 420, 420, imageops::FilterType::Triangle);
+    let mut canvas = image::RgbImage::from_pixel(480, 480, image::Rgb([128, 128, 128]));
+    imageops::replace(&mut canvas, &big, 0, 0);
+    imageops::replace(&mut canvas, &small, 424, 424);
+    let found = detect(&server, png(&canvas), false).await.faces;
+    let sides: Vec<f32> = found.iter().map(|f| bbox(f)[2] - bbox(f)[0]).collect();
+    assert_eq!(found.len(), 2, "the large and the small face: {sides:?}");
+    assert!(sides.iter().any(|&s| s > 250.0), "the frame-filling face: {sides:?}");
+    assert!(sides.iter().any(|&s| s < 60.0), "the small face: {sides:?}");
+}

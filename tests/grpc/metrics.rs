@@ -33,6 +33,19 @@ async fn metrics_count_rpcs_stages_and_index_size() {
         assert!(text.contains(&format!("facevault_stage_duration_seconds_count{{stage=\"{stage}\"}}")), "{stage}");
     }
     assert!(text.contains("facevault_inference_queue_depth 0"));
+    // The engine of each model, as `auto` resolved it on this CPU: the embedder on OpenVINO
+    // bf16 where the CPU has bf16, ONNX Runtime elsewhere; the detector on ONNX Runtime.
+    use facevault::inference::backend::{CpuFeatures, Engine, Precision};
+    let backend = server.app().pool().backend();
+    let embedder = if CpuFeatures::detect().bf16 { Engine::OpenVino(Precision::Bf16) } else { Engine::Ort };
+    assert_eq!((backend.detector, backend.embedder), (Engine::Ort, embedder));
+    for (model, engine) in [("detector", backend.detector), ("embedder", backend.embedder)] {
+        let (name, precision) = (engine.name(), engine.precision_name());
+        let line = format!(
+            "facevault_inference_backend_info{{model=\"{model}\",backend=\"{name}\",precision=\"{precision}\"}} 1"
+        );
+        assert!(text.contains(&line), "{line} in {text}");
+    }
     assert!(text.contains("facevault_overload_rejections_total"));
     // --metrics-tenant-labels: per tenant, by name (tests/grpc/edges.rs: without it, a total).
     assert!(text.contains("facevault_index_faces{tenant=\"alpha\"} 1"), "{text}");
