@@ -47,7 +47,8 @@ for i in "${!names[@]}"; do
   done
 done
 for i in "${!names[@]}"; do # what each server runs, from its start-up log
-  grep -o 'detector=[a-z]* [a-z0-9]* embedder=[a-z]* [a-z0-9]*' "$out/server-${names[$i]}.log" | head -n 1 \
+  sed 's/\x1b\[[0-9;]*m//g' "$out/server-${names[$i]}.log" \
+    | grep -o 'detector=[a-z]* [a-z0-9]* embedder=[a-z]* [a-z0-9]*' | head -n 1 \
     | sed "s/^/${names[$i]}: /" > "$out/resolved-${names[$i]}" || true
 done
 load() { target/release/facevault-load --json --duration "$DURATION" "$@" | tail -n 1; }
