@@ -347,7 +347,8 @@ impl Config {
         if self.intra_threads == 0 {
             return Err("--intra-threads must be at least 1".into());
         }
-        self.backend()?;
+        // The flags alone (OpenVINO is loaded, once, when the models are).
+        backend::resolve(self.inference_backend, self.inference_precision, CpuFeatures::detect(), true)?;
         if self.thumbnail_size < 32 || self.thumbnail_size > 1024 {
             return Err("--thumbnail-size must be between 32 and 1024".into());
         }

@@ -45,6 +45,7 @@ pub fn face_thumbnail(
     spec: &ThumbnailSpec,
     resizer: &mut Resizer,
 ) -> Result<Vec<u8>> {
+    let out_side = u16::try_from(spec.size).map_err(|e| Error::internal("thumbnail size", e))?;
     let (left, top, side) = thumbnail_region(bbox, spec, image.width(), image.height());
     let (w, h) = (f64::from(image.width()), f64::from(image.height()));
     // The part of the square that lies inside the image, and where it goes in the output.
@@ -76,9 +77,12 @@ pub fn face_thumbnail(
         }
     }
     let mut jpeg = Vec::with_capacity(32 * 1024);
-    let side = u16::try_from(spec.size).map_err(|e| Error::internal("thumbnail size", e))?;
-    jpeg_encoder::Encoder::new(&mut jpeg, spec.quality)
-        .encode(&canvas, side, side, jpeg_encoder::ColorType::Rgb)
+    let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, spec.quality);
+    // Full-resolution colour (4:4:4), as the `image` crate's encoder wrote before: the encoder's
+    // default below quality 90 would halve the colour resolution.
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
+    encoder
+        .encode(&canvas, out_side, out_side, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| Error::internal("thumbnail encode", e))?;
     Ok(jpeg)
 }

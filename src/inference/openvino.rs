@@ -44,6 +44,12 @@ struct Version {
     description: *const c_char,
 }
 
+#[repr(C)]
+struct VersionList {
+    versions: *mut c_void,
+    size: usize,
+}
+
 type Ptr = *mut c_void;
 
 /// The entry points used, resolved once.
@@ -55,6 +61,8 @@ struct Api {
     free_string: unsafe extern "C" fn(*const c_char),
     core_create: unsafe extern "C" fn(*mut Ptr) -> Status,
     core_free: unsafe extern "C" fn(Ptr),
+    core_versions: unsafe extern "C" fn(Ptr, *const c_char, *mut VersionList) -> Status,
+    core_versions_free: unsafe extern "C" fn(*mut VersionList),
     read_model: unsafe extern "C" fn(Ptr, *const c_char, usize, Ptr, *mut Ptr) -> Status,
     model_free: unsafe extern "C" fn(Ptr),
     model_inputs_size: unsafe extern "C" fn(Ptr, *mut usize) -> Status,
@@ -97,6 +105,8 @@ unsafe impl Sync for Runtime {}
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 static INIT_LOCK: Mutex<()> = Mutex::new(());
+/// The library that failed to load and why: tried once per process.
+static FAILED: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
 
 fn unavailable(message: String) -> Error {
     Error::Unavailable { message }
@@ -146,8 +156,19 @@ fn runtime(library: &Path) -> Result<&'static Runtime> {
     if !library.is_file() {
         return Err(unavailable(format!("OpenVINO library not found at {} (run scripts/setup.sh)", library.display())));
     }
-    let runtime = load(library)?;
-    Ok(RUNTIME.get_or_init(|| runtime))
+    let mut failed = FAILED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((path, message)) = failed.as_ref()
+        && path == library
+    {
+        return Err(unavailable(message.clone()));
+    }
+    match load(library) {
+        Ok(runtime) => Ok(RUNTIME.get_or_init(|| runtime)),
+        Err(err) => {
+            *failed = Some((library.to_path_buf(), err.to_string()));
+            Err(err)
+        }
+    }
 }
 
 fn load(path: &Path) -> Result<Runtime> {
@@ -169,6 +190,8 @@ fn load(path: &Path) -> Result<Runtime> {
             free_string: sym!("ov_free"),
             core_create: sym!("ov_core_create"),
             core_free: sym!("ov_core_free"),
+            core_versions: sym!("ov_core_get_versions_by_device_name"),
+            core_versions_free: sym!("ov_core_versions_free"),
             read_model: sym!("ov_core_read_model_from_memory_buffer"),
             model_free: sym!("ov_model_free"),
             model_inputs_size: sym!("ov_model_inputs_size"),
@@ -222,17 +245,31 @@ fn load(path: &Path) -> Result<Runtime> {
     }
 }
 
-/// Checks that the library numbers element types as facevault does: an f32 and a bf16 tensor
-/// of two elements must be 8 and 4 bytes.
+/// Checks that the CPU plugin loads (its version is read, which loads it) and that the library
+/// numbers element types as facevault does (an f32 and a bf16 tensor of two elements report
+/// their type and 8 and 4 bytes). Every failure is Unavailable.
 fn self_check(runtime: &Runtime) -> Result<()> {
+    let mut list = VersionList { versions: std::ptr::null_mut(), size: 0 };
+    // SAFETY: core is live; the list is freed once, only when filled.
+    let status = unsafe { (runtime.api.core_versions)(runtime.core, c"CPU".as_ptr(), &mut list) };
+    let plugin = runtime.check(status, "loading OpenVINO's CPU plugin");
+    if status == OK {
+        // SAFETY: filled by the call above.
+        unsafe { (runtime.api.core_versions_free)(&mut list) };
+    }
+    plugin.map_err(|e| unavailable(format!("OpenVINO's CPU plugin does not load: {e}")))?;
+    let mismatch = || {
+        unavailable(format!(
+            "OpenVINO {} numbers its element types differently than facevault expects",
+            runtime.version
+        ))
+    };
     for (element, bytes) in [(ELEMENT_F32, 4), (ELEMENT_BF16, 2)] {
         let mut buffer = [0f32; 2];
-        let tensor = HostTensor::new(runtime, element, &[2], buffer.as_mut_ptr().cast())?;
-        if tensor.byte_size()? != 2 * bytes || tensor.element_type()? != element {
-            return Err(unavailable(format!(
-                "OpenVINO {} numbers its element types differently than facevault expects",
-                runtime.version
-            )));
+        let tensor = HostTensor::new(runtime, element, &[2], buffer.as_mut_ptr().cast()).map_err(|_| mismatch())?;
+        let size = tensor.byte_size().map_err(|_| mismatch())?;
+        if size != 2 * bytes || tensor.element_type().map_err(|_| mismatch())? != element {
+            return Err(mismatch());
         }
     }
     Ok(())

@@ -150,8 +150,9 @@ async fn thumbnails_are_square_jpegs_of_each_face() {
 
 /// A face that fills most of the frame (which the fine pass scores far below the threshold)
 /// beside a small face that only the fine pass finds: both come back. Guards any plan to skip
-/// the coarse pass when the fine one found faces (measured: the fine pass's large-box scores
-/// overlap between such faces, 0.034 and up, and the background of group photos, up to 0.030).
+/// the coarse pass when the fine one found faces (measured: the fine pass's best large-box score
+/// is 0.034 and up on such faces and up to 0.030 on the background of group photos, a margin
+/// too thin to rely on).
 #[tokio::test]
 async fn a_frame_filling_face_beside_a_small_one_is_found() {
     let server = TestServer::start().await;

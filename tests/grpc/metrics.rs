@@ -37,7 +37,9 @@ async fn metrics_count_rpcs_stages_and_index_size() {
     // bf16 where the CPU has bf16, ONNX Runtime elsewhere; the detector on ONNX Runtime.
     use facevault::inference::backend::{CpuFeatures, Engine, Precision};
     let backend = server.app().pool().backend();
-    let embedder = if CpuFeatures::detect().bf16 { Engine::OpenVino(Precision::Bf16) } else { Engine::Ort };
+    let cpu = CpuFeatures::detect();
+    let openvino = cpu.bf16 && server.config().openvino_loads(cpu).is_ok();
+    let embedder = if openvino { Engine::OpenVino(Precision::Bf16) } else { Engine::Ort };
     assert_eq!((backend.detector, backend.embedder), (Engine::Ort, embedder));
     for (model, engine) in [("detector", backend.detector), ("embedder", backend.embedder)] {
         let (name, precision) = (engine.name(), engine.precision_name());

@@ -267,6 +267,10 @@ impl TestServer {
     }
 
     /// The running application (store and index), for checks no rpc can make.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub(crate) fn app(&self) -> &facevault::app::App {
         self.slot.get().expect("the server is serving")
     }
