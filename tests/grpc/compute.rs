@@ -26,7 +26,10 @@ const SEARCHERS: usize = 8;
 const LOAD: Duration = Duration::from_secs(5);
 /// One health Check and one GetUser are due every this often.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
-const P99_LIMIT: Duration = Duration::from_millis(50);
+/// Far below one search alone (about 160 ms here), so a call queued behind the scans fails it;
+/// above what the other tests of the binary, running beside this one on two cores, add (a CI
+/// run measured a health p99 of 50.1 ms).
+const P99_LIMIT: Duration = Duration::from_millis(100);
 
 fn synthetic(seed: u64) -> Embedding {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC0FF_EE00;
