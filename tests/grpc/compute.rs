@@ -26,10 +26,13 @@ const SEARCHERS: usize = 8;
 const LOAD: Duration = Duration::from_secs(5);
 /// One health Check and one GetUser are due every this often.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
-/// Far below one search alone (about 160 ms here), so a call queued behind the scans fails it;
-/// above what the other tests of the binary, running beside this one on two cores, add (a CI
-/// run measured a health p99 of 50.1 ms).
-const P99_LIMIT: Duration = Duration::from_millis(100);
+/// The p99 bound of the other calls: three quarters of one search alone on this machine (a call
+/// queued behind a scan waits at least that long), and never below 50 ms. The other tests of
+/// the binary run beside this one on two cores: CI runs measured p99s of 50 to 110 ms while one
+/// search alone took 160 to 240 ms.
+fn p99_limit(alone: Duration) -> Duration {
+    (alone * 3 / 4).max(Duration::from_millis(50))
+}
 
 fn synthetic(seed: u64) -> Embedding {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xC0FF_EE00;
@@ -137,6 +140,7 @@ async fn searches_of_a_large_tenant_never_stall_health_or_another_tenant() {
         reads.len(),
     );
     assert!(searches >= SEARCHERS as u32, "the searchers made progress: {searches}");
-    assert!(check_p99 < P99_LIMIT, "health Check p99 {check_p99:?} under search load");
-    assert!(read_p99 < P99_LIMIT, "another tenant's GetUser p99 {read_p99:?} under search load");
+    let limit = p99_limit(alone);
+    assert!(check_p99 < limit, "health Check p99 {check_p99:?} under search load (limit {limit:?})");
+    assert!(read_p99 < limit, "another tenant's GetUser p99 {read_p99:?} under search load (limit {limit:?})");
 }
