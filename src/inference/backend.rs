@@ -105,9 +105,12 @@ pub struct CpuFeatures {
 }
 
 impl CpuFeatures {
-    /// Reads the flags of the first CPU in /proc/cpuinfo (all false elsewhere).
+    /// The flags of the first CPU in /proc/cpuinfo (all false elsewhere), read once per process.
     pub fn detect() -> Self {
-        std::fs::read_to_string("/proc/cpuinfo").map(|text| Self::from_cpuinfo(&text)).unwrap_or_default()
+        static DETECTED: std::sync::OnceLock<CpuFeatures> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            std::fs::read_to_string("/proc/cpuinfo").map(|text| Self::from_cpuinfo(&text)).unwrap_or_default()
+        })
     }
 
     /// Parses the `flags` line of a /proc/cpuinfo text.

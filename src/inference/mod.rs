@@ -73,7 +73,6 @@ pub fn load_pipeline_from(config: &InferenceConfig, models: &Models) -> Result<F
     let runtime = RuntimeConfig {
         onnxruntime: config.runtime_library.clone(),
         openvino: config.openvino_library.clone(),
-        backend: config.backend,
         intra_threads: config.intra_threads,
     };
     let backend = config.backend;

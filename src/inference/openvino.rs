@@ -11,6 +11,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use super::backend::Precision;
 use crate::error::{Error, Result};
 
 type Status = c_int;
@@ -354,19 +355,11 @@ impl Drop for HostTensor<'_> {
     }
 }
 
-/// Numeric precision the CPU plugin computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    F32,
-    Bf16,
-}
-
-impl Precision {
-    fn hint(self) -> &'static CStr {
-        match self {
-            Precision::F32 => c"f32",
-            Precision::Bf16 => c"bf16",
-        }
+/// The CPU plugin's INFERENCE_PRECISION_HINT for `precision`.
+fn precision_hint(precision: Precision) -> &'static CStr {
+    match precision {
+        Precision::F32 => c"f32",
+        Precision::Bf16 => c"bf16",
     }
 }
 
@@ -431,7 +424,7 @@ impl Session {
                 c"ENABLE_CPU_PINNING".as_ptr(),
                 c"NO".as_ptr(),
                 c"INFERENCE_PRECISION_HINT".as_ptr(),
-                precision.hint().as_ptr(),
+                precision_hint(precision).as_ptr(),
             )
         };
         // SAFETY: the compiled model (if any) holds what it needs of the model.

@@ -30,17 +30,16 @@ pub struct SessionOptions {
     pub intra_threads: usize,
 }
 
-pub use super::backend::{Backend, Engine, Precision};
+use super::backend::Engine;
 use super::openvino;
 
-/// Where the runtimes are, and which one runs the models.
+/// Where the runtimes are, and the threads of each session.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// libonnxruntime.so.
     pub onnxruntime: PathBuf,
     /// libopenvino_c.so.
     pub openvino: PathBuf,
-    pub backend: Backend,
     pub intra_threads: usize,
 }
 
@@ -62,10 +61,6 @@ impl ModelSession {
                 Ok(ModelSession::Ort(open_session(&env, model, options, quiet)?))
             }
             Engine::OpenVino(precision) => {
-                let precision = match precision {
-                    Precision::F32 => openvino::Precision::F32,
-                    Precision::Bf16 => openvino::Precision::Bf16,
-                };
                 openvino::Session::open(&runtime.openvino, &model.bytes, runtime.intra_threads, precision)
                     .map(ModelSession::OpenVino)
                     .map_err(|e| Error::Unavailable {
