@@ -165,7 +165,7 @@ impl Drop for Lossyfs {
 // ---- the server
 
 /// The facevault binary on `data_dir` (keys and log in `dir`), with a metrics endpoint.
-/// SIGKILL on drop.
+/// SIGKILL on drop. A start that fails names the tails of both logs.
 struct Server {
     child: ChildServer,
     metrics: std::net::SocketAddr,
@@ -175,7 +175,10 @@ impl Server {
     async fn spawn(dir: &Path, data_dir: &Path) -> Self {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
         let extra = ["--metrics-listen", &metrics.to_string()];
-        Server { child: ChildServer::spawn_on(dir, data_dir, &extra, &[]).await, metrics }
+        match ChildServer::try_spawn_on(dir, data_dir, &extra, &[]).await {
+            Ok(child) => Server { child, metrics },
+            Err(why) => panic!("{why}\nlossyfs's log:\n{}", tail(&dir.join("lossyfs.log"), 30)),
+        }
     }
 
     async fn channel(&self) -> tonic::transport::Channel {

@@ -401,7 +401,9 @@ pub(crate) async fn wait_serving_at(make: impl Fn() -> tonic::transport::Endpoin
     loop {
         if let Ok(channel) = make().connect().await {
             let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
-            if let Ok(reply) = HealthClient::new(channel).check(request).await
+            let mut health = HealthClient::new(channel);
+            let check = health.check(request);
+            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), check).await
                 && reply.into_inner().status == ServingStatus::Serving as i32
             {
                 return;
@@ -432,30 +434,83 @@ impl ChildServer {
 
     /// As `spawn_with_env`, with the store in `data_dir` (keys and log still in `dir`).
     pub(crate) async fn spawn_on(dir: &Path, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        match Self::try_spawn_on(dir, data_dir, extra, env).await {
+            Ok(server) => server,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// As `spawn_on`, returning why the server did not come up (it exited, or did not report
+    /// SERVING within 120 s) with the tail of its log. A start that lost its port to another
+    /// process between the pick and the bind is retried on a new port.
+    pub(crate) async fn try_spawn_on(
+        dir: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).expect("server dir");
         let keys = dir.join("keys.json");
         if !keys.is_file() {
             write_keys_file(&keys);
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_facevault"))
-            .current_dir(root())
-            .args(["--listen", &addr.to_string(), "--workers", "2", "--log-format", "json"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--keys-file")
-            .arg(&keys)
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start the facevault binary");
-        let server = ChildServer { child, addr };
-        wait_serving(&server.url(), Duration::from_secs(120)).await;
-        server
+        let log_path = dir.join("server.log");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log");
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_facevault"))
+                .current_dir(root())
+                .args(["--listen", &addr.to_string(), "--workers", "2", "--log-format", "json"])
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--keys-file")
+                .arg(&keys)
+                .args(extra)
+                .envs(env.iter().copied())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start the facevault binary");
+            let mut server = ChildServer { child, addr };
+            let timeout = Duration::from_secs(120);
+            let start = Instant::now();
+            let failure = loop {
+                if let Ok(channel) = server.endpoint().connect().await {
+                    let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                    let mut health = HealthClient::new(channel);
+                    let check = health.check(request);
+                    if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), check).await
+                        && reply.into_inner().status == ServingStatus::Serving as i32
+                    {
+                        return Ok(server);
+                    }
+                }
+                if let Some(status) = server.child.try_wait().expect("try_wait") {
+                    break format!("the server exited ({status}) before reporting SERVING");
+                }
+                if start.elapsed() > timeout {
+                    break format!("the server did not report SERVING within {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            server.kill();
+            let text = std::fs::read(&log_path).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..]).into_owned();
+            if attempt < 3 && ours.contains("Address already in use") {
+                continue;
+            }
+            let lines: Vec<&str> = ours.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            return Err(format!("{failure}; its log ({}):\n{tail}", log_path.display()));
+        }
+    }
+
+    fn endpoint(&self) -> tonic::transport::Endpoint {
+        Channel::from_shared(self.url()).expect("url").connect_timeout(Duration::from_secs(5))
     }
 
     pub(crate) fn url(&self) -> String {
