@@ -1,14 +1,15 @@
-//! The whole face pipeline on one thread: decode -> detect -> align -> quality -> embed ->
-//! thumbnail. A [`FacePipeline`] owns its sessions and buffers; the pool gives one to each
-//! worker thread, and benches and tests can drive one directly.
+//! The whole face pipeline of one worker thread: decode -> detect -> align -> quality ->
+//! embed, with the thumbnails encoded beside the embedder on a scoped second thread. A
+//! [`FacePipeline`] owns its sessions and buffers; the pool gives one to each worker thread,
+//! and benches and tests can drive one directly.
 
 use std::time::{Duration, Instant};
 
 use fast_image_resize::Resizer;
 use image::RgbImage;
 
-use crate::domain::{AnalyzedFace, Detection, ImageAnalysis};
-use crate::error::Result;
+use crate::domain::{AnalyzedFace, BoundingBox, Detection, ImageAnalysis};
+use crate::error::{Error, Result};
 use crate::imaging::align::align_face;
 use crate::imaging::decode::{DecodeLimits, ImageFormat, decode};
 use crate::imaging::encode::{ThumbnailSpec, face_thumbnail};
@@ -144,20 +145,40 @@ impl FacePipeline {
         }
         timings.align = start.elapsed();
 
-        let start = Instant::now();
+        // Thumbnails are cut and encoded on a second thread while the embedder runs: with a
+        // core to spare (a lightly loaded server) an enrollment does not wait for its JPEG.
         let picked = options.embeddings.picks(&faces);
         let batch: Vec<&[u8]> = picked.iter().map(|&i| crops[i].as_slice()).collect();
-        for (i, embedding) in picked.iter().zip(self.embedder.embed(&batch)?) {
+        let thumbnailed = options.thumbnails.picks(&faces);
+        let boxes: Vec<BoundingBox> = thumbnailed.iter().map(|&i| faces[i].detection.bbox).collect();
+        let (embedder, resizer, spec) = (&mut self.embedder, &mut self.resizer, &self.config.thumbnail);
+        let (embedded, thumbnails) = std::thread::scope(|scope| {
+            let encoder = (!boxes.is_empty()).then(|| {
+                scope.spawn(move || {
+                    let start = Instant::now();
+                    let jpegs: Result<Vec<Vec<u8>>> =
+                        boxes.iter().map(|bbox| face_thumbnail(rgb, bbox, spec, resizer)).collect();
+                    (jpegs, start.elapsed())
+                })
+            });
+            let start = Instant::now();
+            let embedded = embedder.embed(&batch).map(|e| (e, start.elapsed()));
+            let thumbnails = match encoder {
+                Some(handle) => handle.join().map_err(|_| Error::bug("the thumbnail encoder panicked")),
+                None => Ok((Ok(Vec::new()), Duration::ZERO)),
+            };
+            (embedded, thumbnails)
+        });
+        let (embeddings, embed_time) = embedded?;
+        let (jpegs, thumbnail_time) = thumbnails?;
+        timings.embed = embed_time;
+        timings.thumbnail = thumbnail_time;
+        for (i, embedding) in picked.iter().zip(embeddings) {
             faces[*i].embedding = Some(embedding);
         }
-        timings.embed = start.elapsed();
-
-        let start = Instant::now();
-        for i in options.thumbnails.picks(&faces) {
-            let bbox = faces[i].detection.bbox;
-            faces[i].thumbnail = Some(face_thumbnail(rgb, &bbox, &self.config.thumbnail, &mut self.resizer)?);
+        for (i, jpeg) in thumbnailed.iter().zip(jpegs?) {
+            faces[*i].thumbnail = Some(jpeg);
         }
-        timings.thumbnail = start.elapsed();
         Ok((ImageAnalysis { width: rgb.width(), height: rgb.height(), faces, omitted_faces }, timings))
     }
 
