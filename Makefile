@@ -29,7 +29,7 @@ eval: setup
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	cargo clippy --test powercut -- -D warnings
+	cargo clippy --test powercut --test devfaces -- -D warnings
 
 bench: setup
 	cargo bench

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use facevault::domain::MultipleFaces;
 use facevault::imaging::align::align_face;
 use facevault::imaging::{DecodeLimits, decode};
 use facevault::inference::backend::{Backend, CpuFeatures, Engine, Precision};
@@ -114,8 +115,8 @@ fn bench_analyze(c: &mut Criterion, backend: &str, pipeline: &mut FacePipeline) 
     // Enrollment: faces of 32 px and up, the sole acceptable face embedded and thumbnailed.
     let enroll = AnalyzeOptions {
         coverage: Coverage::MinFace(32.0),
-        embeddings: FaceSelection::SoleAcceptable,
-        thumbnails: FaceSelection::SoleAcceptable,
+        embeddings: FaceSelection::Enrollable(MultipleFaces::Dominant),
+        thumbnails: FaceSelection::Enrollable(MultipleFaces::Dominant),
     };
     let bytes = photo_bytes("yaoming.jpg");
     group.bench_function("enrollment/yaoming.jpg", |b| {

@@ -146,6 +146,17 @@ impl Embedding {
     }
 }
 
+/// What an enrollment does with a photo in which more than one face passes the quality gate
+/// (`inference::enrollable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MultipleFaces {
+    /// Enroll the face that clearly dominates the others, with the warning OTHER_FACES_IGNORED.
+    #[default]
+    Dominant,
+    /// Exactly one face may pass the gate (the first milestone's rule).
+    Reject,
+}
+
 /// One analysed face: detection, quality and, when asked for, embedding and thumbnail (Debug
 /// shows the thumbnail's length only).
 #[derive(Clone)]

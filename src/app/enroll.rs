@@ -1,6 +1,6 @@
-//! The enroll flows: decode -> detect -> pick the one acceptable face -> embed -> duplicate
-//! check -> persist -> index -> thumbnail; and face reads and deletes. Never formats wire
-//! responses.
+//! The enroll flows: decode -> detect -> pick the face to enroll (`inference::enrollable`) ->
+//! embed -> duplicate check -> persist -> index -> thumbnail; and face reads and deletes. Never
+//! formats wire responses.
 
 use std::time::SystemTime;
 
@@ -8,8 +8,11 @@ use bytes::Bytes;
 
 use super::tokens::{TokenHolder, invalid_token};
 use super::{App, UserRef, blocking, validate};
-use crate::domain::{Face, FaceId, FaceMatch, ImageAnalysis, Principal, QualityIssue, Tenant, User, UserId};
+use crate::domain::{
+    Face, FaceId, FaceMatch, ImageAnalysis, MultipleFaces, Principal, QualityIssue, Tenant, User, UserId,
+};
 use crate::error::{Error, Reason, Result};
+use crate::inference::enrollable::{DOMINANCE_RATIO, Enrollable, enrollable_face};
 use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
 use crate::storage::{NewFace, Replace};
 
@@ -21,6 +24,8 @@ pub struct FaceUpload {
     pub comment: String,
     /// REJECT: refuse the face when another user's face is a MATCH.
     pub reject_duplicates: bool,
+    /// A photo in which more than one face passes the quality gate.
+    pub multiple_faces: MultipleFaces,
 }
 
 /// Who authorises an UpdateFace.
@@ -60,13 +65,21 @@ pub struct StoredImage {
 
 /// The warning when a user's new face matches none of its other faces.
 pub const SELF_MISMATCH: &str = "SELF_MISMATCH";
+/// The warning when the photo shows other faces than the one enrolled (DOMINANT).
+pub(super) const OTHER_FACES_IGNORED: &str = "OTHER_FACES_IGNORED";
 
-/// The index of the one face that passes the quality gate, or why there is none.
-fn sole_face(analysis: &ImageAnalysis, min_face_size: f32) -> Result<usize> {
-    let acceptable: Vec<usize> =
-        (0..analysis.faces.len()).filter(|&i| analysis.faces[i].quality.acceptable()).collect();
-    if analysis.omitted_faces > 0 && !acceptable.is_empty() {
-        // Faces past the per-image cap were not assessed: one of them could be enrollable too.
+/// The index of the face to enroll and whether other faces were ignored, or why there is none.
+fn enrolled_face(analysis: &ImageAnalysis, policy: MultipleFaces, min_face_size: f32) -> Result<(usize, bool)> {
+    let picked = enrollable_face(&analysis.faces, analysis.width, analysis.height, policy);
+    let others = analysis.omitted_faces
+        + match picked {
+            Enrollable::Face { others, .. } => others,
+            Enrollable::NoFace | Enrollable::Competing { .. } => 0,
+        };
+    // Faces past the per-image cap were not assessed: under REJECT, one of them could be
+    // enrollable too. Under DOMINANT the rule weighs the assessed faces only, each larger than
+    // every omitted one.
+    if policy == MultipleFaces::Reject && analysis.omitted_faces > 0 && picked != Enrollable::NoFace {
         let count = analysis.faces.len() + analysis.omitted_faces;
         return Err(Error::invalid(
             Reason::MultipleFacesDetected,
@@ -75,9 +88,9 @@ fn sole_face(analysis: &ImageAnalysis, min_face_size: f32) -> Result<usize> {
         )
         .with_meta("face_count", count));
     }
-    match acceptable.as_slice() {
-        [index] => Ok(*index),
-        [] => {
+    match picked {
+        Enrollable::Face { index, .. } => Ok((index, policy == MultipleFaces::Dominant && others > 0)),
+        Enrollable::NoFace => {
             let Some(best) = analysis.faces.first() else {
                 return Err(Error::invalid(Reason::NoFaceDetected, "image", "no face was found in the image"));
             };
@@ -104,12 +117,21 @@ fn sole_face(analysis: &ImageAnalysis, min_face_size: f32) -> Result<usize> {
             .with_meta("yaw", format!("{:.1}", q.yaw))
             .with_meta("pitch", format!("{:.1}", q.pitch)))
         }
-        many => Err(Error::invalid(
+        Enrollable::Competing { count } => Err(Error::invalid(
             Reason::MultipleFacesDetected,
             "image",
-            format!("{} faces were found; an enrollment photo must show exactly one", many.len()),
+            match policy {
+                MultipleFaces::Reject => {
+                    format!("{count} faces were found; an enrollment photo must show exactly one")
+                }
+                MultipleFaces::Dominant => format!(
+                    "{count} faces were found and none is {DOMINANCE_RATIO} times as prominent (size, \
+                     centrality) as the next; an enrollment photo must show one face, or one that \
+                     clearly dominates"
+                ),
+            },
         )
-        .with_meta("face_count", many.len())),
+        .with_meta("face_count", count)),
     }
 }
 
@@ -126,16 +148,20 @@ fn issue_name(issue: QualityIssue) -> &'static str {
 
 impl App {
     /// Runs the enrollment analysis: faces down to the minimum enrollable size, embedding and
-    /// thumbnail of the one acceptable face.
-    async fn analyze_for_enrollment(&self, image: Bytes) -> Result<(crate::inference::Analysis, usize)> {
+    /// thumbnail of the face to enroll. Returns it and whether other faces were ignored.
+    async fn analyze_for_enrollment(
+        &self,
+        image: Bytes,
+        policy: MultipleFaces,
+    ) -> Result<(crate::inference::Analysis, usize, bool)> {
         let options = AnalyzeOptions {
             coverage: Coverage::MinFace(self.settings.min_face_size),
-            embeddings: FaceSelection::SoleAcceptable,
-            thumbnails: FaceSelection::SoleAcceptable,
+            embeddings: FaceSelection::Enrollable(policy),
+            thumbnails: FaceSelection::Enrollable(policy),
         };
         let analysis = self.pool.analyze(image, options).await?;
-        let index = sole_face(&analysis.image, self.settings.min_face_size)?;
-        Ok((analysis, index))
+        let (index, others) = enrolled_face(&analysis.image, policy, self.settings.min_face_size)?;
+        Ok((analysis, index, others))
     }
 
     /// UploadFace: adds a face to an existing user.
@@ -195,7 +221,8 @@ impl App {
         replace: Replace,
         token: Option<[u8; 32]>,
     ) -> Result<EnrollOutcome> {
-        let (analysis, picked) = self.analyze_for_enrollment(upload.image.clone()).await?;
+        let (analysis, picked, others_ignored) =
+            self.analyze_for_enrollment(upload.image.clone(), upload.multiple_faces).await?;
         let width = analysis.image.width;
         let height = analysis.image.height;
         let mime = analysis.format.mime_type();
@@ -259,6 +286,9 @@ impl App {
             .collect();
         let own = self.index.similarities(tenant, &staying, &embedding);
         let mut warnings = Vec::new();
+        if others_ignored {
+            warnings.push(OTHER_FACES_IGNORED.to_owned());
+        }
         if !own.is_empty() && own.iter().all(|(_, s)| *s < thresholds.matched) {
             warnings.push(SELF_MISMATCH.to_owned());
         }

@@ -16,12 +16,13 @@ impl fmt::Debug for Len {
 
 impl fmt::Debug for FaceUpload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let FaceUpload { user, image, comment, reject_duplicates } = self;
+        let FaceUpload { user, image, comment, reject_duplicates, multiple_faces } = self;
         f.debug_struct("FaceUpload")
             .field("user", user)
             .field("image", &Len(image.len()))
             .field("comment", comment)
             .field("reject_duplicates", reject_duplicates)
+            .field("multiple_faces", multiple_faces)
             .finish()
     }
 }
@@ -73,6 +74,7 @@ mod tests {
             image: PHOTO.into(),
             comment: String::new(),
             reject_duplicates: false,
+            multiple_faces: crate::domain::MultipleFaces::Dominant,
         };
         let texts = [
             format!("{upload:?}"),

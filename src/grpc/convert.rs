@@ -5,8 +5,8 @@ use std::time::SystemTime;
 use super::pb;
 use crate::app::{ImageKind, NewUser, StoredImage, UserRef, UserUpdate};
 use crate::domain::{
-    AnalyzedFace, BoundingBox, EnrollmentStatus, Face, FaceId, FaceMatch, FaceQuality, MatchDecision, Point,
-    QualityIssue, User, UserId,
+    AnalyzedFace, BoundingBox, EnrollmentStatus, Face, FaceId, FaceMatch, FaceQuality, MatchDecision, MultipleFaces,
+    Point, QualityIssue, User, UserId,
 };
 use crate::error::{Error, Reason, Result};
 
@@ -208,6 +208,22 @@ pub(super) fn reject_duplicates(value: i32) -> Result<bool> {
             "duplicate_policy is REPORT or REJECT",
         )
         .with_meta("duplicate_policy", value)),
+    }
+}
+
+/// UploadFace's and UpdateFace's multiple_faces_policy. A value the proto does not define is
+/// refused rather than read as DOMINANT.
+pub(super) fn multiple_faces(value: i32) -> Result<MultipleFaces> {
+    use pb::enrollment::MultipleFacesPolicy;
+    match MultipleFacesPolicy::try_from(value) {
+        Ok(MultipleFacesPolicy::Dominant) => Ok(MultipleFaces::Dominant),
+        Ok(MultipleFacesPolicy::Reject) => Ok(MultipleFaces::Reject),
+        Err(_) => Err(Error::invalid(
+            Reason::MultipleFacesPolicyInvalid,
+            "multiple_faces_policy",
+            "multiple_faces_policy is DOMINANT or REJECT",
+        )
+        .with_meta("multiple_faces_policy", value)),
     }
 }
 

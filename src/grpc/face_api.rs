@@ -49,12 +49,14 @@ impl FaceService for FaceApi {
     ) -> Result<Response<pb::UploadFaceResponse>, Status> {
         observed("UploadFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesWrite)?;
-            let pb::UploadFaceRequest { user, image, comment, duplicate_policy } = request.into_inner();
+            let pb::UploadFaceRequest { user, image, comment, duplicate_policy, multiple_faces_policy } =
+                request.into_inner();
             let upload = FaceUpload {
                 user: convert::user_ref(user, "user")?,
                 image,
                 comment,
                 reject_duplicates: convert::reject_duplicates(duplicate_policy)?,
+                multiple_faces: convert::multiple_faces(multiple_faces_policy)?,
             };
             let out = self.app.get()?.upload_face(&who, upload).await?;
             Ok(Response::new(pb::UploadFaceResponse {
@@ -73,7 +75,8 @@ impl FaceService for FaceApi {
     ) -> Result<Response<pb::UpdateFaceResponse>, Status> {
         observed("UpdateFace", call_deadline(&request), async move {
             let credential = update_credential(&request)?;
-            let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy } = request.into_inner();
+            let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy, multiple_faces_policy } =
+                request.into_inner();
             if !face_id.is_empty() {
                 convert::face_id(&face_id, "face_id")?;
             }
@@ -82,6 +85,7 @@ impl FaceService for FaceApi {
                 image,
                 comment,
                 reject_duplicates: convert::reject_duplicates(duplicate_policy)?,
+                multiple_faces: convert::multiple_faces(multiple_faces_policy)?,
             };
             let out = self.app.get()?.update_face(credential, upload, Some(&face_id)).await?;
             Ok(Response::new(pb::UpdateFaceResponse {

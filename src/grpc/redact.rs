@@ -31,25 +31,27 @@ impl fmt::Debug for pb::DetectFacesRequest {
 
 impl fmt::Debug for pb::UploadFaceRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pb::UploadFaceRequest { user, image, comment, duplicate_policy } = self;
+        let pb::UploadFaceRequest { user, image, comment, duplicate_policy, multiple_faces_policy } = self;
         f.debug_struct("UploadFaceRequest")
             .field("user", user)
             .field("image", &bytes(image))
             .field("comment", comment)
             .field("duplicate_policy", duplicate_policy)
+            .field("multiple_faces_policy", multiple_faces_policy)
             .finish()
     }
 }
 
 impl fmt::Debug for pb::UpdateFaceRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy } = self;
+        let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy, multiple_faces_policy } = self;
         f.debug_struct("UpdateFaceRequest")
             .field("user", user)
             .field("face_id", face_id)
             .field("image", &bytes(image))
             .field("comment", comment)
             .field("duplicate_policy", duplicate_policy)
+            .field("multiple_faces_policy", multiple_faces_policy)
             .finish()
     }
 }

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod detector;
 pub mod embedder;
+pub mod enrollable;
 pub mod nms;
 pub mod openvino;
 pub mod pipeline;

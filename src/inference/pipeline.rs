@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fast_image_resize::Resizer;
 use image::RgbImage;
 
-use crate::domain::{AnalyzedFace, BoundingBox, Detection, ImageAnalysis};
+use crate::domain::{AnalyzedFace, BoundingBox, Detection, ImageAnalysis, MultipleFaces};
 use crate::error::{Error, Result};
 use crate::imaging::align::align_face;
 use crate::imaging::decode::{DecodeLimits, ImageFormat, decode};
@@ -16,6 +16,7 @@ use crate::imaging::encode::{ThumbnailSpec, face_thumbnail};
 use crate::imaging::resize::Letterboxer;
 use crate::inference::detector::{Coverage, Detector};
 use crate::inference::embedder::Embedder;
+use crate::inference::enrollable::{Enrollable, enrollable_face};
 use crate::inference::quality::{QualityThresholds, assess};
 
 /// Which faces of an image get an embedding or a thumbnail.
@@ -25,21 +26,20 @@ pub enum FaceSelection {
     All,
     /// The largest face (search, verify).
     Largest,
-    /// The one face that passes the quality gate, and only when exactly one does
-    /// (enrollment).
-    SoleAcceptable,
+    /// The face an enrollment takes under this policy (`enrollable_face`), if any.
+    Enrollable(MultipleFaces),
 }
 
 impl FaceSelection {
-    fn picks(self, faces: &[AnalyzedFace]) -> Vec<usize> {
+    fn picks(self, faces: &[AnalyzedFace], width: u32, height: u32) -> Vec<usize> {
         match self {
             FaceSelection::None => Vec::new(),
             FaceSelection::All => (0..faces.len()).collect(),
             FaceSelection::Largest => (0..faces.len().min(1)).collect(),
-            FaceSelection::SoleAcceptable => {
-                let ok: Vec<usize> = (0..faces.len()).filter(|&i| faces[i].quality.acceptable()).collect();
-                if ok.len() == 1 { ok } else { Vec::new() }
-            }
+            FaceSelection::Enrollable(policy) => match enrollable_face(faces, width, height, policy) {
+                Enrollable::Face { index, .. } => vec![index],
+                Enrollable::NoFace | Enrollable::Competing { .. } => Vec::new(),
+            },
         }
     }
 }
@@ -147,9 +147,9 @@ impl FacePipeline {
 
         // Thumbnails are cut and encoded on a second thread while the embedder runs: with a
         // core to spare (a lightly loaded server) an enrollment does not wait for its JPEG.
-        let picked = options.embeddings.picks(&faces);
+        let picked = options.embeddings.picks(&faces, rgb.width(), rgb.height());
         let batch: Vec<&[u8]> = picked.iter().map(|&i| crops[i].as_slice()).collect();
-        let thumbnailed = options.thumbnails.picks(&faces);
+        let thumbnailed = options.thumbnails.picks(&faces, rgb.width(), rgb.height());
         let boxes: Vec<BoundingBox> = thumbnailed.iter().map(|&i| faces[i].detection.bbox).collect();
         let (embedder, resizer, spec) = (&mut self.embedder, &mut self.resizer, &self.config.thumbnail);
         let (embedded, thumbnails) = std::thread::scope(|scope| {

@@ -112,6 +112,7 @@ async fn malformed_ids_and_unknown_enum_values_are_invalid_argument() {
             image: fixture_bytes("yaoming.jpg").into(),
             comment: String::new(),
             duplicate_policy: policy,
+            ..UploadFaceRequest::default()
         };
         let err = faces.upload_face(upload).await.unwrap_err();
         invalid(&err, "DUPLICATE_POLICY_INVALID", &format!("UploadFace duplicate_policy {policy}"));
@@ -123,9 +124,29 @@ async fn malformed_ids_and_unknown_enum_values_are_invalid_argument() {
             image: fixture_bytes("yaoming.jpg").into(),
             comment: String::new(),
             duplicate_policy: policy,
+            ..UpdateFaceRequest::default()
         };
         let err = faces.update_face(update).await.unwrap_err();
         invalid(&err, "DUPLICATE_POLICY_INVALID", &format!("UpdateFace duplicate_policy {policy}"));
+        let upload = UploadFaceRequest {
+            user: by_id(&user.user_id),
+            image: fixture_bytes("yaoming.jpg").into(),
+            multiple_faces_policy: policy,
+            ..UploadFaceRequest::default()
+        };
+        let err = faces.upload_face(upload).await.unwrap_err();
+        invalid(&err, "MULTIPLE_FACES_POLICY_INVALID", &format!("UploadFace multiple_faces_policy {policy}"));
+        let violations = err.get_error_details().bad_request().cloned().expect("BadRequest").field_violations;
+        assert_eq!(violations[0].field, "multiple_faces_policy");
+        let update = UpdateFaceRequest {
+            user: by_id(&user.user_id),
+            face_id: face.face_id.clone(),
+            image: fixture_bytes("yaoming.jpg").into(),
+            multiple_faces_policy: policy,
+            ..UpdateFaceRequest::default()
+        };
+        let err = faces.update_face(update).await.unwrap_err();
+        invalid(&err, "MULTIPLE_FACES_POLICY_INVALID", &format!("UpdateFace multiple_faces_policy {policy}"));
     }
     for kind in [2, 9, -3] {
         let err = faces.get_face_image(GetFaceImageRequest { face_id: face.face_id.clone(), kind }).await.unwrap_err();

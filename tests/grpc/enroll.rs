@@ -411,3 +411,79 @@ async fn remaining_reason_codes_of_the_face_and_user_rpcs() {
     assert_eq!(listed.into_inner().faces.len(), 1);
     assert_index_equals_store(&server, "alpha");
 }
+
+/// `faces` pasted onto a grey 640x480 canvas: each image scaled by its factor, its centre at
+/// the given point. PNG.
+fn composite(faces: &[(&image::RgbImage, f32, (i64, i64))]) -> Vec<u8> {
+    let mut canvas = image::RgbImage::from_pixel(640, 480, image::Rgb([128, 128, 128]));
+    for (face, scale, (cx, cy)) in faces {
+        let (w, h) = ((face.width() as f32 * scale) as u32, (face.height() as f32 * scale) as u32);
+        let scaled = imageops::resize(*face, w, h, imageops::FilterType::CatmullRom);
+        imageops::overlay(&mut canvas, &scaled, cx - i64::from(w / 2), cy - i64::from(h / 2));
+    }
+    png(&canvas)
+}
+
+#[tokio::test]
+async fn a_dominant_face_is_enrolled_and_competing_faces_are_refused() {
+    use facevault::grpc::pb::SearchFacesRequest;
+    use facevault::grpc::pb::enrollment::MultipleFacesPolicy;
+    use tonic_types::StatusExt;
+
+    let server = TestServer::start_keyed().await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let yao = fixture_rgb("yaoming.jpg");
+    let other = image::load_from_memory(&people()[0]).expect("png").to_rgb8();
+    // Yao Ming in the middle, someone else smaller near the top-left corner.
+    let dominant = composite(&[(&yao, 1.0, (320, 240)), (&other, 0.6, (70, 70))]);
+    // Two people side by side, the same size.
+    let pair = composite(&[(&yao, 1.0, (190, 240)), (&other, 1.0, (450, 240))]);
+
+    create(&mut users, "dominant").await;
+    let request = |image: &[u8], policy: MultipleFacesPolicy| UploadFaceRequest {
+        user: by_external("dominant"),
+        image: image.to_vec().into(),
+        multiple_faces_policy: policy as i32,
+        ..UploadFaceRequest::default()
+    };
+    // REJECT: two faces pass the gate, so the photo is refused, as before.
+    let err = faces.upload_face(request(&dominant, MultipleFacesPolicy::Reject)).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::InvalidArgument, "MULTIPLE_FACES_DETECTED"));
+    let info = err.get_error_details().error_info().cloned().expect("ErrorInfo");
+    assert_eq!(info.metadata.get("face_count").map(String::as_str), Some("2"));
+    // DOMINANT (the default, sent as nothing at all): Yao Ming's face is enrolled, with a warning.
+    let stored = upload(&mut faces, "dominant", dominant.clone()).await.expect("the dominant face is enrolled");
+    assert_eq!(stored.warnings, vec!["OTHER_FACES_IGNORED".to_owned()]);
+    let b = stored.face.expect("face").detection.expect("detection").r#box.expect("box");
+    let centre = ((b.x_min + b.x_max) / 2.0, (b.y_min + b.y_max) / 2.0);
+    assert!((centre.0 - 320.0).abs() < 40.0 && (centre.1 - 240.0).abs() < 60.0, "enrolled the face at {centre:?}");
+    let search = SearchFacesRequest { image: fixture_bytes("yaoming.jpg").into(), top_k: 1, min_similarity: 0.0 };
+    let top = faces.search_faces(search).await.expect("search").into_inner().matches;
+    assert_eq!(top.first().map(|m| m.external_id.as_str()), Some("dominant"), "Yao Ming's face was enrolled");
+    // A photo of one face carries no warning.
+    let alone = upload(&mut faces, "dominant", fixture_bytes("yaoming.jpg")).await.expect("one face");
+    assert!(alone.warnings.is_empty(), "{:?}", alone.warnings);
+
+    // Two faces that compete are refused under either policy, and nothing is stored.
+    for policy in [MultipleFacesPolicy::Dominant, MultipleFacesPolicy::Reject] {
+        let err = faces.upload_face(request(&pair, policy)).await.unwrap_err();
+        assert_eq!(reason(&err), "MULTIPLE_FACES_DETECTED", "{policy:?}: {err:?}");
+    }
+    let err = upload(&mut faces, "dominant", fixture_bytes("t1.jpg")).await.unwrap_err();
+    assert_eq!(reason(&err), "MULTIPLE_FACES_DETECTED", "a group photo under DOMINANT");
+
+    // UpdateFace takes the same policy.
+    let update = UpdateFaceRequest {
+        user: by_external("dominant"),
+        image: dominant.clone().into(),
+        multiple_faces_policy: MultipleFacesPolicy::Reject as i32,
+        ..UpdateFaceRequest::default()
+    };
+    assert_eq!(reason(&faces.update_face(update.clone()).await.unwrap_err()), "MULTIPLE_FACES_DETECTED");
+    let update = UpdateFaceRequest { multiple_faces_policy: MultipleFacesPolicy::Dominant as i32, ..update };
+    let replaced = faces.update_face(update).await.expect("update with the dominant face").into_inner();
+    assert!(replaced.warnings.contains(&"OTHER_FACES_IGNORED".to_owned()), "{:?}", replaced.warnings);
+    let listed = faces.list_faces(ListFacesRequest { user: by_external("dominant") }).await.expect("list");
+    assert_eq!(listed.into_inner().faces.len(), 2, "two uploads stored, one of them replaced");
+    assert_index_equals_store(&server, "alpha");
+}
