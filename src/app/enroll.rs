@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::tokens::{TokenHolder, invalid_token};
 use super::{App, UserRef, blocking, validate};
 use crate::domain::{
-    Face, FaceId, FaceMatch, ImageAnalysis, MultipleFaces, Principal, QualityIssue, Tenant, User, UserId,
+    AnalyzedFace, Face, FaceId, FaceMatch, ImageAnalysis, MultipleFaces, Principal, QualityIssue, Tenant, User, UserId,
 };
 use crate::error::{Error, Reason, Result};
 use crate::inference::enrollable::{DOMINANCE_RATIO, Enrollable, enrollable_face};
@@ -74,7 +74,7 @@ fn enrolled_face(analysis: &ImageAnalysis, policy: MultipleFaces, min_face_size:
     let others = analysis.omitted_faces
         + match picked {
             Enrollable::Face { others, .. } => others,
-            Enrollable::NoFace | Enrollable::Competing { .. } => 0,
+            Enrollable::NoFace | Enrollable::Competing { .. } | Enrollable::Failing { .. } => 0,
         };
     // Faces past the per-image cap were not assessed: under REJECT, one of them could be
     // enrollable too. Under DOMINANT the rule weighs the assessed faces only, each larger than
@@ -90,32 +90,12 @@ fn enrolled_face(analysis: &ImageAnalysis, policy: MultipleFaces, min_face_size:
     }
     match picked {
         Enrollable::Face { index, .. } => Ok((index, policy == MultipleFaces::Dominant && others > 0)),
+        Enrollable::Failing { index } => Err(quality_refusal(&analysis.faces[index], min_face_size)),
         Enrollable::NoFace => {
             let Some(best) = analysis.faces.first() else {
                 return Err(Error::invalid(Reason::NoFaceDetected, "image", "no face was found in the image"));
             };
-            let q = &best.quality;
-            if q.issues.contains(&QualityIssue::TooSmall) {
-                return Err(Error::invalid(
-                    Reason::FaceTooSmall,
-                    "image",
-                    format!("the face is {:.0} px; at least {min_face_size:.0} px are needed", q.face_size),
-                )
-                .with_meta("face_size", format!("{:.1}", q.face_size))
-                .with_meta("min_face_size", format!("{min_face_size:.1}")));
-            }
-            let issues: Vec<&str> = q.issues.iter().map(|i| issue_name(*i)).collect();
-            Err(Error::invalid(
-                Reason::LowFaceQuality,
-                "image",
-                format!("the face is not good enough to enroll: {}", issues.join(", ")),
-            )
-            .with_meta("issues", issues.join(","))
-            .with_meta("detector_score", format!("{:.3}", best.detection.score))
-            .with_meta("sharpness", format!("{:.1}", q.sharpness))
-            .with_meta("brightness", format!("{:.1}", q.brightness))
-            .with_meta("yaw", format!("{:.1}", q.yaw))
-            .with_meta("pitch", format!("{:.1}", q.pitch)))
+            Err(quality_refusal(best, min_face_size))
         }
         Enrollable::Competing { count } => Err(Error::invalid(
             Reason::MultipleFacesDetected,
@@ -133,6 +113,33 @@ fn enrolled_face(analysis: &ImageAnalysis, policy: MultipleFaces, min_face_size:
         )
         .with_meta("face_count", count)),
     }
+}
+
+/// Why `face`, the face an enrollment would take, fails the quality gate: FACE_TOO_SMALL or
+/// LOW_FACE_QUALITY with the measured values.
+fn quality_refusal(face: &AnalyzedFace, min_face_size: f32) -> Error {
+    let q = &face.quality;
+    if q.issues.contains(&QualityIssue::TooSmall) {
+        return Error::invalid(
+            Reason::FaceTooSmall,
+            "image",
+            format!("the face is {:.0} px; at least {min_face_size:.0} px are needed", q.face_size),
+        )
+        .with_meta("face_size", format!("{:.1}", q.face_size))
+        .with_meta("min_face_size", format!("{min_face_size:.1}"));
+    }
+    let issues: Vec<&str> = q.issues.iter().map(|i| issue_name(*i)).collect();
+    Error::invalid(
+        Reason::LowFaceQuality,
+        "image",
+        format!("the face is not good enough to enroll: {}", issues.join(", ")),
+    )
+    .with_meta("issues", issues.join(","))
+    .with_meta("detector_score", format!("{:.3}", face.detection.score))
+    .with_meta("sharpness", format!("{:.1}", q.sharpness))
+    .with_meta("brightness", format!("{:.1}", q.brightness))
+    .with_meta("yaw", format!("{:.1}", q.yaw))
+    .with_meta("pitch", format!("{:.1}", q.pitch))
 }
 
 fn issue_name(issue: QualityIssue) -> &'static str {

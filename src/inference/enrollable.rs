@@ -1,19 +1,23 @@
 //! Which face of a photo an enrollment takes. Under REJECT, the one face that passes the
-//! quality gate. Under DOMINANT (the default), also the most prominent of several that pass it,
-//! when it clearly dominates the next: a passer-by or a face on a poster behind the person is
-//! ignored, two people side by side are still refused.
+//! quality gate. Under DOMINANT (the default), the most prominent face of the photo, if it
+//! passes the gate and is clearly more prominent than the next face that passes it: a
+//! passer-by or a face on a poster behind the person is ignored, two people side by side are
+//! still refused, and so is a photo whose most prominent face fails the gate (its person turned
+//! away or blurred) while a passer-by passes it.
 //!
-//! Prominence is size weighted by centrality: the face box's shorter side times (1 - d), where d
-//! is the distance of the box's centre from the image's centre over half the image's diagonal
-//! (0 at the centre, 1 in a corner). The photographer frames the person being enrolled; a face
-//! of the same size halfway to a corner counts about half.
+//! Prominence is size weighted by centrality: the face box's shorter side times (1 - d). d is
+//! the distance of the box's centre from the image's centre with each axis measured in half the
+//! image's width or height, over that frame's half diagonal: sqrt((dx^2 + dy^2) / 2), 0 at the
+//! centre, 1 in a corner. The photographer frames the person being enrolled; a face of the same
+//! size halfway to a corner counts half.
 
 use crate::domain::{AnalyzedFace, MultipleFaces};
 
 /// How much more prominent the most prominent enrollable face must be than the next enrollable
 /// one to be taken under DOMINANT. Calibrated on devfaces (README: "Enrollment photos with more
-/// than one face"): the 39 photos with two or more enrollable faces all show their person at a
-/// ratio of 1.82 or more; the group photos of the test fixtures are at 1.01 to 1.03.
+/// than one face"): its photos with two or more enrollable faces (39 in DetectFaces, 38 at
+/// enrollment's coverage) all show their person at a ratio of 1.82 or more; the group photos of
+/// the test fixtures are at 1.01 to 1.03.
 pub const DOMINANCE_RATIO: f32 = 1.5;
 
 /// The outcome of [`enrollable_face`].
@@ -25,6 +29,8 @@ pub enum Enrollable {
     NoFace,
     /// `count` faces pass the gate and none dominates (or the policy is REJECT).
     Competing { count: usize },
+    /// DOMINANT: the photo's most prominent face, this one, fails the gate while another passes.
+    Failing { index: usize },
 }
 
 /// A face's prominence in a `width` x `height` image (module docs).
@@ -45,6 +51,14 @@ pub fn enrollable_face(faces: &[AnalyzedFace], width: u32, height: u32, policy: 
         .collect();
     passing.sort_by(|a, b| b.1.total_cmp(&a.1));
     let others = faces.len().saturating_sub(1);
+    if policy == MultipleFaces::Dominant
+        && let Some(&(_, best)) = passing.first()
+        && let Some(index) = (0..faces.len())
+            .filter(|&i| !faces[i].quality.acceptable())
+            .find(|&i| prominence(&faces[i], width, height) > best)
+    {
+        return Enrollable::Failing { index };
+    }
     match (passing.as_slice(), policy) {
         ([], _) => Enrollable::NoFace,
         ([(index, _)], _) => Enrollable::Face { index: *index, others },
@@ -78,6 +92,9 @@ mod tests {
         assert_eq!(prominence(&face(400.0, 200.0, 80.0, vec![]), 400, 200), 0.0);
         let halfway = prominence(&face(300.0, 150.0, 80.0, vec![]), 400, 200);
         assert!((halfway - 40.0).abs() < 1e-3, "{halfway}");
+        // Off the diagonal: halfway to the right edge, d = sqrt(0.5^2 / 2).
+        let right = prominence(&face(300.0, 100.0, 80.0, vec![]), 400, 200);
+        assert!((right - 80.0 * (1.0 - 0.125f32.sqrt())).abs() < 1e-3, "{right}");
     }
 
     #[test]
@@ -105,6 +122,21 @@ mod tests {
         assert_eq!(enrollable_face(&faces, 400, 400, MultipleFaces::Reject), Enrollable::Competing { count: 2 });
         // A much larger face off centre dominates a small one in the middle.
         let faces = [face(100.0, 200.0, 150.0, vec![]), face(200.0, 200.0, 40.0, vec![])];
+        assert_eq!(
+            enrollable_face(&faces, 400, 400, MultipleFaces::Dominant),
+            Enrollable::Face { index: 0, others: 1 }
+        );
+    }
+
+    #[test]
+    fn a_most_prominent_face_that_fails_the_gate_is_not_passed_over_for_a_bystander() {
+        // The person in the middle turned away; a smaller bystander off centre passes the gate.
+        let faces = [face(200.0, 200.0, 100.0, vec![QualityIssue::Pose]), face(340.0, 120.0, 50.0, vec![])];
+        assert_eq!(enrollable_face(&faces, 400, 400, MultipleFaces::Dominant), Enrollable::Failing { index: 0 });
+        // REJECT keeps the first milestone's rule: the one face that passes.
+        assert_eq!(enrollable_face(&faces, 400, 400, MultipleFaces::Reject), Enrollable::Face { index: 1, others: 1 });
+        // A failing face less prominent than the passing one changes nothing.
+        let faces = [face(200.0, 200.0, 100.0, vec![]), face(340.0, 120.0, 60.0, vec![QualityIssue::Blurry])];
         assert_eq!(
             enrollable_face(&faces, 400, 400, MultipleFaces::Dominant),
             Enrollable::Face { index: 0, others: 1 }

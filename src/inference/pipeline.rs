@@ -38,7 +38,7 @@ impl FaceSelection {
             FaceSelection::Largest => (0..faces.len().min(1)).collect(),
             FaceSelection::Enrollable(policy) => match enrollable_face(faces, width, height, policy) {
                 Enrollable::Face { index, .. } => vec![index],
-                Enrollable::NoFace | Enrollable::Competing { .. } => Vec::new(),
+                Enrollable::NoFace | Enrollable::Competing { .. } | Enrollable::Failing { .. } => Vec::new(),
             },
         }
     }
@@ -153,8 +153,8 @@ impl FacePipeline {
         let boxes: Vec<BoundingBox> = thumbnailed.iter().map(|&i| faces[i].detection.bbox).collect();
         let (embedder, resizer, spec) = (&mut self.embedder, &mut self.resizer, &self.config.thumbnail);
         let (embedded, thumbnails) = std::thread::scope(|scope| {
-            let encoder = (!boxes.is_empty()).then(|| {
-                scope.spawn(move || {
+            let encoder = (!thumbnailed.is_empty()).then(|| {
+                std::thread::Builder::new().name("thumbnail".into()).spawn_scoped(scope, move || {
                     let start = Instant::now();
                     let jpegs: Result<Vec<Vec<u8>>> =
                         boxes.iter().map(|bbox| face_thumbnail(rgb, bbox, spec, resizer)).collect();
@@ -164,7 +164,8 @@ impl FacePipeline {
             let start = Instant::now();
             let embedded = embedder.embed(&batch).map(|e| (e, start.elapsed()));
             let thumbnails = match encoder {
-                Some(handle) => handle.join().map_err(|_| Error::bug("the thumbnail encoder panicked")),
+                Some(Ok(handle)) => handle.join().map_err(|_| Error::bug("the thumbnail encoder panicked")),
+                Some(Err(e)) => Err(Error::internal("starting the thumbnail thread", e)),
                 None => Ok((Ok(Vec::new()), Duration::ZERO)),
             };
             (embedded, thumbnails)

@@ -414,6 +414,12 @@ pub(crate) async fn wait_serving_at(make: impl Fn() -> tonic::transport::Endpoin
     }
 }
 
+/// What `path` holds past its first `start` bytes.
+fn log_since(path: &Path, start: u64) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(&text[(start as usize).min(text.len())..]).into_owned()
+}
+
 /// The facevault binary as a child process on a data directory, with the keys of [`KEYS`] and
 /// JSON logs appended to `dir/server.log`. Killed with SIGKILL on drop.
 pub(crate) struct ChildServer {
@@ -483,8 +489,12 @@ impl ChildServer {
                     let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
                     let mut health = HealthClient::new(channel);
                     let check = health.check(request);
+                    // SERVING from this child: alive, and its log says it holds the port (not another
+                    // server that took the port between the pick and the child's bind).
                     if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), check).await
                         && reply.into_inner().status == ServingStatus::Serving as i32
+                        && server.child.try_wait().expect("try_wait").is_none()
+                        && log_since(&log_path, log_start).contains("\"listening\"")
                     {
                         return Ok(server);
                     }
@@ -498,8 +508,7 @@ impl ChildServer {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             server.kill();
-            let text = std::fs::read(&log_path).unwrap_or_default();
-            let ours = String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..]).into_owned();
+            let ours = log_since(&log_path, log_start);
             if attempt < 3 && ours.contains("Address already in use") {
                 continue;
             }
