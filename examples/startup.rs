@@ -59,6 +59,7 @@ fn fill(store: &Store, tenant: &Tenant, from: usize, n: usize) -> facevault::Res
                 bbox: BoundingBox { x_min: 10.0, y_min: 10.0, x_max: 110.0, y_max: 130.0 },
                 score: 0.9,
                 landmarks: [Point { x: 40.0, y: 50.0 }; 5],
+                rotation: 0,
             },
             quality: FaceQuality::default(),
             comment: String::new(),

@@ -26,7 +26,12 @@ fn writer(store: &Store, tenant: &Tenant, seed: u64, writes: usize) -> Vec<Durat
                 face: Face {
                     id: FaceId(facevault::search::sketch::splitmix64(&mut state).max(1)),
                     user_id: owner.id,
-                    detection: Detection { bbox: Default::default(), score: 0.9, landmarks: Default::default() },
+                    detection: Detection {
+                        bbox: Default::default(),
+                        score: 0.9,
+                        landmarks: Default::default(),
+                        rotation: 0,
+                    },
                     quality: Default::default(),
                     comment: String::new(),
                     uploaded_by: "store-writes".into(),

@@ -59,6 +59,9 @@ pub struct Detection {
     /// Detector confidence, 0-1.
     pub score: f32,
     pub landmarks: Landmarks,
+    /// How far the image was turned clockwise, degrees (0, 90, 180 or 270), for the detector
+    /// to find this face upright. The box and landmarks are in the image as sent whatever it is.
+    pub rotation: u16,
 }
 
 /// A quality problem that keeps a face from being enrolled.

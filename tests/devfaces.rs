@@ -20,7 +20,34 @@ use facevault::grpc::pb::{
     user_ref,
 };
 
-use common::{ADMIN_A, ADMIN_B, TestServer, bbox, cosine, iou, reason};
+use common::{ADMIN_A, ADMIN_B, TestServer, bbox, cosine, iou, png, reason};
+use image::RgbImage;
+
+/// Makes an altered, encoded copy of a query photo.
+type Alter = fn(RgbImage) -> Vec<u8>;
+
+/// Altered copies of a query photo: the probes of the table `make eval` prints.
+const PROBES: [(&str, Alter); 5] = [
+    (
+        "grayscale",
+        |rgb| png(&image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(rgb).to_luma8()).to_rgb8()),
+    ),
+    ("JPEG quality 25", |rgb| {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 25).encode_image(&rgb).expect("jpeg");
+        out
+    }),
+    ("shrunk to 160 px, pasted into a 1600x1200 grey canvas", |rgb| {
+        let scale = 160.0 / rgb.width().max(rgb.height()) as f32;
+        let (w, h) = ((rgb.width() as f32 * scale) as u32, (rgb.height() as f32 * scale) as u32);
+        let small = image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle);
+        let mut canvas = RgbImage::from_pixel(1600, 1200, image::Rgb([128, 128, 128]));
+        image::imageops::overlay(&mut canvas, &small, 700, 500);
+        png(&canvas)
+    }),
+    ("turned 90 degrees, no EXIF orientation", |rgb| png(&image::imageops::rotate90(&rgb))),
+    ("upside down, no EXIF orientation", |rgb| png(&image::imageops::rotate180(&rgb))),
+];
 
 /// A photo's faces that pass the quality gate: box and embedding.
 type EnrollableFaces = Vec<([f32; 4], Vec<f32>)>;
@@ -101,6 +128,35 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
             }
         }
     }
+    let pct = |n: usize, d: usize| 100.0 * n as f64 / d.max(1) as f64;
+    // The same searches with altered copies of the query photos: what a phone, a scanner or a
+    // document photo does to them. Printed as a table; the floors below hold for the photos as
+    // they are.
+    println!("| probe | rank-1 | no face found | refused otherwise |");
+    println!("|---|---|---|---|");
+    println!("| the photos as they are | {:.1}% | 0 | 0 |", pct(rank1, queries));
+    for (probe, alter) in PROBES {
+        let (mut hits, mut no_face, mut refused) = (0, 0, 0);
+        for (identity, files) in &by_identity {
+            let Some(enrolled_file) = enrolled.get(identity) else { continue };
+            for file in files.iter().filter(|f| *f != enrolled_file) {
+                let image = alter(image::load_from_memory(&read(file)).expect("decode").to_rgb8());
+                let request = SearchFacesRequest { image: image.into(), top_k: 1, min_similarity: -1.0 };
+                match faces.search_faces(request).await {
+                    Ok(reply) => {
+                        if reply.into_inner().matches.first().is_some_and(|m| m.external_id == *identity) {
+                            hits += 1;
+                        }
+                    }
+                    Err(err) if reason(&err) == "NO_FACE_DETECTED" => no_face += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        println!("| {probe} | {:.1}% | {no_face} | {refused} |", pct(hits, queries));
+        assert!(hits + no_face + refused <= queries && hits > 0, "{probe}: {hits} of {queries}");
+    }
+
     // Impostors: each different-person pair of pairs.csv, b's photo against a's user.
     let (mut impostors, mut false_matches) = (0, 0);
     let identity_of: BTreeMap<String, String> =
@@ -116,7 +172,6 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
             false_matches += 1;
         }
     }
-    let pct = |n: usize, d: usize| 100.0 * n as f64 / d.max(1) as f64;
     println!("search rank-1: {rank1}/{queries} = {:.1}%", pct(rank1, queries));
     println!("verify, same person: {verified}/{queries} = {:.1}% accepted", pct(verified, queries));
     println!(

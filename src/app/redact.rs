@@ -87,6 +87,7 @@ mod tests {
                         bbox: crate::domain::BoundingBox::default(),
                         score: 0.9,
                         landmarks: [crate::domain::Point::default(); 5],
+                        rotation: 0,
                     },
                     quality: crate::domain::FaceQuality::default(),
                     embedding: Some(embedding.clone()),

@@ -57,6 +57,7 @@ impl From<AnalyzedFace> for pb::DetectedFace {
             quality: Some(quality.into()),
             embedding: embedding.map(crate::domain::Embedding::into_vec).unwrap_or_default(),
             thumbnail: thumbnail.unwrap_or_default().into(),
+            rotation: i32::from(detection.rotation),
         }
     }
 }

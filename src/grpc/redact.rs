@@ -125,7 +125,7 @@ impl fmt::Debug for pb::UpdateFaceResponse {
 
 impl fmt::Debug for pb::DetectedFace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pb::DetectedFace { r#box, score, landmarks, quality, embedding, thumbnail } = self;
+        let pb::DetectedFace { r#box, score, landmarks, quality, embedding, thumbnail, rotation } = self;
         f.debug_struct("DetectedFace")
             .field("box", r#box)
             .field("score", score)
@@ -133,6 +133,7 @@ impl fmt::Debug for pb::DetectedFace {
             .field("quality", quality)
             .field("embedding", &Len(embedding.len(), "floats"))
             .field("thumbnail", &bytes(thumbnail))
+            .field("rotation", rotation)
             .finish()
     }
 }

@@ -5,5 +5,6 @@ pub mod align;
 pub mod decode;
 pub mod encode;
 pub mod resize;
+pub mod turn;
 
 pub use decode::{DecodeLimits, DecodedImage, ImageFormat, decode};

@@ -1,5 +1,6 @@
-//! `fast_image_resize` use: the detector's letterbox. One [`Letterboxer`] per worker thread,
-//! since the resizer keeps internal buffers between calls.
+//! `fast_image_resize` use: the detector's letterbox, and shrinking an image before the turned
+//! detector passes. One [`Letterboxer`] per worker thread, since the resizer keeps internal
+//! buffers between calls.
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -89,6 +90,26 @@ impl Letterboxer {
         }
         Ok(geometry)
     }
+}
+
+/// `image` scaled down (antialiased) so that its longer side is `long_side`, with the scale
+/// applied; `None` when it is no longer than that already.
+pub fn shrink(image: &RgbImage, long_side: u32, resizer: &mut Resizer) -> Result<Option<(RgbImage, f32)>> {
+    let long = image.width().max(image.height());
+    if long <= long_side {
+        return Ok(None);
+    }
+    let scale = long_side as f32 / long as f32;
+    let width = ((image.width() as f32 * scale).round() as u32).clamp(1, long_side);
+    let height = ((image.height() as f32 * scale).round() as u32).clamp(1, long_side);
+    let src = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
+        .map_err(|e| Error::internal("shrink source view", e))?;
+    let mut dst = Image::new(width, height, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    resizer.resize(&src, &mut dst, &options).map_err(|e| Error::internal("shrink resize", e))?;
+    let shrunk = RgbImage::from_raw(width, height, dst.into_vec())
+        .ok_or_else(|| Error::bug("the shrunk image has the wrong size"))?;
+    Ok(Some((shrunk, scale)))
 }
 
 #[cfg(test)]

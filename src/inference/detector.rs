@@ -208,7 +208,7 @@ fn decode_outputs(outputs: &[&[f32]], geometry: &LetterboxGeometry, threshold: f
             for (j, point) in landmarks.iter_mut().enumerate() {
                 *point = Point { x: (cx + p[2 * j] * s) * inv, y: (cy + p[2 * j + 1] * s) * inv };
             }
-            detections.push(Detection { bbox, score, landmarks });
+            detections.push(Detection { bbox, score, landmarks, rotation: 0 });
         }
     }
     Ok(detections)
@@ -261,6 +261,7 @@ mod tests {
             bbox: BoundingBox { x_min: x, y_min: y, x_max: x + side, y_max: y + side },
             score,
             landmarks: [Point::default(); 5],
+            rotation: 0,
         }
     }
 

@@ -79,7 +79,7 @@ mod tests {
         let half = size / 2.0;
         let bbox = BoundingBox { x_min: cx - half, y_min: cy - half, x_max: cx + half, y_max: cy + half };
         AnalyzedFace {
-            detection: Detection { bbox, score: 0.8, landmarks: [Point::default(); 5] },
+            detection: Detection { bbox, score: 0.8, landmarks: [Point::default(); 5], rotation: 0 },
             quality: FaceQuality { face_size: size, issues, ..FaceQuality::default() },
             embedding: None,
             thumbnail: None,

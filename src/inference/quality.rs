@@ -142,6 +142,7 @@ mod tests {
             bbox: BoundingBox { x_min: 0.0, y_min: 0.0, x_max: 112.0 * scale, y_max: 112.0 * scale },
             score: 0.9,
             landmarks,
+            rotation: 0,
         }
     }
 

@@ -96,6 +96,7 @@ pub(crate) fn face_to_record(face: &Face) -> pb::FaceRecord {
         mime_type: face.mime_type.clone(),
         width: face.width,
         height: face.height,
+        rotation: u32::from(d.rotation),
     }
 }
 
@@ -116,6 +117,7 @@ pub(crate) fn face_from_record(r: pb::FaceRecord) -> Face {
             bbox: BoundingBox { x_min: b(0), y_min: b(1), x_max: b(2), y_max: b(3) },
             score: r.score,
             landmarks,
+            rotation: u16::try_from(r.rotation % 360).unwrap_or(0),
         },
         quality: FaceQuality {
             face_size: q.face_size,

@@ -276,7 +276,7 @@ pub(super) mod tests {
         let face = Face {
             id: FaceId(id),
             user_id: user,
-            detection: Detection { bbox: Default::default(), score: 0.9, landmarks: Default::default() },
+            detection: Detection { bbox: Default::default(), score: 0.9, landmarks: Default::default(), rotation: 0 },
             quality: FaceQuality::default(),
             comment: String::new(),
             uploaded_by: "test".into(),

@@ -174,3 +174,64 @@ async fn a_frame_filling_face_beside_a_small_one_is_found() {
     assert!(sides.iter().any(|&s| s > 250.0), "the frame-filling face: {sides:?}");
     assert!(sides.iter().any(|&s| s < 60.0), "the small face: {sides:?}");
 }
+
+/// Where a point of the upright `w` x `h` image lands on the copy turned `degrees` clockwise.
+fn turned_point(p: &facevault::grpc::pb::Point, degrees: u16, w: f32, h: f32) -> (f32, f32) {
+    match degrees {
+        90 => (h - p.y, p.x),
+        180 => (w - p.x, h - p.y),
+        270 => (p.y, w - p.x),
+        _ => (p.x, p.y),
+    }
+}
+
+#[tokio::test]
+async fn a_photo_turned_without_exif_is_searched_every_way_up() {
+    use facevault::grpc::pb::{ListFacesRequest, SearchFacesRequest, UploadFaceRequest};
+
+    let server = TestServer::start_keyed().await;
+    let mut faces = server.faces_as(crate::common::ADMIN_A).await;
+    let mut detect = async |image: Vec<u8>| {
+        let request = DetectFacesRequest { image: image.into(), include_embeddings: true, include_thumbnails: false };
+        faces.detect_faces(request).await.expect("DetectFaces").into_inner()
+    };
+    let upright = fixture_rgb("yaoming.jpg");
+    let (w, h) = (upright.width() as f32, upright.height() as f32);
+    let reference = detect(png(&upright)).await;
+    assert_eq!(reference.faces.len(), 1);
+    assert_eq!(reference.faces[0].rotation, 0, "an upright photo is not turned");
+    for degrees in [90u16, 180, 270] {
+        let turned = facevault::imaging::turn::turn(&upright, degrees);
+        let reply = detect(png(&turned)).await;
+        assert_eq!((reply.image_width, reply.image_height), (turned.width() as i32, turned.height() as i32));
+        assert_eq!(reply.faces.len(), 1, "turned {degrees}: {:?}", reply.faces);
+        let face = &reply.faces[0];
+        // Turning the image back by (360 - degrees) makes it upright.
+        assert_eq!(face.rotation, i32::from((360 - degrees) % 360), "turned {degrees}");
+        // The landmarks are in the turned image as sent: the upright ones, turned.
+        for (got, want) in face.landmarks.iter().zip(&reference.faces[0].landmarks) {
+            let (x, y) = turned_point(want, degrees, w, h);
+            assert!((got.x - x).abs() < 4.0 && (got.y - y).abs() < 4.0, "turned {degrees}: {got:?} vs ({x}, {y})");
+        }
+        let similarity = cosine(&face.embedding, &reference.faces[0].embedding);
+        assert!(similarity > 0.95, "turned {degrees}: cosine {similarity}");
+    }
+
+    // Enrolled from a sideways photo: stored with its turn, found by the upright photo.
+    let (mut users, mut faces) =
+        (server.users_as(crate::common::ADMIN_A).await, server.faces_as(crate::common::ADMIN_A).await);
+    crate::users::create(&mut users, "sideways").await;
+    let upload = UploadFaceRequest {
+        user: crate::users::by_external("sideways"),
+        image: png(&imageops::rotate90(&upright)).into(),
+        ..UploadFaceRequest::default()
+    };
+    let stored = faces.upload_face(upload).await.expect("a sideways photo enrolls").into_inner();
+    assert_eq!(stored.face.expect("face").detection.expect("detection").rotation, 270);
+    let listed =
+        faces.list_faces(ListFacesRequest { user: crate::users::by_external("sideways") }).await.expect("list");
+    assert_eq!(listed.into_inner().faces[0].detection.as_ref().expect("detection").rotation, 270, "stored");
+    let search = SearchFacesRequest { image: fixture_bytes("yaoming.jpg").into(), top_k: 1, min_similarity: 0.0 };
+    let best = faces.search_faces(search).await.expect("search").into_inner().matches;
+    assert!(best.first().is_some_and(|m| m.external_id == "sideways" && m.similarity > 0.9), "{best:?}");
+}

@@ -110,7 +110,7 @@ fn older_store(dir: &std::path::Path, model: &str) {
     let face = Face {
         id: FaceId(7),
         user_id: user.id,
-        detection: Detection { bbox: Default::default(), score: 0.9, landmarks: Default::default() },
+        detection: Detection { bbox: Default::default(), score: 0.9, landmarks: Default::default(), rotation: 0 },
         quality: FaceQuality::default(),
         comment: String::new(),
         uploaded_by: "old-version".into(),
