@@ -26,18 +26,18 @@ use image::RgbImage;
 /// Makes an altered, encoded copy of a query photo.
 type Alter = fn(RgbImage) -> Vec<u8>;
 
-/// Altered copies of a query photo: the probes of the table `make eval` prints.
-const PROBES: [(&str, Alter); 5] = [
-    (
-        "grayscale",
-        |rgb| png(&image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(rgb).to_luma8()).to_rgb8()),
-    ),
-    ("JPEG quality 25", |rgb| {
+/// Altered copies of a query photo: the probes of the table `make eval` prints, each with the
+/// rank-1 it must keep (%, a few points under what was measured).
+const PROBES: [(&str, f64, Alter); 5] = [
+    ("grayscale", 95.0, |rgb| {
+        png(&image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(rgb).to_luma8()).to_rgb8())
+    }),
+    ("JPEG quality 25", 95.0, |rgb| {
         let mut out = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 25).encode_image(&rgb).expect("jpeg");
         out
     }),
-    ("shrunk to 160 px, pasted into a 1600x1200 grey canvas", |rgb| {
+    ("shrunk to 160 px, pasted into a 1600x1200 grey canvas", 93.0, |rgb| {
         let scale = 160.0 / rgb.width().max(rgb.height()) as f32;
         let (w, h) = ((rgb.width() as f32 * scale) as u32, (rgb.height() as f32 * scale) as u32);
         let small = image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle);
@@ -45,8 +45,8 @@ const PROBES: [(&str, Alter); 5] = [
         image::imageops::overlay(&mut canvas, &small, 700, 500);
         png(&canvas)
     }),
-    ("turned 90 degrees, no EXIF orientation", |rgb| png(&image::imageops::rotate90(&rgb))),
-    ("upside down, no EXIF orientation", |rgb| png(&image::imageops::rotate180(&rgb))),
+    ("turned 90 degrees, no EXIF orientation", 95.0, |rgb| png(&image::imageops::rotate90(&rgb))),
+    ("upside down, no EXIF orientation", 88.0, |rgb| png(&image::imageops::rotate180(&rgb))),
 ];
 
 /// A photo's faces that pass the quality gate: box and embedding.
@@ -135,7 +135,7 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
     println!("| probe | rank-1 | no face found | refused otherwise |");
     println!("|---|---|---|---|");
     println!("| the photos as they are | {:.1}% | 0 | 0 |", pct(rank1, queries));
-    for (probe, alter) in PROBES {
+    for (probe, floor, alter) in PROBES {
         let (mut hits, mut no_face, mut refused) = (0, 0, 0);
         for (identity, files) in &by_identity {
             let Some(enrolled_file) = enrolled.get(identity) else { continue };
@@ -154,7 +154,7 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
             }
         }
         println!("| {probe} | {:.1}% | {no_face} | {refused} |", pct(hits, queries));
-        assert!(hits + no_face + refused <= queries && hits > 0, "{probe}: {hits} of {queries}");
+        assert!(pct(hits, queries) >= floor, "{probe}: rank-1 {hits} of {queries}, below {floor}%");
     }
 
     // Impostors: each different-person pair of pairs.csv, b's photo against a's user.

@@ -92,9 +92,9 @@ impl Letterboxer {
     }
 }
 
-/// `image` scaled down (antialiased) so that its longer side is `long_side`, with the scale
-/// applied; `None` when it is no longer than that already.
-pub fn shrink(image: &RgbImage, long_side: u32, resizer: &mut Resizer) -> Result<Option<(RgbImage, f32)>> {
+/// `image` scaled down so that its longer side is `long_side` (bilinear, as the letterbox
+/// resizes for the detector); `None` when it is no longer than that already.
+pub fn shrink(image: &RgbImage, long_side: u32, resizer: &mut Resizer) -> Result<Option<RgbImage>> {
     let long = image.width().max(image.height());
     if long <= long_side {
         return Ok(None);
@@ -105,11 +105,11 @@ pub fn shrink(image: &RgbImage, long_side: u32, resizer: &mut Resizer) -> Result
     let src = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
         .map_err(|e| Error::internal("shrink source view", e))?;
     let mut dst = Image::new(width, height, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
     resizer.resize(&src, &mut dst, &options).map_err(|e| Error::internal("shrink resize", e))?;
     let shrunk = RgbImage::from_raw(width, height, dst.into_vec())
         .ok_or_else(|| Error::bug("the shrunk image has the wrong size"))?;
-    Ok(Some((shrunk, scale)))
+    Ok(Some(shrunk))
 }
 
 #[cfg(test)]

@@ -61,10 +61,6 @@ fn upright_score(detections: &[Detection]) -> f32 {
     detections.iter().filter(|d| is_upright(d, UPRIGHT_ROLL)).map(|d| d.score).fold(0.0, f32::max)
 }
 
-fn scale_box(b: &BoundingBox, by: f32) -> BoundingBox {
-    BoundingBox { x_min: b.x_min * by, y_min: b.y_min * by, x_max: b.x_max * by, y_max: b.y_max * by }
-}
-
 /// What to compute for one image.
 #[derive(Debug, Clone, Copy)]
 pub struct AnalyzeOptions {
@@ -208,8 +204,9 @@ impl FacePipeline {
     /// (none found, every face rolled more than [`UPRIGHT_ROLL`], or only weak ones: an
     /// upside-down face often comes back weak with upright-looking landmarks), also on copies
     /// turned a quarter, a half and three quarters, and keeps the way up whose best upright face
-    /// scores highest. The turned copies are shrunk to the fine canvas first (the detector sees
-    /// no more than that). Boxes and landmarks come back in the coordinates of `rgb`, each
+    /// scores highest (when the image as sent has a weak upright face, a turn must score
+    /// [`TURN_BELOW_SCORE`] to replace it). The turned copies are shrunk to the fine canvas
+    /// first (the detector sees no more than that). Boxes and landmarks come back in the coordinates of `rgb`, each
     /// detection naming its turn. Only those images pay for the three turned searches.
     fn detect_any_way_up(&mut self, rgb: &RgbImage, coverage: Coverage) -> Result<Vec<Detection>> {
         let upright = self.detector.detect(rgb, coverage, &mut self.letterbox)?;
@@ -219,24 +216,34 @@ impl FacePipeline {
         }
         let fine = self.detector.config().fine_size;
         let shrunk = shrink(rgb, fine, &mut self.resizer)?;
-        let (source, scale) = shrunk.as_ref().map_or((rgb, 1.0), |(image, scale)| (image, *scale));
+        let source = shrunk.as_ref().unwrap_or(rgb);
+        let (width, height) = (source.width() as f32, source.height() as f32);
+        // Per axis: the shrunk sides are rounded.
+        let (sx, sy) = (width / rgb.width() as f32, height / rgb.height() as f32);
         let coverage = match coverage {
             Coverage::All => Coverage::All,
-            Coverage::MinFace(side) => Coverage::MinFace(side * scale),
+            Coverage::MinFace(side) => Coverage::MinFace(side * sx.max(sy)),
         };
-        let (width, height) = (source.width() as f32, source.height() as f32);
+        // A weak upright face is given up only for a turn whose face is not weak: a crowd of
+        // small faces is not traded for a face the detector makes up on a turned copy.
+        let floor = if best > 0.0 { TURN_BELOW_SCORE } else { 0.0 };
         let mut chosen = upright;
         for degrees in TURNS {
             let found = self.detector.detect(&turn(source, degrees), coverage, &mut self.letterbox)?;
             let score = upright_score(&found);
-            if score > best {
+            if score > best && score >= floor {
                 best = score;
                 chosen = found
                     .into_iter()
                     .map(|d| {
                         let mut d = unturn(d, degrees, width, height);
-                        d.bbox = scale_box(&d.bbox, 1.0 / scale);
-                        d.landmarks = d.landmarks.map(|p| Point { x: p.x / scale, y: p.y / scale });
+                        d.bbox = BoundingBox {
+                            x_min: d.bbox.x_min / sx,
+                            y_min: d.bbox.y_min / sy,
+                            x_max: d.bbox.x_max / sx,
+                            y_max: d.bbox.y_max / sy,
+                        };
+                        d.landmarks = d.landmarks.map(|p| Point { x: p.x / sx, y: p.y / sy });
                         d
                     })
                     .collect();

@@ -213,9 +213,32 @@ async fn a_photo_turned_without_exif_is_searched_every_way_up() {
             let (x, y) = turned_point(want, degrees, w, h);
             assert!((got.x - x).abs() < 4.0 && (got.y - y).abs() < 4.0, "turned {degrees}: {got:?} vs ({x}, {y})");
         }
+        let r = &reference.faces[0].r#box.expect("box");
+        let corners = [(r.x_min, r.y_min), (r.x_max, r.y_max)]
+            .map(|(x, y)| turned_point(&facevault::grpc::pb::Point { x, y }, degrees, w, h));
+        let want = [
+            corners[0].0.min(corners[1].0),
+            corners[0].1.min(corners[1].1),
+            corners[0].0.max(corners[1].0),
+            corners[0].1.max(corners[1].1),
+        ];
+        assert!(iou(&bbox(face), &want) > 0.85, "turned {degrees}: box {:?} vs {want:?}", bbox(face));
         let similarity = cosine(&face.embedding, &reference.faces[0].embedding);
         assert!(similarity > 0.95, "turned {degrees}: cosine {similarity}");
     }
+    // A large photo (the turned copy is shrunk to the detector's canvas first): three times the
+    // size, turned a quarter.
+    let large = imageops::resize(&upright, upright.width() * 3, upright.height() * 3, imageops::FilterType::CatmullRom);
+    let reply = detect(png(&imageops::rotate90(&large))).await;
+    assert_eq!(reply.faces.len(), 1, "large, turned: {:?}", reply.faces);
+    assert_eq!(reply.faces[0].rotation, 270);
+    for (got, want) in reply.faces[0].landmarks.iter().zip(&reference.faces[0].landmarks) {
+        let (x, y) =
+            turned_point(&facevault::grpc::pb::Point { x: want.x * 3.0, y: want.y * 3.0 }, 90, w * 3.0, h * 3.0);
+        assert!((got.x - x).abs() < 9.0 && (got.y - y).abs() < 9.0, "large, turned: {got:?} vs ({x}, {y})");
+    }
+    let similarity = cosine(&reply.faces[0].embedding, &reference.faces[0].embedding);
+    assert!(similarity > 0.9, "large, turned: cosine {similarity}");
 
     // Enrolled from a sideways photo: stored with its turn, found by the upright photo.
     let (mut users, mut faces) =
