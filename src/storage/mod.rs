@@ -79,6 +79,10 @@ pub struct Store {
     encryption: Option<EncryptionKey>,
 }
 
+/// How long opening a store waits for a lock that sled's threads of a dropped handle still hold
+/// (another process holding it keeps it: the open then fails).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A sled error: an I/O error (disk full, a failing disk; sled keeps returning it once its log
 /// could not be written) is UNAVAILABLE, anything else INTERNAL.
 pub(crate) fn db_error(err: sled::Error) -> Error {
@@ -125,13 +129,24 @@ impl Store {
         // No background flusher: every write is made durable by `commit` (durable.rs), and a
         // flusher thread would both fsync at moments nothing orders and keep the directory's
         // lock for a while after the store is dropped.
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
-            .segment_size(segment_size(&path))
-            .open()
-            .map_err(db_error)?;
+            .segment_size(segment_size(&path));
+        // sled's own threads let go of the directory's lock shortly after the last handle of a
+        // store is dropped: a reopen in this process (recovery, tests) waits for it, briefly.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => break opened.map_err(db_error)?,
+            }
+        };
         // sled's files exist now: make them and their entries durable (sled writes its config
         // without an fsync, and fsyncs no directory).
         for file in ["conf", "db"] {
