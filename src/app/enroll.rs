@@ -71,11 +71,6 @@ pub(super) const OTHER_FACES_IGNORED: &str = "OTHER_FACES_IGNORED";
 /// The index of the face to enroll and whether other faces were ignored, or why there is none.
 fn enrolled_face(analysis: &ImageAnalysis, policy: MultipleFaces, min_face_size: f32) -> Result<(usize, bool)> {
     let picked = enrollable_face(&analysis.faces, analysis.width, analysis.height, policy);
-    let others = analysis.omitted_faces
-        + match picked {
-            Enrollable::Face { others, .. } => others,
-            Enrollable::NoFace | Enrollable::Competing { .. } | Enrollable::Failing { .. } => 0,
-        };
     // Faces past the per-image cap were not assessed: under REJECT, one of them could be
     // enrollable too. Under DOMINANT the rule weighs the assessed faces only, each larger than
     // every omitted one.
@@ -89,7 +84,9 @@ fn enrolled_face(analysis: &ImageAnalysis, policy: MultipleFaces, min_face_size:
         .with_meta("face_count", count));
     }
     match picked {
-        Enrollable::Face { index, .. } => Ok((index, policy == MultipleFaces::Dominant && others > 0)),
+        Enrollable::Face { index, others } => {
+            Ok((index, policy == MultipleFaces::Dominant && others + analysis.omitted_faces > 0))
+        }
         Enrollable::Failing { index } => Err(quality_refusal(&analysis.faces[index], min_face_size)),
         Enrollable::NoFace => {
             let Some(best) = analysis.faces.first() else {

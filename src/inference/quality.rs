@@ -45,7 +45,7 @@ pub fn assess(detection: &Detection, aligned: &[u8], thresholds: &QualityThresho
     let [le, re, nose, lm, rm] = detection.landmarks;
     let (dx, dy) = (re.x - le.x, re.y - le.y);
     let interocular = (dx * dx + dy * dy).sqrt();
-    let roll = dy.atan2(dx).to_degrees();
+    let roll = crate::imaging::turn::roll(detection);
     // Undo the roll, then read yaw from the nose's offset from the eye midpoint and pitch from
     // its height between the eye and mouth lines.
     let (sin, cos) = (-roll.to_radians()).sin_cos();
