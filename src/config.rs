@@ -151,6 +151,25 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_DETECT_FINE_SIZE", default_value_t = 640)]
     pub detect_fine_size: u32,
 
+    /// Search copies of an image turned 90, 180 and 270 degrees when no confident upright face
+    /// is found (photos that lost their EXIF orientation). About 3x the detection cost of such
+    /// an image (one with no face, or only weak ones); `false` finds upright faces only.
+    #[arg(long, env = "FACEVAULT_DETECT_TURNED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub detect_turned: bool,
+
+    /// Smallest face, pixels (longer box side), that DetectFaces finds in a large image (up to
+    /// 4000 px at the default tile count): when the whole-image passes find no confident face
+    /// in an image too large for them to see one this small, it is searched in tiles of the
+    /// fine canvas. Enrollment and search look for faces of --min-face-size or this, whichever is
+    /// larger. 0 turns the tiled search off.
+    #[arg(long, env = "FACEVAULT_DETECT_SMALL_FACE", default_value_t = 24.0)]
+    pub detect_small_face: f32,
+
+    /// Most tiles of that search (each costs one fine detector pass); an image that would need
+    /// more is shrunk further, giving up its smallest faces.
+    #[arg(long, env = "FACEVAULT_DETECT_MAX_TILES", default_value_t = 30)]
+    pub detect_max_tiles: usize,
+
     /// Minimum face size for enrollment, pixels (shorter side of the box); smaller faces are
     /// FACE_TOO_SMALL. It also sets how small a face enrollment and search look for, which
     /// decides whether the fine detector pass runs.
@@ -399,6 +418,7 @@ impl Config {
             }
         };
         within("min-face-size", self.min_face_size, 1.0, 4096.0)?;
+        within("detect-small-face", self.detect_small_face, 0.0, 4096.0)?;
         within("min-sharpness", self.min_sharpness, 0.0, 1e6)?;
         within("max-yaw", self.max_yaw, 0.0, 90.0)?;
         within("max-pitch", self.max_pitch, 0.0, 90.0)?;
@@ -417,6 +437,7 @@ impl Config {
         count("max-image-pixels", self.max_image_pixels, 1, 1 << 32)?;
         count("detect-coarse-size", u64::from(self.detect_coarse_size), 32, 4096)?;
         count("detect-fine-size", u64::from(self.detect_fine_size), 32, 4096)?;
+        count("detect-max-tiles", self.detect_max_tiles as u64, 0, 400)?;
         count("workers", self.workers as u64, 0, 1024)?;
         count("intra-threads", self.intra_threads as u64, 1, 256)?;
         count("queue-capacity", self.queue_capacity as u64, 0, 1 << 20)?;
@@ -494,6 +515,9 @@ impl Config {
                 score_threshold: self.detect_threshold,
                 coarse_size: self.detect_coarse_size,
                 fine_size: self.detect_fine_size,
+                turned_search: self.detect_turned,
+                small_face: self.detect_small_face,
+                max_tiles: self.detect_max_tiles,
                 ..DetectorConfig::default()
             },
             pipeline: PipelineConfig {

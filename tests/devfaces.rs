@@ -28,7 +28,7 @@ type Alter = fn(RgbImage) -> Vec<u8>;
 
 /// Altered copies of a query photo: the probes of the table `make eval` prints, each with the
 /// rank-1 it must keep (%, a few points under what was measured).
-const PROBES: [(&str, f64, Alter); 5] = [
+const PROBES: [(&str, f64, Alter); 6] = [
     ("grayscale", 95.0, |rgb| {
         png(&image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(rgb).to_luma8()).to_rgb8())
     }),
@@ -43,6 +43,14 @@ const PROBES: [(&str, f64, Alter); 5] = [
         let small = image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle);
         let mut canvas = RgbImage::from_pixel(1600, 1200, image::Rgb([128, 128, 128]));
         image::imageops::overlay(&mut canvas, &small, 700, 500);
+        png(&canvas)
+    }),
+    ("shrunk to 96 px (a face of about 38 px), pasted into a 4000x3000 grey canvas", 90.0, |rgb| {
+        let scale = 96.0 / rgb.width().max(rgb.height()) as f32;
+        let (w, h) = ((rgb.width() as f32 * scale) as u32, (rgb.height() as f32 * scale) as u32);
+        let small = image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle);
+        let mut canvas = RgbImage::from_pixel(4000, 3000, image::Rgb([128, 128, 128]));
+        image::imageops::overlay(&mut canvas, &small, 2900, 700);
         png(&canvas)
     }),
     ("turned 90 degrees, no EXIF orientation", 95.0, |rgb| png(&image::imageops::rotate90(&rgb))),

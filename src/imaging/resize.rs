@@ -102,14 +102,17 @@ pub fn shrink(image: &RgbImage, long_side: u32, resizer: &mut Resizer) -> Result
     let scale = long_side as f32 / long as f32;
     let width = ((image.width() as f32 * scale).round() as u32).clamp(1, long_side);
     let height = ((image.height() as f32 * scale).round() as u32).clamp(1, long_side);
+    resize_to(image, width, height, resizer).map(Some)
+}
+
+/// `image` resized to `width` x `height` (bilinear, as the letterbox resizes for the detector).
+pub fn resize_to(image: &RgbImage, width: u32, height: u32, resizer: &mut Resizer) -> Result<RgbImage> {
     let src = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
         .map_err(|e| Error::internal("shrink source view", e))?;
     let mut dst = Image::new(width, height, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
     resizer.resize(&src, &mut dst, &options).map_err(|e| Error::internal("shrink resize", e))?;
-    let shrunk = RgbImage::from_raw(width, height, dst.into_vec())
-        .ok_or_else(|| Error::bug("the shrunk image has the wrong size"))?;
-    Ok(Some(shrunk))
+    RgbImage::from_raw(width, height, dst.into_vec()).ok_or_else(|| Error::bug("the shrunk image has the wrong size"))
 }
 
 #[cfg(test)]

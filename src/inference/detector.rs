@@ -36,6 +36,14 @@ pub struct DetectorConfig {
     pub fine_size: u32,
     /// Smallest face (longer box side, canvas pixels) a pass is trusted to find.
     pub min_canvas_face: f32,
+    /// Search copies of the image turned 90/180/270 degrees when no confident upright face is
+    /// found (`pipeline::TURN_BELOW_SCORE`).
+    pub turned_search: bool,
+    /// Smallest face (longer box side, image pixels) the tiled search of a large image looks
+    /// for when the whole-image passes find no confident face (`tiles`); 0 turns it off.
+    pub small_face: f32,
+    /// Most tiles of that search; an image that would need more is shrunk further.
+    pub max_tiles: usize,
 }
 
 impl Default for DetectorConfig {
@@ -46,6 +54,9 @@ impl Default for DetectorConfig {
             coarse_size: 320,
             fine_size: 640,
             min_canvas_face: 16.0,
+            turned_search: true,
+            small_face: 24.0,
+            max_tiles: 30,
         }
     }
 }

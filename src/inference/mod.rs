@@ -11,6 +11,7 @@ pub mod openvino;
 pub mod pipeline;
 pub mod quality;
 pub mod session;
+pub mod tiles;
 mod worker;
 
 use std::path::PathBuf;

@@ -13,12 +13,14 @@ use crate::error::{Error, Result};
 use crate::imaging::align::align_face;
 use crate::imaging::decode::{DecodeLimits, ImageFormat, decode};
 use crate::imaging::encode::{ThumbnailSpec, face_thumbnail};
-use crate::imaging::resize::{Letterboxer, shrink};
+use crate::imaging::resize::{Letterboxer, resize_to, shrink};
 use crate::imaging::turn::{TURNS, is_upright, turn, unturn};
 use crate::inference::detector::{Coverage, Detector};
 use crate::inference::embedder::Embedder;
 use crate::inference::enrollable::{Enrollable, enrollable_face};
+use crate::inference::nms::nms;
 use crate::inference::quality::{QualityThresholds, assess};
+use crate::inference::tiles::plan_tiles;
 
 /// Which faces of an image get an embedding or a thumbnail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +144,10 @@ impl FacePipeline {
     pub fn analyze_image(&mut self, rgb: &RgbImage, options: &AnalyzeOptions) -> Result<(ImageAnalysis, StageTimings)> {
         let mut timings = StageTimings::default();
         let start = Instant::now();
-        let mut detections = self.detect_any_way_up(rgb, options.coverage)?;
+        let (mut detections, best) = self.detect_any_way_up(rgb, options.coverage)?;
+        if best < TURN_BELOW_SCORE {
+            detections = self.add_small_faces(rgb, options.coverage, detections, best)?;
+        }
         timings.detect = start.elapsed();
 
         let start = Instant::now();
@@ -206,13 +211,14 @@ impl FacePipeline {
     /// turned a quarter, a half and three quarters, and keeps the way up whose best upright face
     /// scores highest (when the image as sent has a weak upright face, a turn must score
     /// [`TURN_BELOW_SCORE`] to replace it). The turned copies are shrunk to the fine canvas
-    /// first (the detector sees no more than that). Boxes and landmarks come back in the coordinates of `rgb`, each
-    /// detection naming its turn. Only those images pay for the three turned searches.
-    fn detect_any_way_up(&mut self, rgb: &RgbImage, coverage: Coverage) -> Result<Vec<Detection>> {
+    /// first (the detector sees no more than that). Boxes and landmarks come back in the
+    /// coordinates of `rgb`, each detection naming its turn, with the best upright score of the
+    /// way up kept. Only those images pay for the three turned searches.
+    fn detect_any_way_up(&mut self, rgb: &RgbImage, coverage: Coverage) -> Result<(Vec<Detection>, f32)> {
         let upright = self.detector.detect(rgb, coverage, &mut self.letterbox)?;
         let mut best = upright_score(&upright);
-        if best >= TURN_BELOW_SCORE {
-            return Ok(upright);
+        if best >= TURN_BELOW_SCORE || !self.detector.config().turned_search {
+            return Ok((upright, best));
         }
         let fine = self.detector.config().fine_size;
         let shrunk = shrink(rgb, fine, &mut self.resizer)?;
@@ -249,7 +255,61 @@ impl FacePipeline {
                     .collect();
             }
         }
-        Ok(chosen)
+        Ok((chosen, best))
+    }
+
+    /// The tiled search for small faces (`tiles`), run when the whole-image passes found no
+    /// confident face (`best`, the best upright score of `found`) in an image too large for
+    /// them to see a face of the configured small size (or the coverage's, if larger). Tile
+    /// faces join the upright faces already found; when the image was taken turned, they replace
+    /// its faces only if one scores higher. Upright only: a small face turned sideways is not
+    /// searched for.
+    fn add_small_faces(
+        &mut self,
+        rgb: &RgbImage,
+        coverage: Coverage,
+        found: Vec<Detection>,
+        best: f32,
+    ) -> Result<Vec<Detection>> {
+        let config = *self.detector.config();
+        let min_face = match coverage {
+            Coverage::All => config.small_face,
+            Coverage::MinFace(side) if config.small_face > 0.0 => side.max(config.small_face),
+            Coverage::MinFace(_) => 0.0,
+        };
+        let (width, height) = rgb.dimensions();
+        let Some(plan) =
+            plan_tiles(width, height, min_face, config.min_canvas_face, config.fine_size, config.max_tiles)
+        else {
+            return Ok(found);
+        };
+        let resized = if (plan.width, plan.height) == (width, height) {
+            None
+        } else {
+            Some(resize_to(rgb, plan.width, plan.height, &mut self.resizer)?)
+        };
+        let source = resized.as_ref().unwrap_or(rgb);
+        let mut small = Vec::new();
+        for &(x, y) in &plan.origins {
+            let (w, h) = ((plan.width - x).min(plan.side), (plan.height - y).min(plan.side));
+            let tile = image::imageops::crop_imm(source, x, y, w, h).to_image();
+            for d in self.detector.detect_single_pass(&tile, plan.side, &mut self.letterbox)? {
+                small.extend(plan.keep((x, y), &d, width, height));
+            }
+        }
+        let taken_upright = found.iter().all(|d| d.rotation == 0);
+        let mut merged = if taken_upright {
+            small.extend(found);
+            small
+        } else if upright_score(&small) > best {
+            small
+        } else {
+            return Ok(found);
+        };
+        merged.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let boxes: Vec<BoundingBox> = merged.iter().map(|d| d.bbox).collect();
+        let nms_threshold = config.nms_threshold;
+        Ok(nms(&boxes, nms_threshold).into_iter().map(|i| merged[i].clone()).collect())
     }
 
     /// One detector pass at a fixed canvas size (benches, the parity check against the

@@ -258,3 +258,66 @@ async fn a_photo_turned_without_exif_is_searched_every_way_up() {
     let best = faces.search_faces(search).await.expect("search").into_inner().matches;
     assert!(best.first().is_some_and(|m| m.external_id == "sideways" && m.similarity > 0.9), "{best:?}");
 }
+
+/// `face` shrunk by `scale` and pasted at (`x`, `y`) into a grey `w` x `h` canvas.
+fn pasted(face: &image::RgbImage, scale: f32, w: u32, h: u32, x: u32, y: u32) -> image::RgbImage {
+    let (fw, fh) = ((face.width() as f32 * scale) as u32, (face.height() as f32 * scale) as u32);
+    let small = imageops::resize(face, fw, fh, imageops::FilterType::Triangle);
+    let mut canvas = image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128]));
+    imageops::replace(&mut canvas, &small, i64::from(x), i64::from(y));
+    canvas
+}
+
+/// A face of under 30 px in a 4000x3000 photo (4 px on the whole-image fine canvas) is found by
+/// the tiled search, where a tile edge crosses it too; search finds the enrolled person from a
+/// 40 px face in such a photo; with the tiled search off (`--detect-small-face 0`) neither is
+/// found.
+#[tokio::test]
+async fn a_small_face_in_a_large_photo_is_found_in_tiles() {
+    use facevault::grpc::pb::{SearchFacesRequest, UploadFaceRequest};
+
+    async fn detect_keyed(server: &TestServer, image: Vec<u8>) -> Vec<DetectedFace> {
+        let request = DetectFacesRequest { image: image.into(), include_embeddings: false, include_thumbnails: false };
+        let mut faces = server.faces_as(crate::common::ADMIN_A).await;
+        faces.detect_faces(request).await.expect("DetectFaces").into_inner().faces
+    }
+    let server = TestServer::start_keyed().await;
+    let mut faces = server.faces_as(crate::common::ADMIN_A).await;
+    let yao = fixture_rgb("yaoming.jpg");
+    let reference = detect_keyed(&server, png(&yao)).await.remove(0);
+    let [rx1, ry1, rx2, ry2] = bbox(&reference);
+    let side = (rx2 - rx1).max(ry2 - ry1);
+
+    // 28 px, placed across the edge between the first two tile columns (x = 512 / (2/3) = 768
+    // in the image: a tile starts there) and away from the image's centre.
+    let scale = 28.0 / side;
+    let (x, y) = ((768.0 - (rx1 + rx2) / 2.0 * scale) as u32, 2100);
+    let photo = png(&pasted(&yao, scale, 4000, 3000, x, y));
+    let found = detect_keyed(&server, photo.clone()).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let want = [x as f32 + rx1 * scale, y as f32 + ry1 * scale, x as f32 + rx2 * scale, y as f32 + ry2 * scale];
+    assert!(iou(&bbox(&found[0]), &want) > 0.6, "box {:?} vs {want:?}", bbox(&found[0]));
+    assert_eq!(found[0].rotation, 0);
+    assert!(found[0].score > 0.6, "score {}", found[0].score);
+
+    // Enrolled from the photo as it is; searched with a 40 px face in a 4000x3000 frame.
+    let mut users = server.users_as(crate::common::ADMIN_A).await;
+    crate::users::create(&mut users, "yao").await;
+    let upload = UploadFaceRequest {
+        user: crate::users::by_external("yao"),
+        image: png(&yao).into(),
+        ..UploadFaceRequest::default()
+    };
+    faces.upload_face(upload).await.expect("enroll");
+    let query = png(&pasted(&yao, 40.0 / side, 4000, 3000, 3100, 300));
+    let search = SearchFacesRequest { image: query.clone().into(), top_k: 1, min_similarity: 0.0 };
+    let best = faces.search_faces(search).await.expect("search in a large photo").into_inner().matches;
+    assert!(best.first().is_some_and(|m| m.external_id == "yao" && m.similarity > 0.5), "{best:?}");
+
+    let untiled = TestServer::start_keyed_with(|c| c.detect_small_face = 0.0).await;
+    assert!(detect_keyed(&untiled, photo).await.is_empty(), "found only by the tiles");
+    let mut faces = untiled.faces_as(crate::common::ADMIN_A).await;
+    let search = SearchFacesRequest { image: query.into(), top_k: 1, min_similarity: 0.0 };
+    let err = faces.search_faces(search).await.expect_err("no face without the tiles");
+    assert_eq!(crate::common::reason(&err), "NO_FACE_DETECTED");
+}
