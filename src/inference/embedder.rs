@@ -12,6 +12,15 @@ const INPUT_MEAN: f32 = 127.5;
 pub const MAX_BATCH: usize = 16;
 const INPUT_STD: f32 = 127.5;
 
+/// One crop's embedding and the length of the model's output before normalisation: low for
+/// what is not a face (and for faces too poor to recognise), so the pipeline's face check reads
+/// it.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub embedding: Embedding,
+    pub norm: f32,
+}
+
 /// The embedder model on one worker thread.
 #[derive(Debug)]
 pub struct Embedder {
@@ -42,7 +51,7 @@ impl Embedder {
 
     /// Embeds aligned RGB crops (each 112*112*3 bytes, row-major), in batches of at most
     /// [`MAX_BATCH`].
-    pub fn embed(&mut self, crops: &[&[u8]]) -> Result<Vec<Embedding>> {
+    pub fn embed(&mut self, crops: &[&[u8]]) -> Result<Vec<Embedded>> {
         let mut out = Vec::with_capacity(crops.len());
         for batch in crops.chunks(MAX_BATCH) {
             out.extend(self.embed_batch(batch)?);
@@ -50,7 +59,7 @@ impl Embedder {
         Ok(out)
     }
 
-    fn embed_batch(&mut self, crops: &[&[u8]]) -> Result<Vec<Embedding>> {
+    fn embed_batch(&mut self, crops: &[&[u8]]) -> Result<Vec<Embedded>> {
         if crops.is_empty() {
             return Ok(Vec::new());
         }
@@ -81,8 +90,10 @@ impl Embedder {
             }
             data.chunks_exact(EMBEDDING_DIM)
                 .map(|row| {
-                    Embedding::from_raw(row.to_vec())
-                        .ok_or_else(|| Error::bug("embedder produced a zero or non-finite vector"))
+                    let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    let embedding = Embedding::from_raw(row.to_vec())
+                        .ok_or_else(|| Error::bug("embedder produced a zero or non-finite vector"))?;
+                    Ok(Embedded { embedding, norm })
                 })
                 .collect()
         })

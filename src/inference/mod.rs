@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 pub use backend::Backend;
 pub use detector::{Coverage, DetectorConfig};
-pub use pipeline::{Analysis, AnalyzeOptions, FacePipeline, FaceSelection, PipelineConfig, StageTimings};
+pub use pipeline::{Analysis, AnalyzeOptions, FaceCheck, FacePipeline, FaceSelection, PipelineConfig, StageTimings};
 use session::{ModelBytes, ModelSession, ModelSpec, RuntimeConfig};
 
 /// Everything needed to build pipelines.

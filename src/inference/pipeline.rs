@@ -99,6 +99,25 @@ pub struct PipelineConfig {
     /// the rest counted in `ImageAnalysis::omitted_faces`. Bounds the work and memory a single
     /// crowd photo can cost.
     pub max_faces: usize,
+    pub face_check: FaceCheck,
+}
+
+/// What is not a face: a detection the detector is unsure of is embedded, and dropped when the
+/// embedding model's output before normalisation is shorter than a face's (animals, drawings,
+/// textures; the model answers weakly to what it was not trained on). Calibrated on devfaces and
+/// on non-face photos from Debian's packages (README: "Not a face").
+#[derive(Debug, Clone, Copy)]
+pub struct FaceCheck {
+    /// Detections scoring below this are checked (1 checks every one).
+    pub below_score: f32,
+    /// Shortest raw embedding of a face; 0 turns the check off.
+    pub min_norm: f32,
+}
+
+impl Default for FaceCheck {
+    fn default() -> Self {
+        FaceCheck { below_score: 0.75, min_norm: 18.35 }
+    }
 }
 
 /// Default of [`PipelineConfig::max_faces`] (`--max-faces-per-image`).
@@ -111,6 +130,7 @@ impl Default for PipelineConfig {
             quality: QualityThresholds::default(),
             thumbnail: ThumbnailSpec::default(),
             max_faces: DEFAULT_MAX_FACES,
+            face_check: FaceCheck::default(),
         }
     }
 }
@@ -144,18 +164,10 @@ impl FacePipeline {
     pub fn analyze_image(&mut self, rgb: &RgbImage, options: &AnalyzeOptions) -> Result<(ImageAnalysis, StageTimings)> {
         let mut timings = StageTimings::default();
         let start = Instant::now();
-        let (mut detections, best) = self.detect_any_way_up(rgb, options.coverage)?;
-        if best < TURN_BELOW_SCORE {
-            detections = self.add_small_faces(rgb, options.coverage, detections, best)?;
-        }
+        let (detections, omitted_faces) = self.find_faces(rgb, options.coverage)?;
         timings.detect = start.elapsed();
 
         let start = Instant::now();
-        // Largest first: what SearchFaces and VerifyFace use, and how DetectFaces lists faces.
-        // Only the largest `max_faces` go further.
-        detections.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
-        let omitted_faces = detections.len().saturating_sub(self.config.max_faces.max(1));
-        detections.truncate(self.config.max_faces.max(1));
         let mut crops = Vec::with_capacity(detections.len());
         let mut faces = Vec::with_capacity(detections.len());
         for detection in detections {
@@ -167,10 +179,21 @@ impl FacePipeline {
         }
         timings.align = start.elapsed();
 
+        let start = Instant::now();
+        self.check_faces(&mut faces, &mut crops)?;
+        let check_time = start.elapsed();
+
         // Thumbnails are cut and encoded on a second thread while the embedder runs: with a
         // core to spare (a lightly loaded server) an enrollment does not wait for its JPEG.
         let picked = options.embeddings.picks(&faces, rgb.width(), rgb.height());
-        let batch: Vec<&[u8]> = picked.iter().map(|&i| crops[i].as_slice()).collect();
+        // Faces the check embedded are not embedded again; those not asked for lose theirs.
+        let unembedded: Vec<usize> = picked.iter().copied().filter(|&i| faces[i].embedding.is_none()).collect();
+        for (i, face) in faces.iter_mut().enumerate() {
+            if !picked.contains(&i) {
+                face.embedding = None;
+            }
+        }
+        let batch: Vec<&[u8]> = unembedded.iter().map(|&i| crops[i].as_slice()).collect();
         let thumbnailed = options.thumbnails.picks(&faces, rgb.width(), rgb.height());
         let boxes: Vec<BoundingBox> = thumbnailed.iter().map(|&i| faces[i].detection.bbox).collect();
         let (embedder, resizer, spec) = (&mut self.embedder, &mut self.resizer, &self.config.thumbnail);
@@ -194,15 +217,75 @@ impl FacePipeline {
         });
         let (embeddings, embed_time) = embedded?;
         let (jpegs, thumbnail_time) = thumbnails?;
-        timings.embed = embed_time;
+        timings.embed = embed_time + check_time;
         timings.thumbnail = thumbnail_time;
-        for (i, embedding) in picked.iter().zip(embeddings) {
-            faces[*i].embedding = Some(embedding);
+        for (i, embedded) in unembedded.iter().zip(embeddings) {
+            faces[*i].embedding = Some(embedded.embedding);
         }
         for (i, jpeg) in thumbnailed.iter().zip(jpegs?) {
             faces[*i].thumbnail = Some(jpeg);
         }
         Ok((ImageAnalysis { width: rgb.width(), height: rgb.height(), faces, omitted_faces }, timings))
+    }
+
+    /// Every face of `rgb` the detector finds under `coverage` (any way up, small faces of a
+    /// large image in tiles), largest first: what SearchFaces and VerifyFace use, and how
+    /// DetectFaces lists faces. Only the largest `max_faces` are kept; the count of the others
+    /// comes second.
+    fn find_faces(&mut self, rgb: &RgbImage, coverage: Coverage) -> Result<(Vec<Detection>, usize)> {
+        let (mut detections, best) = self.detect_any_way_up(rgb, coverage)?;
+        if best < TURN_BELOW_SCORE {
+            detections = self.add_small_faces(rgb, coverage, detections, best)?;
+        }
+        detections.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
+        let omitted_faces = detections.len().saturating_sub(self.config.max_faces.max(1));
+        detections.truncate(self.config.max_faces.max(1));
+        Ok((detections, omitted_faces))
+    }
+
+    /// The face check ([`FaceCheck`]): embeds the faces the detector scored below
+    /// `below_score` and drops those whose embedding, before normalisation, is shorter than
+    /// `min_norm` (with their crops); the others keep the embedding.
+    fn check_faces(&mut self, faces: &mut Vec<AnalyzedFace>, crops: &mut Vec<Vec<u8>>) -> Result<()> {
+        let check = self.config.face_check;
+        if check.min_norm <= 0.0 {
+            return Ok(());
+        }
+        let suspects: Vec<usize> = (0..faces.len()).filter(|&i| faces[i].detection.score < check.below_score).collect();
+        if suspects.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<&[u8]> = suspects.iter().map(|&i| crops[i].as_slice()).collect();
+        let mut keep = vec![true; faces.len()];
+        for (&i, embedded) in suspects.iter().zip(self.embedder.embed(&batch)?) {
+            if embedded.norm < check.min_norm {
+                keep[i] = false;
+            } else {
+                faces[i].embedding = Some(embedded.embedding);
+            }
+        }
+        let (mut a, mut b) = (keep.iter(), keep.iter());
+        faces.retain(|_| a.next().copied().unwrap_or(true));
+        crops.retain(|_| b.next().copied().unwrap_or(true));
+        Ok(())
+    }
+
+    /// Every face `find_faces` keeps with the norm of its embedding before normalisation, none
+    /// dropped by the face check (its calibration: `examples/face_norms.rs`).
+    pub fn face_norms(&mut self, bytes: &[u8], coverage: Coverage) -> Result<Vec<(Detection, f32)>> {
+        let decoded = decode(bytes, &self.config.decode)?;
+        let (detections, _) = self.find_faces(&decoded.rgb, coverage)?;
+        let crops: Vec<Vec<u8>> = detections
+            .iter()
+            .map(|d| {
+                let mut crop = Vec::new();
+                align_face(&decoded.rgb, &d.landmarks, &mut crop);
+                crop
+            })
+            .collect();
+        let batch: Vec<&[u8]> = crops.iter().map(Vec::as_slice).collect();
+        let embedded = self.embedder.embed(&batch)?;
+        Ok(detections.into_iter().zip(embedded.into_iter().map(|e| e.norm)).collect())
     }
 
     /// Detects the faces of `rgb`; when no upright face scores [`TURN_BELOW_SCORE`] or more
@@ -319,7 +402,7 @@ impl FacePipeline {
     }
 
     /// Embeds aligned crops directly (benches).
-    pub fn embed_crops(&mut self, crops: &[&[u8]]) -> Result<Vec<crate::domain::Embedding>> {
+    pub fn embed_crops(&mut self, crops: &[&[u8]]) -> Result<Vec<crate::inference::embedder::Embedded>> {
         self.embedder.embed(crops)
     }
 

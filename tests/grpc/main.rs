@@ -22,6 +22,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod multinode;
+mod nonfaces;
 mod parity;
 mod security;
 mod snapshot;
