@@ -160,13 +160,14 @@ pub struct Config {
     /// Smallest face, pixels (longer box side), that DetectFaces finds in a large image (up to
     /// 4000 px at the default tile count): when the whole-image passes find no confident face
     /// in an image too large for them to see one this small, it is searched in tiles of the
-    /// fine canvas. Enrollment and search look for faces of --min-face-size or this, whichever is
-    /// larger. 0 turns the tiled search off.
+    /// fine canvas (for every rpc: enrollment then refuses a face under --min-face-size as
+    /// FACE_TOO_SMALL rather than finding none). 0 turns the tiled search off.
     #[arg(long, env = "FACEVAULT_DETECT_SMALL_FACE", default_value_t = 24.0)]
     pub detect_small_face: f32,
 
-    /// Most tiles of that search (each costs one fine detector pass); an image that would need
-    /// more is shrunk further, giving up its smallest faces.
+    /// Most tiles of that search (each costs one fine detector pass, 0 to 100; 0 turns the
+    /// search off); an image that would need more is shrunk further, giving up its smallest
+    /// faces.
     #[arg(long, env = "FACEVAULT_DETECT_MAX_TILES", default_value_t = 30)]
     pub detect_max_tiles: usize,
 
@@ -177,7 +178,9 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_MIN_FACE_NORM", default_value_t = 18.35)]
     pub min_face_norm: f32,
 
-    /// Detector score below which a detection gets the face check (1: every detection).
+    /// Detector score below which a detection gets the face check (1: every detection). An
+    /// enrollment keeps a face of --min-face-size or more that fails the check, flagged
+    /// LOW_CONFIDENCE, so that it is refused rather than a smaller face enrolled instead.
     #[arg(long, env = "FACEVAULT_FACE_CHECK_BELOW_SCORE", default_value_t = 0.75)]
     pub face_check_below_score: f32,
 
@@ -450,7 +453,7 @@ impl Config {
         count("max-image-pixels", self.max_image_pixels, 1, 1 << 32)?;
         count("detect-coarse-size", u64::from(self.detect_coarse_size), 32, 4096)?;
         count("detect-fine-size", u64::from(self.detect_fine_size), 32, 4096)?;
-        count("detect-max-tiles", self.detect_max_tiles as u64, 0, 400)?;
+        count("detect-max-tiles", self.detect_max_tiles as u64, 0, 100)?;
         count("workers", self.workers as u64, 0, 1024)?;
         count("intra-threads", self.intra_threads as u64, 1, 256)?;
         count("queue-capacity", self.queue_capacity as u64, 0, 1 << 20)?;

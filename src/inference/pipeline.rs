@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fast_image_resize::Resizer;
 use image::RgbImage;
 
-use crate::domain::{AnalyzedFace, BoundingBox, Detection, ImageAnalysis, MultipleFaces, Point};
+use crate::domain::{AnalyzedFace, BoundingBox, Detection, ImageAnalysis, MultipleFaces, Point, QualityIssue};
 use crate::error::{Error, Result};
 use crate::imaging::align::align_face;
 use crate::imaging::decode::{DecodeLimits, ImageFormat, decode};
@@ -180,7 +180,9 @@ impl FacePipeline {
         timings.align = start.elapsed();
 
         let start = Instant::now();
-        self.check_faces(&mut faces, &mut crops)?;
+        let failing_from =
+            matches!(options.embeddings, FaceSelection::Enrollable(_)).then_some(self.config.quality.min_face_size);
+        self.check_faces(&mut faces, &mut crops, failing_from)?;
         let check_time = start.elapsed();
 
         // Thumbnails are cut and encoded on a second thread while the embedder runs: with a
@@ -235,7 +237,7 @@ impl FacePipeline {
     fn find_faces(&mut self, rgb: &RgbImage, coverage: Coverage) -> Result<(Vec<Detection>, usize)> {
         let (mut detections, best) = self.detect_any_way_up(rgb, coverage)?;
         if best < TURN_BELOW_SCORE {
-            detections = self.add_small_faces(rgb, coverage, detections, best)?;
+            detections = self.add_small_faces(rgb, detections, best)?;
         }
         detections.sort_by(|a, b| b.bbox.area().total_cmp(&a.bbox.area()));
         let omitted_faces = detections.len().saturating_sub(self.config.max_faces.max(1));
@@ -245,23 +247,37 @@ impl FacePipeline {
 
     /// The face check ([`FaceCheck`]): embeds the faces the detector scored below
     /// `below_score` and drops those whose embedding, before normalisation, is shorter than
-    /// `min_norm` (with their crops); the others keep the embedding.
-    fn check_faces(&mut self, faces: &mut Vec<AnalyzedFace>, crops: &mut Vec<Vec<u8>>) -> Result<()> {
+    /// `min_norm` (with their crops); the others keep the embedding. For an enrollment
+    /// (`failing_from`: the enrollment size), a face that large is kept instead, flagged
+    /// LOW_CONFIDENCE: it fails the gate, so a degraded main face is refused for what it is and
+    /// does not leave a sharp passer-by to be enrolled in its place.
+    fn check_faces(
+        &mut self,
+        faces: &mut Vec<AnalyzedFace>,
+        crops: &mut Vec<Vec<u8>>,
+        failing_from: Option<f32>,
+    ) -> Result<()> {
         let check = self.config.face_check;
         if check.min_norm <= 0.0 {
             return Ok(());
         }
-        let suspects: Vec<usize> = (0..faces.len()).filter(|&i| faces[i].detection.score < check.below_score).collect();
+        let checked = |score: f32| check.below_score >= 1.0 || score < check.below_score;
+        let suspects: Vec<usize> = (0..faces.len()).filter(|&i| checked(faces[i].detection.score)).collect();
         if suspects.is_empty() {
             return Ok(());
         }
         let batch: Vec<&[u8]> = suspects.iter().map(|&i| crops[i].as_slice()).collect();
         let mut keep = vec![true; faces.len()];
         for (&i, embedded) in suspects.iter().zip(self.embedder.embed(&batch)?) {
-            if embedded.norm < check.min_norm {
-                keep[i] = false;
+            let face = &mut faces[i];
+            if embedded.norm >= check.min_norm {
+                face.embedding = Some(embedded.embedding);
+            } else if failing_from.is_some_and(|size| face.quality.face_size >= size) {
+                if !face.quality.issues.contains(&QualityIssue::LowConfidence) {
+                    face.quality.issues.push(QualityIssue::LowConfidence);
+                }
             } else {
-                faces[i].embedding = Some(embedded.embedding);
+                keep[i] = false;
             }
         }
         let (mut a, mut b) = (keep.iter(), keep.iter());
@@ -343,23 +359,16 @@ impl FacePipeline {
 
     /// The tiled search for small faces (`tiles`), run when the whole-image passes found no
     /// confident face (`best`, the best upright score of `found`) in an image too large for
-    /// them to see a face of the configured small size (or the coverage's, if larger). Tile
+    /// them to see a face of the configured small size, whatever the caller's coverage. Tile
     /// faces join the upright faces already found; when the image was taken turned, they replace
     /// its faces only if one scores higher. Upright only: a small face turned sideways is not
     /// searched for.
-    fn add_small_faces(
-        &mut self,
-        rgb: &RgbImage,
-        coverage: Coverage,
-        found: Vec<Detection>,
-        best: f32,
-    ) -> Result<Vec<Detection>> {
+    fn add_small_faces(&mut self, rgb: &RgbImage, found: Vec<Detection>, best: f32) -> Result<Vec<Detection>> {
         let config = *self.detector.config();
-        let min_face = match coverage {
-            Coverage::All => config.small_face,
-            Coverage::MinFace(side) if config.small_face > 0.0 => side.max(config.small_face),
-            Coverage::MinFace(_) => 0.0,
-        };
+        // The same smallest face whatever the caller's coverage: enrollment then refuses a
+        // small face as FACE_TOO_SMALL, saying why, rather than NO_FACE_DETECTED; and search
+        // does not lose a face near its own floor to the tiles' shrinking.
+        let min_face = config.small_face;
         let (width, height) = rgb.dimensions();
         let Some(plan) =
             plan_tiles(width, height, min_face, config.min_canvas_face, config.fine_size, config.max_tiles)
@@ -380,11 +389,16 @@ impl FacePipeline {
                 small.extend(plan.keep((x, y), &d, width, height));
             }
         }
+        // Only the largest `max_faces` go further: a photo of a crowd (or a pattern of
+        // face-like dots) does not feed the merging NMS more than a few times that.
+        small.sort_by(|a, b| b.score.total_cmp(&a.score));
+        small.truncate(4 * self.config.max_faces.max(1));
         let taken_upright = found.iter().all(|d| d.rotation == 0);
         let mut merged = if taken_upright {
             small.extend(found);
             small
-        } else if upright_score(&small) > best {
+        } else if upright_score(&small) > best.max(TURN_BELOW_SCORE) {
+            // A turn taken for a weak face is given up only for a tile face that is not weak.
             small
         } else {
             return Ok(found);

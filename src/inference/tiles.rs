@@ -56,13 +56,17 @@ pub fn plan_tiles(
     if min_face <= 0.0 || max_tiles == 0 || width == 0 || height == 0 {
         return None;
     }
-    let overlap = side / OVERLAP_FRACTION;
     let mut scale = (min_canvas_face / min_face).min(1.0);
     loop {
         let (w, h) = (((width as f32 * scale).round() as u32).max(1), ((height as f32 * scale).round() as u32).max(1));
         if w.max(h) <= side {
             return None;
         }
+        // The tiles keep faces up to the overlap; the whole-image pass (the image fitted to one
+        // `side` canvas) is trusted from `min_canvas_face` canvas pixels: the overlap covers
+        // up to there (when a half tile allows), so no face size falls between the two.
+        let whole_pass_min = (min_canvas_face * w.max(h) as f32 / side as f32).ceil() as u32;
+        let overlap = (side / OVERLAP_FRACTION).max(whole_pass_min + 2 * EDGE_MARGIN as u32 + 1).min(side / 2);
         let (xs, ys) = (starts(w, side, overlap), starts(h, side, overlap));
         if xs.len() * ys.len() <= max_tiles {
             let origins = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (x, y))).collect();

@@ -291,8 +291,8 @@ async fn a_small_face_in_a_large_photo_is_found_in_tiles() {
     let [rx1, ry1, rx2, ry2] = bbox(&reference);
     let side = (rx2 - rx1).max(ry2 - ry1);
 
-    // 28 px, placed across the edge between the first two tile columns (x = 512 / (2/3) = 768
-    // in the image: a tile starts there) and away from the image's centre.
+    // 28 px, centred at x = 768, astride the left edge of the second tile column (506 px of the
+    // 2667 px shrunk image, 759 px in the image), away from the image's centre.
     let scale = 28.0 / side;
     let (x, y) = ((768.0 - (rx1 + rx2) / 2.0 * scale) as u32, 2100);
     let photo = png(&pasted(&yao, scale, 4000, 3000, x, y));
@@ -312,6 +312,14 @@ async fn a_small_face_in_a_large_photo_is_found_in_tiles() {
         ..UploadFaceRequest::default()
     };
     faces.upload_face(upload).await.expect("enroll");
+    // The 28 px face is found for enrollment too, and refused for its size, not unseen.
+    let small = UploadFaceRequest {
+        user: crate::users::by_external("yao"),
+        image: photo.clone().into(),
+        ..UploadFaceRequest::default()
+    };
+    let err = faces.upload_face(small).await.expect_err("a 28 px face is too small to enroll");
+    assert_eq!(crate::common::reason(&err), "FACE_TOO_SMALL", "{err:?}");
     let query = png(&pasted(&yao, 40.0 / side, 4000, 3000, 3100, 300));
     let search = SearchFacesRequest { image: query.clone().into(), top_k: 1, min_similarity: 0.0 };
     let best = faces.search_faces(search).await.expect("search in a large photo").into_inner().matches;
