@@ -92,3 +92,49 @@ async fn checked_faces_carry_embeddings_only_when_asked() {
         assert!((norm - 1.0).abs() < 1e-3, "normalised: {norm}");
     }
 }
+
+/// A main face that fails the check is refused at enrollment for what it is, not dropped to
+/// leave a smaller passer-by for DOMINANT to enroll. Made to happen with a check raised to
+/// every face and a norm of 21: yaoming.jpg, twice the size and blurred (sigma 8), reads about
+/// 20; a sharp 140 px face beside it about 22.8.
+#[tokio::test]
+async fn a_main_face_failing_the_check_is_refused_not_replaced() {
+    use facevault::grpc::pb::enrollment::MultipleFacesPolicy;
+    use image::imageops;
+
+    let server = TestServer::start_keyed_with(|c| {
+        c.face_check_below_score = 1.0;
+        c.min_face_norm = 21.0;
+    })
+    .await;
+    let yao = crate::common::fixture_rgb("yaoming.jpg");
+    let big = imageops::blur(&imageops::resize(&yao, 466, 574, imageops::FilterType::Triangle), 8.0);
+    let small =
+        imageops::resize(&crate::common::fixture_rgb("Tom_Hanks_54745.png"), 140, 140, imageops::FilterType::Triangle);
+    let mut canvas = image::RgbImage::from_pixel(800, 600, image::Rgb([128, 128, 128]));
+    imageops::replace(&mut canvas, &big, 0, 13);
+    imageops::replace(&mut canvas, &small, 600, 20);
+    let photo = crate::common::png(&canvas);
+
+    let found = detect(&server, photo.clone()).await;
+    assert_eq!(
+        found.len(),
+        1,
+        "DetectFaces drops the blurred face: {:?}",
+        found.iter().map(|f| f.score).collect::<Vec<_>>()
+    );
+    assert!(crate::common::bbox(&found[0])[0] > 550.0, "the sharp face is left");
+
+    let mut users = server.users_as(ADMIN_A).await;
+    crate::users::create(&mut users, "blurred").await;
+    let mut faces = server.faces_as(ADMIN_A).await;
+    let upload = UploadFaceRequest {
+        user: crate::users::by_external("blurred"),
+        image: photo.into(),
+        multiple_faces_policy: MultipleFacesPolicy::Dominant as i32,
+        ..Default::default()
+    };
+    let err = faces.upload_face(upload).await.expect_err("the blurred main face is refused");
+    assert_eq!(reason(&err), "LOW_FACE_QUALITY", "{err:?}");
+    assert!(err.message().contains("LOW_CONFIDENCE") || format!("{err:?}").contains("LOW_CONFIDENCE"), "{err:?}");
+}
