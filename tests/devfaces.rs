@@ -37,25 +37,25 @@ const PROBES: [(&str, f64, Alter); 6] = [
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 25).encode_image(&rgb).expect("jpeg");
         out
     }),
-    ("shrunk to 160 px, pasted into a 1600x1200 grey canvas", 93.0, |rgb| {
-        let scale = 160.0 / rgb.width().max(rgb.height()) as f32;
-        let (w, h) = ((rgb.width() as f32 * scale) as u32, (rgb.height() as f32 * scale) as u32);
-        let small = image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle);
-        let mut canvas = RgbImage::from_pixel(1600, 1200, image::Rgb([128, 128, 128]));
-        image::imageops::overlay(&mut canvas, &small, 700, 500);
-        png(&canvas)
-    }),
-    ("shrunk to 96 px (a face of about 38 px), pasted into a 4000x3000 grey canvas", 90.0, |rgb| {
-        let scale = 96.0 / rgb.width().max(rgb.height()) as f32;
-        let (w, h) = ((rgb.width() as f32 * scale) as u32, (rgb.height() as f32 * scale) as u32);
-        let small = image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle);
-        let mut canvas = RgbImage::from_pixel(4000, 3000, image::Rgb([128, 128, 128]));
-        image::imageops::overlay(&mut canvas, &small, 2900, 700);
-        png(&canvas)
-    }),
+    ("shrunk to 160 px, pasted into a 1600x1200 grey canvas", 93.0, |rgb| pasted(&rgb, 160, (1600, 1200), (700, 500))),
+    (
+        "shrunk to 96 px (a face of about 38 px), pasted into a 4000x3000 grey canvas; one photo per person",
+        90.0,
+        |rgb| pasted(&rgb, 96, (4000, 3000), (2900, 700)),
+    ),
     ("turned 90 degrees, no EXIF orientation", 95.0, |rgb| png(&image::imageops::rotate90(&rgb))),
     ("upside down, no EXIF orientation", 88.0, |rgb| png(&image::imageops::rotate180(&rgb))),
 ];
+
+/// `rgb` shrunk to `long_side` and pasted at `at` into a grey canvas of `size`, as PNG.
+fn pasted(rgb: &RgbImage, long_side: u32, size: (u32, u32), at: (i64, i64)) -> Vec<u8> {
+    let scale = long_side as f32 / rgb.width().max(rgb.height()) as f32;
+    let (w, h) = ((rgb.width() as f32 * scale) as u32, (rgb.height() as f32 * scale) as u32);
+    let small = image::imageops::resize(rgb, w, h, image::imageops::FilterType::Triangle);
+    let mut canvas = RgbImage::from_pixel(size.0, size.1, image::Rgb([128, 128, 128]));
+    image::imageops::overlay(&mut canvas, &small, at.0, at.1);
+    png(&canvas)
+}
 
 /// A photo's faces that pass the quality gate: box and embedding.
 type EnrollableFaces = Vec<([f32; 4], Vec<f32>)>;
@@ -144,10 +144,14 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
     println!("|---|---|---|---|");
     println!("| the photos as they are | {:.1}% | 0 | 0 |", pct(rank1, queries));
     for (probe, floor, alter) in PROBES {
-        let (mut hits, mut no_face, mut refused) = (0, 0, 0);
+        // The 4000x3000 probe costs a tiled search a query (seconds in a debug build): one
+        // query photo per person.
+        let per_person = if probe.contains("one photo per person") { 1 } else { usize::MAX };
+        let (mut hits, mut no_face, mut refused, mut queries) = (0, 0, 0, 0);
         for (identity, files) in &by_identity {
             let Some(enrolled_file) = enrolled.get(identity) else { continue };
-            for file in files.iter().filter(|f| *f != enrolled_file) {
+            for file in files.iter().filter(|f| *f != enrolled_file).take(per_person) {
+                queries += 1;
                 let image = alter(image::load_from_memory(&read(file)).expect("decode").to_rgb8());
                 let request = SearchFacesRequest { image: image.into(), top_k: 1, min_similarity: -1.0 };
                 match faces.search_faces(request).await {
