@@ -157,7 +157,7 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_DETECT_TURNED", default_value_t = true, action = clap::ArgAction::Set)]
     pub detect_turned: bool,
 
-    /// Smallest face, pixels (longer box side), that DetectFaces finds in a large image (up to
+    /// Smallest face, pixels (longer box side), found in a large image (up to
     /// 4000 px at the default tile count): when the whole-image passes find no confident face
     /// in an image too large for them to see one this small, it is searched in tiles of the
     /// fine canvas (for every rpc: enrollment then refuses a face under --min-face-size as
@@ -172,7 +172,8 @@ pub struct Config {
     pub detect_max_tiles: usize,
 
     /// Not a face: a detection scoring below --face-check-below-score is embedded, and dropped
-    /// (never reported, searched or enrolled) when the embedding model's output before
+    /// (never reported or searched; an enrollment refuses a face of --min-face-size or more as
+    /// LOW_CONFIDENCE) when the embedding model's output before
     /// normalisation is shorter than this. Calibrated on devfaces and non-face photos (README:
     /// "Not a face"); 0 turns the check off.
     #[arg(long, env = "FACEVAULT_MIN_FACE_NORM", default_value_t = 18.35)]

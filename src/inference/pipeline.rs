@@ -389,16 +389,18 @@ impl FacePipeline {
                 small.extend(plan.keep((x, y), &d, width, height));
             }
         }
-        // Only the largest `max_faces` go further: a photo of a crowd (or a pattern of
-        // face-like dots) does not feed the merging NMS more than a few times that.
+        // Only `max_faces` faces go further: a photo of a crowd (or a pattern of face-like
+        // dots) feeds the merging NMS no more than four times that, the best scored (faces cut
+        // here are not counted in `omitted_faces`).
         small.sort_by(|a, b| b.score.total_cmp(&a.score));
         small.truncate(4 * self.config.max_faces.max(1));
         let taken_upright = found.iter().all(|d| d.rotation == 0);
         let mut merged = if taken_upright {
             small.extend(found);
             small
-        } else if upright_score(&small) > best.max(TURN_BELOW_SCORE) {
-            // A turn taken for a weak face is given up only for a tile face that is not weak.
+        } else if upright_score(&small) > best {
+            // A turn taken for a weak face (only ever taken when nothing was upright) against
+            // weak tile faces: the stronger wins, and the face check then vets it.
             small
         } else {
             return Ok(found);

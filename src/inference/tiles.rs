@@ -3,7 +3,8 @@
 //! they find no confident face, the image is shrunk only as far as the smallest face sought
 //! stays detectable (`min_canvas_face` canvas pixels) and searched in overlapping tiles of the
 //! fine canvas. A face no larger than the overlap lies whole inside some tile; larger faces
-//! were within the whole-image passes' reach, so tile detections larger than that, or cut by an
+//! were within the whole-image passes' reach (the overlap grows to make it so, up to half a
+//! tile: a limit met only past 12,000 px), so tile detections larger than that, or cut by an
 //! edge between tiles, are dropped. Pure planning here; the detector runs the tiles.
 
 use crate::domain::{BoundingBox, Detection, Point};
@@ -149,6 +150,18 @@ mod tests {
         assert!(plan.width < 8192 * 2 / 3, "shrunk further than 2/3: {}", plan.width);
         assert!(plan.width.max(plan.height) > 640);
         assert_eq!(plan_tiles(8192, 8192, 24.0, 16.0, 640, 1), None, "one tile sees no more than the whole pass");
+    }
+
+    #[test]
+    fn the_overlap_grows_to_the_smallest_face_the_whole_image_pass_sees() {
+        // 8192x4800 at 2/3 is 5461 px long: the whole-image pass (640 px) trusts faces from
+        // 16 * 5461 / 640 = 137 shrunk pixels up, more than a fifth of a tile.
+        let plan = plan_tiles(8192, 4800, 24.0, 16.0, 640, 100).expect("tiles");
+        assert_eq!((plan.width, plan.height), (5461, 3200));
+        assert!(plan.max_face >= 137.0, "{}", plan.max_face);
+        let xs: Vec<u32> = plan.origins.iter().filter(|o| o.1 == 0).map(|o| o.0).collect();
+        let overlap = plan.max_face as u32 + 4;
+        assert!(xs.windows(2).all(|w| w[1] - w[0] <= 640 - overlap), "{xs:?}");
     }
 
     fn det(x: f32, y: f32, side: f32) -> Detection {
