@@ -15,7 +15,7 @@ use image::RgbImage;
 use crate::domain::{BoundingBox, Detection, Point};
 use crate::error::{Error, Result};
 use crate::imaging::resize::{LetterboxGeometry, Letterboxer};
-use crate::inference::nms::nms;
+use crate::inference::nms::{nms, nms_by_score};
 use crate::inference::session::ModelSession;
 
 const STRIDES: [u32; 3] = [8, 16, 32];
@@ -169,10 +169,7 @@ impl Detector {
         letterbox: &mut Letterboxer,
     ) -> Result<Vec<Detection>> {
         let geometry = letterbox.to_tensor(image, canvas, INPUT_MEAN, INPUT_STD, &mut self.tensor)?;
-        let mut found = self.run_pass(&geometry)?;
-        found.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let boxes: Vec<BoundingBox> = found.iter().map(|d| d.bbox).collect();
-        Ok(nms(&boxes, self.config.nms_threshold).into_iter().map(|i| found[i].clone()).collect())
+        Ok(nms_by_score(self.run_pass(&geometry)?, self.config.nms_threshold))
     }
 
     fn run_pass(&mut self, geometry: &LetterboxGeometry) -> Result<Vec<Detection>> {

@@ -1,7 +1,7 @@
 //! IoU and greedy non-maximum suppression as pure functions, with the reference's pixel
 //! convention (box sides count `x2 - x1 + 1` pixels), so borderline suppressions agree.
 
-use crate::domain::BoundingBox;
+use crate::domain::{BoundingBox, Detection};
 
 /// IoU with inclusive pixel extents, as insightface's `SCRFD.nms`.
 pub fn iou_inclusive(a: &BoundingBox, b: &BoundingBox) -> f32 {
@@ -22,6 +22,19 @@ pub fn nms(boxes: &[BoundingBox], threshold: f32) -> Vec<usize> {
         }
     }
     keep
+}
+
+/// `detections` by score, best first, less those that overlap a better one by more than
+/// `threshold`.
+pub fn nms_by_score(mut detections: Vec<Detection>, threshold: f32) -> Vec<Detection> {
+    detections.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let boxes: Vec<BoundingBox> = detections.iter().map(|d| d.bbox).collect();
+    let kept = nms(&boxes, threshold);
+    let mut keep = vec![false; detections.len()];
+    kept.iter().for_each(|&i| keep[i] = true);
+    let mut flags = keep.into_iter();
+    detections.retain(|_| flags.next().unwrap_or(false));
+    detections
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::imaging::turn::{TURNS, is_upright, turn, unturn};
 use crate::inference::detector::{Coverage, Detector};
 use crate::inference::embedder::Embedder;
 use crate::inference::enrollable::{Enrollable, enrollable_face};
-use crate::inference::nms::nms;
+use crate::inference::nms::nms_by_score;
 use crate::inference::quality::{QualityThresholds, assess};
 use crate::inference::tiles::plan_tiles;
 
@@ -395,7 +395,7 @@ impl FacePipeline {
         small.sort_by(|a, b| b.score.total_cmp(&a.score));
         small.truncate(4 * self.config.max_faces.max(1));
         let taken_upright = found.iter().all(|d| d.rotation == 0);
-        let mut merged = if taken_upright {
+        let merged = if taken_upright {
             small.extend(found);
             small
         } else if upright_score(&small) > best {
@@ -405,10 +405,7 @@ impl FacePipeline {
         } else {
             return Ok(found);
         };
-        merged.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let boxes: Vec<BoundingBox> = merged.iter().map(|d| d.bbox).collect();
-        let nms_threshold = config.nms_threshold;
-        Ok(nms(&boxes, nms_threshold).into_iter().map(|i| merged[i].clone()).collect())
+        Ok(nms_by_score(merged, config.nms_threshold))
     }
 
     /// One detector pass at a fixed canvas size (benches, the parity check against the
