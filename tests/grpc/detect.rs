@@ -279,11 +279,8 @@ fn pasted(face: &image::RgbImage, scale: f32, w: u32, h: u32, x: u32, y: u32) ->
 async fn a_small_face_in_a_large_photo_is_found_in_tiles() {
     use facevault::grpc::pb::{SearchFacesRequest, UploadFaceRequest};
 
-    async fn detect_keyed(server: &TestServer, image: Vec<u8>) -> Vec<DetectedFace> {
-        let request = DetectFacesRequest { image: image.into(), include_embeddings: false, include_thumbnails: false };
-        let mut faces = server.faces_as(crate::common::ADMIN_A).await;
-        faces.detect_faces(request).await.expect("DetectFaces").into_inner().faces
-    }
+    use crate::nonfaces::detect as detect_keyed;
+
     let server = TestServer::start_keyed().await;
     let mut faces = server.faces_as(crate::common::ADMIN_A).await;
     let yao = fixture_rgb("yaoming.jpg");

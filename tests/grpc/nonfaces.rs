@@ -31,7 +31,8 @@ fn nonface(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (make setup fetches it)", path.display()))
 }
 
-async fn detect(server: &TestServer, image: Vec<u8>) -> Vec<DetectedFace> {
+/// DetectFaces without embeddings, as admin A of a keyed server.
+pub(crate) async fn detect(server: &TestServer, image: Vec<u8>) -> Vec<DetectedFace> {
     let request = DetectFacesRequest { image: image.into(), include_embeddings: false, include_thumbnails: false };
     let mut faces = server.faces_as(ADMIN_A).await;
     faces.detect_faces(request).await.expect("DetectFaces").into_inner().faces
