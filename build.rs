@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/facevault/v1/types.proto",
         "proto/facevault/v1/user_service.proto",
         "proto/facevault/v1/face_service.proto",
+        "proto/facevault/v1/admin_service.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

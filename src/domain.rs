@@ -167,13 +167,15 @@ pub struct AnalyzedFace {
     pub detection: Detection,
     pub quality: FaceQuality,
     pub embedding: Option<Embedding>,
+    /// By the other model while the store keeps two (a reindex; see `EmbedWith`).
+    pub other_embedding: Option<Embedding>,
     /// Square JPEG "zoomed face".
     pub thumbnail: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for AnalyzedFace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let AnalyzedFace { detection, quality, embedding, thumbnail } = self;
+        let AnalyzedFace { detection, quality, embedding, other_embedding: _, thumbnail } = self;
         f.debug_struct("AnalyzedFace")
             .field("detection", detection)
             .field("quality", quality)
@@ -339,11 +341,13 @@ pub enum Scope {
     FacesRead,
     FacesWrite,
     FacesSearch,
+    /// AdminService: the service as a whole, every tenant.
+    Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] =
-        [Scope::UsersRead, Scope::UsersWrite, Scope::FacesRead, Scope::FacesWrite, Scope::FacesSearch];
+    pub const ALL: [Scope; 6] =
+        [Scope::UsersRead, Scope::UsersWrite, Scope::FacesRead, Scope::FacesWrite, Scope::FacesSearch, Scope::Admin];
 
     /// The keys-file spelling, e.g. `faces:write`.
     pub fn as_str(self) -> &'static str {
@@ -353,6 +357,7 @@ impl Scope {
             Scope::FacesRead => "faces:read",
             Scope::FacesWrite => "faces:write",
             Scope::FacesSearch => "faces:search",
+            Scope::Admin => "admin",
         }
     }
 

@@ -54,6 +54,11 @@ pub enum Reason {
     QuotaExceeded,
     Unavailable,
     Internal,
+    NoCandidateModel,
+    ReindexRunning,
+    ReindexNotReady,
+    ReindexNotCutOver,
+    ModelsChanged,
 }
 
 impl Reason {
@@ -101,6 +106,11 @@ impl Reason {
             Reason::QuotaExceeded => "QUOTA_EXCEEDED",
             Reason::Unavailable => "UNAVAILABLE",
             Reason::Internal => "INTERNAL",
+            Reason::NoCandidateModel => "NO_CANDIDATE_MODEL",
+            Reason::ReindexRunning => "REINDEX_RUNNING",
+            Reason::ReindexNotReady => "REINDEX_NOT_READY",
+            Reason::ReindexNotCutOver => "REINDEX_NOT_CUT_OVER",
+            Reason::ModelsChanged => "MODELS_CHANGED",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! facevault: a gRPC face enrollment service. `run` is the process entry point; `serve` is
 //! what main and the integration tests share.
 
+pub mod admin_cli;
 pub mod app;
 pub mod config;
 mod connections;
@@ -116,6 +117,7 @@ pub async fn serve_with_slot(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_millis(config.postgres_poll_ms),
     ));
+    let reindex = tokio::spawn(app.clone().follow_reindex_periodically(std::time::Duration::from_secs(1)));
     slot.set(app.clone());
     grpc::set_serving(&health).await;
     tracing::info!("serving");
@@ -124,6 +126,7 @@ pub async fn serve_with_slot(
     stop.await;
     purge.abort();
     follow.abort();
+    reindex.abort();
     watch.abort();
     recover.abort();
     drain(server, config.drain_timeout).await?;

@@ -1,4 +1,5 @@
-//! Process start: parse the config, set up logging, run the server; or `facevault verify`, `facevault migrate`.
+//! Process start: parse the config, set up logging, run the server; or `facevault verify`,
+//! `facevault migrate`, `facevault admin`.
 
 use std::process::ExitCode;
 
@@ -12,6 +13,9 @@ async fn main() -> ExitCode {
     }
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         return facevault::migrate::main(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("admin") {
+        return facevault::admin_cli::main(std::env::args().skip(2)).await;
     }
     let config = Config::parse();
     facevault::telemetry::init(&config.log_format);

@@ -100,7 +100,17 @@ fn open_source(dir: &Path, key: Option<EncryptionKey>) -> Result<Store> {
 /// faces and no record (made by an older version) is refused: the first server on the target
 /// would record its own embedder, whatever model made the faces.
 fn copy_embedder(source: &Store, target: &PgStore, faces: usize) -> Result<()> {
-    match source.embedder()? {
+    // The active model's embeddings are what is copied; a reindex under way would lose the
+    // other model's half.
+    let models = source.model_state()?;
+    if models.state.keeps_both() {
+        return Err(refuse(
+            "the source store is in the middle of a reindex: finish it (facevault admin reindex finish), then migrate"
+                .into(),
+        ));
+    }
+    let active = if models.unrecorded() { None } else { Some(models.active_embedder()?.clone()) };
+    match active {
         Some(embedder) => Storage::check_embedder(target, &embedder),
         None if faces == 0 => Ok(()),
         None => Err(refuse(
@@ -383,8 +393,8 @@ mod tests {
                     source.user_with_faces(t, by_external).unwrap()
                 );
                 let by_id = UserKey::Id(user.id);
-                let embeddings = source.user_with_embeddings(t, by_id).unwrap();
-                assert_eq!(target.user_with_embeddings(t, by_id).unwrap(), embeddings);
+                let embeddings = source.user_with_embeddings(t, by_id, "w600k_mbf").unwrap();
+                assert_eq!(target.user_with_embeddings(t, by_id, "w600k_mbf").unwrap(), embeddings);
                 for &face in &user.face_ids {
                     for thumbnail in [false, true] {
                         let image = source.face_with_image(t, face, thumbnail).unwrap();

@@ -9,8 +9,12 @@ impl App {
     /// Finds every face of the image, largest first, with embeddings and thumbnails on request.
     pub async fn detect_faces(&self, image: bytes::Bytes, embeddings: bool, thumbnails: bool) -> Result<ImageAnalysis> {
         let pick = |on: bool| if on { FaceSelection::All } else { FaceSelection::None };
-        let options =
-            AnalyzeOptions { coverage: Coverage::All, embeddings: pick(embeddings), thumbnails: pick(thumbnails) };
+        let options = AnalyzeOptions {
+            coverage: Coverage::All,
+            embeddings: pick(embeddings),
+            thumbnails: pick(thumbnails),
+            models: crate::inference::EmbedWith { main: self.model_use()?.main, other: None },
+        };
         let analysis = self.pool.analyze(image, options).await?;
         tracing::debug!(
             faces = analysis.image.faces.len(),

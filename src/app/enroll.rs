@@ -157,11 +157,13 @@ impl App {
         &self,
         image: Bytes,
         policy: MultipleFaces,
+        models: &super::models::ModelUse,
     ) -> Result<(crate::inference::Analysis, usize, bool)> {
         let options = AnalyzeOptions {
             coverage: Coverage::MinFace(self.settings.min_face_size),
             embeddings: FaceSelection::Enrollable(policy),
             thumbnails: FaceSelection::Enrollable(policy),
+            models: models.embed_with(),
         };
         let analysis = self.pool.analyze(image, options).await?;
         let (index, others) = enrolled_face(&analysis.image, policy, self.settings.min_face_size)?;
@@ -216,6 +218,8 @@ impl App {
         self.enroll(&tenant, &uploaded_by, user.id, upload, replace, token_hash).await
     }
 
+    /// Enrolls with the models of now; once more when they changed before the write committed
+    /// (a reindex started or ended meanwhile: the face is embedded again with those of then).
     async fn enroll(
         &self,
         tenant: &Tenant,
@@ -225,14 +229,43 @@ impl App {
         replace: Replace,
         token: Option<[u8; 32]>,
     ) -> Result<EnrollOutcome> {
+        match self.enroll_once(tenant, uploaded_by, user_id, upload.clone(), replace, token).await {
+            Err(e) if crate::storage::models::is_models_changed(&e) => {
+                let (store, feed) = (self.store()?, self.feed.clone());
+                blocking(move || feed.catch_up(store.as_ref())).await?;
+                self.enroll_once(tenant, uploaded_by, user_id, upload, replace, token).await
+            }
+            done => done,
+        }
+    }
+
+    async fn enroll_once(
+        &self,
+        tenant: &Tenant,
+        uploaded_by: &str,
+        user_id: UserId,
+        upload: FaceUpload,
+        replace: Replace,
+        token: Option<[u8; 32]>,
+    ) -> Result<EnrollOutcome> {
+        let models = self.model_use()?;
         let (analysis, picked, others_ignored) =
-            self.analyze_for_enrollment(upload.image.clone(), upload.multiple_faces).await?;
+            self.analyze_for_enrollment(upload.image.clone(), upload.multiple_faces, &models).await?;
         let width = analysis.image.width;
         let height = analysis.image.height;
         let mime = analysis.format.mime_type();
         let mut faces = analysis.image.faces;
         let chosen = faces.swap_remove(picked);
         let embedding = chosen.embedding.ok_or_else(|| Error::bug("the enrolled face was not embedded"))?;
+        let other = match models.other {
+            Some(other) => Some(crate::storage::ModelEmbedding {
+                model: self.catalog.models[other].record.id.clone(),
+                embedding: chosen
+                    .other_embedding
+                    .ok_or_else(|| Error::bug("the enrolled face lacks its other embedding"))?,
+            }),
+            None => None,
+        };
         let thumbnail = chosen.thumbnail.ok_or_else(|| Error::bug("the enrolled face has no thumbnail"))?;
 
         // Held until the store write and the index update below are done, even if the caller
@@ -241,10 +274,10 @@ impl App {
         // The index must hold every committed face of the tenant before the duplicate check.
         let (store, feed) = (self.store()?, self.feed.clone());
         blocking(move || feed.catch_up(store.as_ref())).await?;
-        let thresholds = self.settings.thresholds;
+        let thresholds = models.thresholds;
         // Duplicates among the other users of the tenant, best first.
         let hits = self.search_index(tenant, &embedding, 20, thresholds.possible, Some(user_id)).await?;
-        let duplicates = self.describe_hits(tenant, &hits).await?;
+        let duplicates = self.describe_hits(tenant, &hits, thresholds).await?;
         let first_match = duplicates.iter().find(|d| d.decision == Some(crate::domain::MatchDecision::Match));
         if upload.reject_duplicates
             && let Some(first) = first_match
@@ -305,7 +338,7 @@ impl App {
             comment: upload.comment,
             uploaded_by: uploaded_by.to_owned(),
             create_time: SystemTime::now(),
-            model: self.settings.embedder_id.clone(),
+            model: models.main_id.clone(),
             mime_type: mime.to_owned(),
             width,
             height,
@@ -313,6 +346,7 @@ impl App {
         let new = NewFace {
             face: face.clone(),
             embedding: embedding.clone(),
+            other,
             original: upload.image.to_vec(),
             thumbnail: thumbnail.clone(),
         };
@@ -333,9 +367,13 @@ impl App {
     }
 
     /// Search hits with each user's external id and the decision band.
-    pub(super) async fn describe_hits(&self, tenant: &Tenant, hits: &[crate::search::Hit]) -> Result<Vec<FaceMatch>> {
-        let (store, tenant, hits, thresholds) =
-            (self.store()?, tenant.clone(), hits.to_vec(), self.settings.thresholds);
+    pub(super) async fn describe_hits(
+        &self,
+        tenant: &Tenant,
+        hits: &[crate::search::Hit],
+        thresholds: crate::search::similarity::Thresholds,
+    ) -> Result<Vec<FaceMatch>> {
+        let (store, tenant, hits) = (self.store()?, tenant.clone(), hits.to_vec());
         blocking(move || {
             // The index is read before the store: a hit whose face (or user) was deleted since
             // the scan is left out, as if the scan had come after the delete.

@@ -8,9 +8,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::sync::RwLock;
+
 use crate::error::{Error, Result};
 use crate::search::FaceIndex;
-use crate::storage::{Change, LogEntry, Pending, Storage};
+use crate::storage::{Change, LogEntry, ModelState, Pending, Storage};
 
 /// Entries read from the log at a time.
 const BATCH: usize = 1024;
@@ -23,27 +25,128 @@ pub struct IndexFeed {
     applying: Arc<Mutex<()>>,
     /// The last sequence number applied (readable without the lock).
     applied: Arc<AtomicU64>,
+    /// The store's models as of the last entry applied: the index holds the active model's
+    /// embeddings (storage/models.rs). `None`: read from the store at the first catch-up.
+    models: Arc<RwLock<Option<ModelState>>>,
+    /// The model whose embeddings the index holds, when known (after a rebuild); a snapshot's
+    /// is not recorded: its log replay rebuilds at the first change of models.
+    index_model: Arc<RwLock<Option<String>>>,
 }
 
-/// Applies one entry to the index. Idempotent: a face put twice is overwritten, a face removed
-/// twice is already gone.
-pub(crate) fn apply(index: &FaceIndex, entry: &LogEntry) {
+/// Applies one entry to the index, which holds the embeddings of model `active`. Idempotent: a
+/// face put twice is overwritten, a face removed twice is already gone. A face stored before the
+/// active model's embeddings were (an entry replayed before a change of models, which rebuilds
+/// the index after it) is skipped.
+pub(crate) fn apply(index: &FaceIndex, active: &str, entry: &LogEntry) {
     match &entry.change {
-        Change::Put { face, user, embedding, replaced } => {
-            index.replace(&entry.tenant, *replaced, *face, *user, embedding)
+        Change::Put { face, user, model, embedding, other, replaced } => {
+            // An unnamed active model: a store no server recorded a model in (storage tests).
+            let embedding = if model == active || active.is_empty() {
+                Some(embedding)
+            } else {
+                other.as_ref().filter(|o| o.model == active).map(|o| &o.embedding)
+            };
+            match embedding {
+                Some(embedding) => index.replace(&entry.tenant, *replaced, *face, *user, embedding),
+                None => {
+                    if let Some(old) = replaced {
+                        index.remove(&entry.tenant, *old);
+                    }
+                    index.remove(&entry.tenant, *face);
+                }
+            }
         }
         Change::Removed { faces } => {
             for face in faces {
                 index.remove(&entry.tenant, *face);
             }
         }
+        Change::Models { .. } => {}
     }
 }
 
 impl IndexFeed {
     /// A feed for `index`, which holds the store's state up to entry `applied`.
+    /// A feed of `index`, which holds the store's state up to entry `applied`, in the store's
+    /// active model as of then.
     pub fn new(index: FaceIndex, applied: u64) -> Self {
-        IndexFeed { index, applying: Arc::default(), applied: Arc::new(AtomicU64::new(applied)) }
+        IndexFeed {
+            index,
+            applying: Arc::default(),
+            applied: Arc::new(AtomicU64::new(applied)),
+            models: Arc::new(RwLock::new(None)),
+            index_model: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// The store's models as this node follows them (the default before the first catch-up
+    /// of a feed made without them).
+    pub fn models(&self) -> ModelState {
+        self.models.read().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default()
+    }
+
+    /// Sets the models the index holds (start-up, after the store's were read).
+    pub fn set_models(&self, models: ModelState) {
+        *self.models.write().unwrap_or_else(PoisonError::into_inner) = Some(models);
+    }
+
+    /// The model whose embeddings the index takes from the log: the index's own when known,
+    /// else the store's active one (read from the store the first time).
+    fn active(&self, store: &dyn Storage) -> Result<String> {
+        if let Some(model) = self.index_model() {
+            return Ok(model);
+        }
+        if self.models.read().unwrap_or_else(PoisonError::into_inner).is_none() {
+            self.set_models(store.model_state()?);
+        }
+        Ok(self.models().active_embedder().map(|e| e.id.clone()).unwrap_or_default())
+    }
+
+    /// Follows a change of models to `active` (a models entry at `at`): when the index holds
+    /// another model's embeddings (or this feed does not know whose), rebuilds it from the store
+    /// (one consistent state); then takes the store's state as this node's. Returns the entry
+    /// the index reflects from here on. Called with `applying` held.
+    fn change_models(&self, store: &dyn Storage, at: u64, active: &str) -> Result<u64> {
+        let mut applied = at;
+        if self.index_model().as_deref() != Some(active) {
+            let started = std::time::Instant::now();
+            applied = self.rebuild(store)?.max(at);
+            tracing::info!(to = %active, ms = started.elapsed().as_millis() as u64, "the models changed: index rebuilt");
+        }
+        self.set_models(store.model_state()?);
+        Ok(applied)
+    }
+
+    /// Rebuilds the index from the store and takes the store's models as this node's; the
+    /// entry the index reflects. The models are read after the scan, and the scan is done again
+    /// if the active model changed meanwhile. Called with `applying` held (or before the feed
+    /// is shared).
+    fn rebuild(&self, store: &dyn Storage) -> Result<u64> {
+        loop {
+            let (index, head, model) = crate::app::rebuild_index_of(store, self.index.exact_max_faces())?;
+            let state = store.model_state()?;
+            if state.active_or_unnamed().id != model.id {
+                continue;
+            }
+            self.index.replace_contents(index);
+            *self.index_model.write().unwrap_or_else(PoisonError::into_inner) = Some(model.id);
+            self.set_models(state);
+            return Ok(head);
+        }
+    }
+
+    /// Rebuilds the index from the store (a node that fell behind the compacted log) and
+    /// restarts the feed at the entry it reflects. Blocking.
+    pub(crate) fn rebuild_from(&self, store: &dyn Storage) -> Result<u64> {
+        let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        let applied = self.rebuild(store)?;
+        self.applied.store(applied, Ordering::Release);
+        Ok(applied)
+    }
+
+    /// The model whose embeddings the index holds, when this feed knows it.
+    fn index_model(&self) -> Option<String> {
+        self.index_model.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The last sequence number applied to the index.
@@ -65,12 +168,19 @@ impl IndexFeed {
         loop {
             let entries = store.read_log(applied, BATCH)?;
             let Some(last) = entries.last().map(|e| e.seq) else { return Ok(applied) };
+            let active = self.active(store)?;
+            let mut rebuilt = None;
             for entry in &entries {
-                apply(&self.index, entry);
+                if let Change::Models { active } = &entry.change {
+                    rebuilt = Some(self.change_models(store, entry.seq, active)?);
+                    break;
+                }
+                apply(&self.index, &active, entry);
             }
-            applied = last;
+            // After a change of models the log is read again from where the index stands.
+            applied = rebuilt.unwrap_or(last);
             self.applied.store(applied, Ordering::Release);
-            if entries.len() < BATCH {
+            if rebuilt.is_none() && entries.len() < BATCH {
                 return Ok(applied);
             }
         }

@@ -4,10 +4,11 @@
 
 use bytes::Bytes;
 
+use super::models::ModelUse;
 use super::{App, UserRef, blocking};
 use crate::domain::{AnalyzedFace, Embedding, FaceId, FaceMatch, Principal, Tenant, UserId};
 use crate::error::{Error, Reason, Result};
-use crate::inference::{AnalyzeOptions, Coverage, FaceSelection};
+use crate::inference::{AnalyzeOptions, Coverage, EmbedWith, FaceSelection};
 use crate::search::Hit;
 use crate::search::similarity::{dot_f16, to_f16_bits};
 
@@ -35,11 +36,12 @@ pub struct VerifyOutcome {
 
 impl App {
     /// The largest face of the image with its embedding, and how many other faces there were.
-    async fn largest_face(&self, image: Bytes) -> Result<(AnalyzedFace, usize)> {
+    async fn largest_face(&self, image: Bytes, models: &ModelUse) -> Result<(AnalyzedFace, usize)> {
         let options = AnalyzeOptions {
             coverage: Coverage::MinFace(self.settings.min_face_size),
             embeddings: FaceSelection::Largest,
             thumbnails: FaceSelection::None,
+            models: EmbedWith { main: models.main, other: None },
         };
         let analysis = self.pool.analyze(image, options).await?.image;
         let mut faces = analysis.faces;
@@ -74,12 +76,22 @@ impl App {
             )
             .with_meta("min_similarity", min_similarity));
         }
-        let min = if min_similarity == 0.0 { self.settings.thresholds.possible } else { min_similarity };
-        let (query, other_faces) = self.largest_face(image).await?;
-        let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
-        let hits = self.search_index(&caller.tenant, embedding, k as usize, min, None).await?;
-        let matches = self.describe_hits(&caller.tenant, &hits).await?;
-        Ok(SearchOutcome { query, matches, other_faces })
+        // The query is embedded by the model the index holds; when the models change between
+        // the two (a cutover), once more with the new one.
+        let mut attempts = 0;
+        loop {
+            let models = self.model_use()?;
+            let min = if min_similarity == 0.0 { models.thresholds.possible } else { min_similarity };
+            let (query, other_faces) = self.largest_face(image.clone(), &models).await?;
+            let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
+            let hits = self.search_index(&caller.tenant, embedding, k as usize, min, None).await?;
+            attempts += 1;
+            if self.model_use()?.main_id != models.main_id && attempts < 2 {
+                continue;
+            }
+            let matches = self.describe_hits(&caller.tenant, &hits, models.thresholds).await?;
+            return Ok(SearchOutcome { query, matches, other_faces });
+        }
     }
 
     /// `FaceIndex::search` on a compute thread: a scan of a large tenant takes tens of ms and
@@ -116,12 +128,16 @@ impl App {
         if known.face_ids.is_empty() {
             return Err(no_enrolled_face());
         }
-        let (query, _) = self.largest_face(image).await?;
+        let models = self.model_use()?;
+        let (query, _) = self.largest_face(image, &models).await?;
         let query = query.embedding.ok_or_else(|| Error::bug("the query face was not embedded"))?;
         let (store, tenant, user) = (self.store()?, caller.tenant.clone(), user.clone());
+        let model = models.main_id.clone();
         let best = blocking(move || {
             let key = user.storage_key();
-            let (_, faces) = store.user_with_embeddings(&tenant, key)?.ok_or_else(Error::user_not_found)?;
+            // The stored embeddings of the query's model (MODELS_CHANGED if the store no longer
+            // keeps it: the caller retries).
+            let (_, faces) = store.user_with_embeddings(&tenant, key, &model)?.ok_or_else(Error::user_not_found)?;
             // Scored as the index scores (f16 rows, f32 query), so Verify and Search agree.
             Ok(faces
                 .iter()
@@ -130,7 +146,7 @@ impl App {
         })
         .await?;
         let (best_face, similarity) = best.ok_or_else(no_enrolled_face)?;
-        let threshold = self.settings.thresholds.matched;
+        let threshold = models.thresholds.matched;
         Ok(VerifyOutcome { matched: similarity >= threshold, similarity, threshold, best_face })
     }
 }

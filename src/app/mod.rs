@@ -8,8 +8,10 @@ mod enroll;
 mod feed;
 mod identify;
 pub mod keys;
+pub mod models;
 mod recovery;
 mod redact;
+mod reindex;
 pub mod snapshot;
 mod tokens;
 mod users;
@@ -37,14 +39,14 @@ pub use users::{NewUser, UserRef, UserUpdate, parse_etag};
 /// Settings of the flows, resolved from the config once.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub thresholds: Thresholds,
     pub max_faces_per_user: usize,
     pub min_face_size: f32,
-    pub embedder_id: String,
     pub token_ttl: Duration,
     /// UpdateFace calls one re-enrollment token admits over its whole life.
     pub token_max_attempts: u32,
     pub thumbnail_size: u32,
+    /// `--reindex-share`.
+    pub reindex_share: f32,
     /// Per-tenant limits on users and faces (keys file).
     pub quotas: std::collections::HashMap<crate::domain::Tenant, crate::domain::TenantQuota>,
 }
@@ -68,6 +70,28 @@ pub struct App {
     /// Serialises each tenant's face writes (tenants write in parallel): the duplicate check,
     /// the limits and the store transaction happen as one step.
     writes: Arc<TenantLocks>,
+    /// The configured embedders and their thresholds.
+    catalog: Arc<models::ModelCatalog>,
+    /// This node's reindex worker, while it runs one (reindex.rs).
+    reindex: Arc<reindex::Worker>,
+}
+
+/// The configured embedders: `--embedder-*` and the candidate's flags, with the sha256 of the
+/// model bytes read.
+fn model_catalog(config: &Config, models: &Models) -> models::ModelCatalog {
+    let mut catalog = vec![models::ConfiguredModel {
+        record: EmbedderRecord { id: config.embedder_id.clone(), sha256: models.embedder.sha256().to_owned() },
+        thresholds: Thresholds { matched: config.match_threshold, possible: config.possible_match_threshold },
+    }];
+    if let (Some(bytes), Some(matched), Some(possible)) =
+        (&models.candidate, config.candidate_match_threshold, config.candidate_possible_match_threshold)
+    {
+        catalog.push(models::ConfiguredModel {
+            record: EmbedderRecord { id: config.candidate_embedder_id.clone(), sha256: bytes.sha256().to_owned() },
+            thresholds: Thresholds { matched, possible },
+        });
+    }
+    models::ModelCatalog { models: catalog }
 }
 
 /// One write lock per tenant: a tenant's invariants (face limit, quotas, duplicates, the index
@@ -122,13 +146,18 @@ where
 /// The search index of every embedding in the store, and the change-log entry it reflects. Call
 /// it while nothing writes (start-up, `facevault verify`).
 pub fn rebuild_index(store: &dyn Storage, exact_max_faces: usize) -> Result<(FaceIndex, u64)> {
+    rebuild_index_of(store, exact_max_faces).map(|(index, head, _)| (index, head))
+}
+
+/// [`rebuild_index`], with the model whose embeddings the index holds (the store's active one).
+pub fn rebuild_index_of(store: &dyn Storage, exact_max_faces: usize) -> Result<(FaceIndex, u64, EmbedderRecord)> {
     let index = FaceIndex::with_exact_max_faces(exact_max_faces);
-    let head = store.for_each_embedding(&mut |e| {
+    let (head, model) = store.for_each_embedding(&mut |e| {
         index.insert(&e.tenant, e.face_id, e.user_id, &e.embedding);
         Ok(())
     })?;
     index.shrink_to_fit();
-    Ok((index, head))
+    Ok((index, head, model))
 }
 
 impl App {
@@ -146,7 +175,7 @@ impl App {
             let inference = inference.clone();
             blocking(move || Models::read(&inference)).await?
         };
-        let embedder = EmbedderRecord { id: config.embedder_id.clone(), sha256: models.embedder.sha256().to_owned() };
+        let catalog = model_catalog(config, &models);
         let data_dir = config.data_dir.clone();
         let backend = recovery::Backend::from_config(config);
         let key_file = config.encryption_key_file.clone();
@@ -154,18 +183,23 @@ impl App {
         // A node's index snapshot would be its own while the log and its compaction are shared:
         // with PostgreSQL, every start rebuilds from one snapshot of the database.
         let snapshot_every = if config.postgres_url.is_some() { 0 } else { config.index_snapshot_every };
-        let (opener, store, index, applied, snapshots) = blocking(move || {
+        let (opener, store, index, feed, snapshots) = blocking(move || {
             let started = std::time::Instant::now();
             let key = key_file.as_deref().map(keys::load_encryption_key).transpose()?;
             let snapshots = snapshot::Snapshots::new(snapshot::path(&data_dir), key.clone(), snapshot_every);
-            let opener = recovery::StoreOpener { backend, key, embedder };
+            let opener = recovery::StoreOpener { backend, key, catalog };
             let store = opener.open()?;
             let opened_ms = started.elapsed().as_millis() as u64;
             let encrypted = store.is_encrypted();
             let backend = if store.is_shared() { "postgres" } else { "sled" };
             tracing::info!(backend, encrypted, opened_ms, "store opened");
             let (index, applied) = snapshots.open_index(store.as_ref(), exact_max_faces)?;
-            Ok((opener, store, index, applied, snapshots))
+            let feed = IndexFeed::new(index.clone(), applied);
+            feed.set_models(store.model_state()?);
+            // The index holds the active model's embeddings (a snapshot taken before a change
+            // of models is followed by the change's log entry, which rebuilt it).
+            feed.catch_up(store.as_ref())?;
+            Ok((opener, store, index, feed, snapshots))
         })
         .await?;
         let pool = blocking(move || InferencePool::start(&inference, &models)).await?;
@@ -184,16 +218,15 @@ impl App {
         );
         let compute = ComputePool::start(config.compute_threads)?;
         let settings = Settings {
-            thresholds: Thresholds { matched: config.match_threshold, possible: config.possible_match_threshold },
             max_faces_per_user: config.max_faces_per_user,
             min_face_size: config.min_face_size,
-            embedder_id: config.embedder_id.clone(),
             token_ttl: Duration::from_secs(config.reenrollment_token_ttl),
             token_max_attempts: config.token_max_attempts,
             thumbnail_size: config.thumbnail_size,
+            reindex_share: config.reindex_share,
             quotas,
         };
-        let feed = IndexFeed::new(index.clone(), applied);
+        let catalog = Arc::new(opener.catalog.clone());
         Ok(App {
             pool,
             compute,
@@ -204,6 +237,8 @@ impl App {
             snapshots,
             settings: Arc::new(settings),
             writes: Arc::default(),
+            catalog,
+            reindex: Arc::default(),
         })
     }
 
@@ -234,6 +269,11 @@ impl App {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The models a request uses now (the store's active model as this node follows it).
+    pub fn model_use(&self) -> Result<models::ModelUse> {
+        self.catalog.resolve(&self.feed.models())
     }
 
     /// Scrape-time values for the metrics endpoint.
@@ -278,7 +318,7 @@ impl App {
                     Ok(applied) => applied,
                     Err(e) if shared && store.log_bounds()?.compacted > feed.applied() => {
                         tracing::warn!(error = %e, "this node fell behind the compacted log: rebuilding its index");
-                        app.rebuild_index_from(store.as_ref())?
+                        app.feed.rebuild_from(store.as_ref())?
                     }
                     Err(e) => return Err(e),
                 };
@@ -293,15 +333,6 @@ impl App {
                 Err(err) => tracing::warn!(error = %err, "applying the change log failed"),
             }
         }
-    }
-
-    /// Rebuilds the index from the store's records (one consistent state) and restarts the
-    /// feed at the log entry they reflect; the last entry applied. Blocking.
-    fn rebuild_index_from(&self, store: &dyn Storage) -> Result<u64> {
-        let (index, applied) = rebuild_index(store, self.index.exact_max_faces())?;
-        self.index.replace_contents(index);
-        self.feed.reset(applied);
-        Ok(applied)
     }
 
     /// Applies the whole log and takes an index snapshot unless the one on disk is current
@@ -326,6 +357,7 @@ impl App {
         // A write whose call was cancelled (or cut off by the drain's timeout) may still run in
         // its blocking task: it holds its tenant's lock until its files are written or removed.
         let _writes = self.writes.lock_all().await;
+        let _reindex = self.reindex.hold_writes().await;
         blocking(move || store.close()).await
     }
 

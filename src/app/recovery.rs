@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::storage::postgres::{PgOptions, PgStore};
-use crate::storage::{EmbedderRecord, EncryptionKey, Storage, Store};
+use crate::storage::{EncryptionKey, Storage, Store};
 
 /// How long a reopen waits for the calls still using the failed store.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
@@ -54,7 +54,7 @@ impl Backend {
 pub(crate) struct StoreOpener {
     pub(crate) backend: Backend,
     pub(crate) key: Option<EncryptionKey>,
-    pub(crate) embedder: EmbedderRecord,
+    pub(crate) catalog: super::models::ModelCatalog,
 }
 
 impl StoreOpener {
@@ -65,7 +65,14 @@ impl StoreOpener {
             Backend::Sled(dir) => Arc::new(Store::open_with_key(dir, self.key.clone())?),
             Backend::Postgres(options) => Arc::new(PgStore::open(options, self.key.clone())?),
         };
-        store.check_embedder(&self.embedder)?;
+        // A new store records the configured embedder; one with a single model and none of
+        // those configured is refused as before models were versioned (naming both).
+        let state = store.model_state()?;
+        let known = state.active_embedder().ok().and_then(|a| self.catalog.index_of(a)).is_some();
+        if state.generation == 0 && !known {
+            store.check_embedder(&self.catalog.models[0].record)?;
+        }
+        self.catalog.check(&store.model_state()?)?;
         Ok(store)
     }
 

@@ -91,6 +91,7 @@ mod tests {
                     },
                     quality: crate::domain::FaceQuality::default(),
                     embedding: Some(embedding.clone()),
+                    other_embedding: None,
                     thumbnail: Some(PHOTO.to_vec()),
                 }
             ),

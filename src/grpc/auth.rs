@@ -39,6 +39,12 @@ const SCOPES: &[(&str, Scope)] = &[
     ("/facevault.v1.UserService/UpdateUser", Scope::UsersWrite),
     ("/facevault.v1.UserService/DeleteUser", Scope::UsersWrite),
     ("/facevault.v1.UserService/ListUsers", Scope::UsersRead),
+    ("/facevault.v1.AdminService/GetStatus", Scope::Admin),
+    ("/facevault.v1.AdminService/StartReindex", Scope::Admin),
+    ("/facevault.v1.AdminService/GetReindex", Scope::Admin),
+    ("/facevault.v1.AdminService/CutoverReindex", Scope::Admin),
+    ("/facevault.v1.AdminService/RollbackReindex", Scope::Admin),
+    ("/facevault.v1.AdminService/FinishReindex", Scope::Admin),
 ];
 
 /// The rpc's name for metrics ("UploadFace"), "unknown" for a path not in [`SCOPES`].

@@ -49,7 +49,7 @@ impl From<FaceQuality> for pb::FaceQuality {
 
 impl From<AnalyzedFace> for pb::DetectedFace {
     fn from(face: AnalyzedFace) -> Self {
-        let AnalyzedFace { detection, quality, embedding, thumbnail } = face;
+        let AnalyzedFace { detection, quality, embedding, other_embedding: _, thumbnail } = face;
         pb::DetectedFace {
             r#box: Some(detection.bbox.into()),
             score: detection.score,
@@ -126,7 +126,8 @@ impl From<Face> for pb::Face {
             width: _,
             height: _,
         } = f;
-        let detected = crate::domain::AnalyzedFace { detection, quality, embedding: None, thumbnail: None };
+        let detected =
+            crate::domain::AnalyzedFace { detection, quality, embedding: None, other_embedding: None, thumbnail: None };
         pb::Face {
             face_id: id.to_string(),
             user_id: user_id.to_string(),

@@ -1,6 +1,7 @@
 //! The gRPC transport: generated code (`pb`), and `router()`, which assembles the facevault
 //! services, health, reflection (v1 and v1alpha) and message limits. No domain logic.
 
+mod admin_api;
 mod auth;
 mod convert;
 mod face_api;
@@ -45,6 +46,7 @@ pub mod pb {
 /// Encoded descriptor set of facevault.v1 and its imports, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("facevault_descriptor");
 
+pub use admin_api::AdminApi;
 pub use face_api::FaceApi;
 pub use user_api::UserApi;
 
@@ -62,9 +64,12 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
     let face = pb::face_service_server::FaceServiceServer::new(FaceApi::new(app.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
-    let user = pb::user_service_server::UserServiceServer::new(UserApi::new(app)).max_decoding_message_size(limit);
+    let user =
+        pb::user_service_server::UserServiceServer::new(UserApi::new(app.clone())).max_decoding_message_size(limit);
+    let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(app));
     let face = auth.wrap(face);
     let user = auth.wrap(user);
+    let admin = auth.wrap(admin);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -82,6 +87,7 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
     let routes = Routes::new(health_service)
         .add_service(face)
         .add_service(user)
+        .add_service(admin)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     (routes, health)

@@ -26,11 +26,14 @@ pub struct Embedded {
 pub struct Embedder {
     session: ModelSession,
     tensor: Vec<f32>,
+    /// Crops per `run`: [`MAX_BATCH`], or 1 for a model exported with a fixed batch of one
+    /// (its output declared (1,512)).
+    max_batch: usize,
 }
 
 impl Embedder {
     /// Wraps a loaded session after checking its signature: one (N,3,112,112) input and one
-    /// (N,512) output.
+    /// (N,512) output (N fixed at 1 is run one crop at a time).
     pub fn try_new(session: ModelSession) -> Result<Self> {
         let bad = |what: String| Error::Unavailable { message: format!("embedder model: {what}") };
         let (inputs, outputs) = (session.input_dims(), session.output_dims());
@@ -46,14 +49,15 @@ impl Embedder {
         if dims.len() != 2 || dims[1] != EMBEDDING_DIM as i64 {
             return Err(bad(format!("expected an (N,{EMBEDDING_DIM}) output, found {dims:?}")));
         }
-        Ok(Embedder { session, tensor: Vec::new() })
+        let max_batch = if dims[0] == 1 { 1 } else { MAX_BATCH };
+        Ok(Embedder { session, tensor: Vec::new(), max_batch })
     }
 
     /// Embeds aligned RGB crops (each 112*112*3 bytes, row-major), in batches of at most
     /// [`MAX_BATCH`].
     pub fn embed(&mut self, crops: &[&[u8]]) -> Result<Vec<Embedded>> {
         let mut out = Vec::with_capacity(crops.len());
-        for batch in crops.chunks(MAX_BATCH) {
+        for batch in crops.chunks(self.max_batch) {
             out.extend(self.embed_batch(batch)?);
         }
         Ok(out)

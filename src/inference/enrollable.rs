@@ -82,6 +82,7 @@ mod tests {
             detection: Detection { bbox, score: 0.8, landmarks: [Point::default(); 5], rotation: 0 },
             quality: FaceQuality { face_size: size, issues, ..FaceQuality::default() },
             embedding: None,
+            other_embedding: None,
             thumbnail: None,
         }
     }

@@ -24,7 +24,9 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 pub use backend::Backend;
 pub use detector::{Coverage, DetectorConfig};
-pub use pipeline::{Analysis, AnalyzeOptions, FaceCheck, FacePipeline, FaceSelection, PipelineConfig, StageTimings};
+pub use pipeline::{
+    Analysis, AnalyzeOptions, EmbedWith, FaceCheck, FacePipeline, FaceSelection, PipelineConfig, StageTimings,
+};
 use session::{ModelBytes, ModelSession, ModelSpec, RuntimeConfig};
 
 /// Everything needed to build pipelines.
@@ -38,6 +40,8 @@ pub struct InferenceConfig {
     pub backend: Backend,
     pub detector: ModelSpec,
     pub embedder: ModelSpec,
+    /// The candidate embedder a reindex moves the store to (`--candidate-embedder-model`).
+    pub candidate: Option<ModelSpec>,
     pub detector_config: DetectorConfig,
     pub pipeline: PipelineConfig,
     /// Worker threads, each with its own sessions.
@@ -54,12 +58,17 @@ pub struct InferenceConfig {
 pub struct Models {
     pub detector: ModelBytes,
     pub embedder: ModelBytes,
+    pub candidate: Option<ModelBytes>,
 }
 
 impl Models {
-    /// Reads and checks both model files. Blocking.
+    /// Reads and checks the model files. Blocking.
     pub fn read(config: &InferenceConfig) -> Result<Self> {
-        Ok(Models { detector: ModelBytes::read(&config.detector)?, embedder: ModelBytes::read(&config.embedder)? })
+        Ok(Models {
+            detector: ModelBytes::read(&config.detector)?,
+            embedder: ModelBytes::read(&config.embedder)?,
+            candidate: config.candidate.as_ref().map(ModelBytes::read).transpose()?,
+        })
     }
 }
 
@@ -84,15 +93,39 @@ pub fn load_pipeline_from(config: &InferenceConfig, models: &Models) -> Result<F
     )?;
     let embedder =
         embedder::Embedder::try_new(ModelSession::open(&runtime, backend.embedder, &models.embedder, true)?)?;
-    Ok(FacePipeline::new(detector, embedder, config.pipeline))
+    let pipeline = FacePipeline::new(detector, embedder, config.pipeline);
+    Ok(match &models.candidate {
+        Some(bytes) => pipeline.with_candidate(embedder::Embedder::try_new(ModelSession::open(
+            &runtime,
+            backend.embedder,
+            bytes,
+            true,
+        )?)?),
+        None => pipeline,
+    })
 }
 
 /// A request waiting for a worker.
 struct Job {
     bytes: bytes::Bytes,
-    options: AnalyzeOptions,
     span: tracing::Span,
-    reply: oneshot::Sender<Result<Analysis>>,
+    task: Task,
+}
+
+/// What a job asks of the pipeline.
+enum Task {
+    Analyze(AnalyzeOptions, oneshot::Sender<Result<Analysis>>),
+    /// Embeds the face at these landmarks with embedder `.1` (a reindex).
+    Reembed([crate::domain::Point; 5], usize, oneshot::Sender<Result<crate::domain::Embedding>>),
+}
+
+impl Task {
+    fn is_closed(&self) -> bool {
+        match self {
+            Task::Analyze(_, reply) => reply.is_closed(),
+            Task::Reembed(_, _, reply) => reply.is_closed(),
+        }
+    }
 }
 
 /// Cheap-to-clone handle on the worker threads.
@@ -132,16 +165,7 @@ impl InferencePool {
     /// Runs the pipeline on `bytes`. Fails fast with OVERLOADED when the queue is full.
     pub async fn analyze(&self, bytes: bytes::Bytes, options: AnalyzeOptions) -> Result<Analysis> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { bytes, options, span: tracing::Span::current(), reply };
-        self.queue.try_send(job).map_err(|err| match err {
-            async_channel::TrySendError::Full(_) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                Error::overloaded(Duration::from_millis(200))
-            }
-            async_channel::TrySendError::Closed(_) => {
-                Error::Unavailable { message: "the inference workers have stopped".into() }
-            }
-        })?;
+        self.submit(Job { bytes, span: tracing::Span::current(), task: Task::Analyze(options, reply) })?;
         let analysis = answer.await.map_err(|_| Error::bug("an inference worker dropped a job; this is a bug"))??;
         let t = &analysis.timings;
         for (stage, time) in [
@@ -154,6 +178,36 @@ impl InferencePool {
             crate::metrics::record_stage(stage, time);
         }
         Ok(analysis)
+    }
+
+    fn submit(&self, job: Job) -> Result<()> {
+        self.queue.try_send(job).map_err(|err| match err {
+            async_channel::TrySendError::Full(_) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                Error::overloaded(Duration::from_millis(200))
+            }
+            async_channel::TrySendError::Closed(_) => {
+                Error::Unavailable { message: "the inference workers have stopped".into() }
+            }
+        })
+    }
+
+    /// Embeds the face at `landmarks` of the stored original `bytes` with embedder `which`
+    /// (a reindex). Waits for room in the queue rather than failing: a reindex is not a caller
+    /// to refuse, and it keeps at most one job queued.
+    pub async fn reembed(
+        &self,
+        bytes: bytes::Bytes,
+        landmarks: [crate::domain::Point; 5],
+        which: usize,
+    ) -> Result<crate::domain::Embedding> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { bytes, span: tracing::Span::current(), task: Task::Reembed(landmarks, which, reply) };
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| Error::Unavailable { message: "the inference workers have stopped".into() })?;
+        answer.await.map_err(|_| Error::bug("an inference worker dropped a job; this is a bug"))?
     }
 
     /// Jobs waiting for a worker.

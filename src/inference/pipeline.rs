@@ -69,6 +69,21 @@ pub struct AnalyzeOptions {
     pub coverage: Coverage,
     pub embeddings: FaceSelection,
     pub thumbnails: FaceSelection,
+    /// The embedders of the embeddings.
+    pub models: EmbedWith,
+}
+
+/// Which of the pipeline's embedders (0: `--embedder-model`, 1: `--candidate-embedder-model`)
+/// give a face its `embedding`, and which its `other_embedding` (both during a reindex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbedWith {
+    pub main: usize,
+    pub other: Option<usize>,
+}
+
+impl EmbedWith {
+    /// The configured embedder alone.
+    pub const PRIMARY: EmbedWith = EmbedWith { main: 0, other: None };
 }
 
 /// Wall time of each stage, for metrics and benches.
@@ -135,11 +150,14 @@ impl Default for PipelineConfig {
     }
 }
 
-/// Detector, embedder and buffers of one thread.
+/// Detector, embedders and buffers of one thread.
 #[derive(Debug)]
 pub struct FacePipeline {
     detector: Detector,
+    /// The configured embedder: every face check reads its norms (calibrated for it).
     embedder: Embedder,
+    /// The candidate embedder of a reindex, when one is configured.
+    candidate: Option<Embedder>,
     config: PipelineConfig,
     letterbox: Letterboxer,
     resizer: Resizer,
@@ -147,7 +165,41 @@ pub struct FacePipeline {
 
 impl FacePipeline {
     pub fn new(detector: Detector, embedder: Embedder, config: PipelineConfig) -> Self {
-        FacePipeline { detector, embedder, config, letterbox: Letterboxer::new(), resizer: Resizer::new() }
+        FacePipeline {
+            detector,
+            embedder,
+            candidate: None,
+            config,
+            letterbox: Letterboxer::new(),
+            resizer: Resizer::new(),
+        }
+    }
+
+    /// Adds the candidate embedder (embedder 1 of [`EmbedWith`]).
+    #[must_use]
+    pub fn with_candidate(mut self, candidate: Embedder) -> Self {
+        self.candidate = Some(candidate);
+        self
+    }
+
+    /// Embedder `which` (0: the configured one, 1: the candidate).
+    fn embedder(&mut self, which: usize) -> Result<&mut Embedder> {
+        match which {
+            0 => Ok(&mut self.embedder),
+            _ => self.candidate.as_mut().ok_or_else(|| Error::Unavailable {
+                message: "no candidate embedder is configured (--candidate-embedder-model)".into(),
+            }),
+        }
+    }
+
+    /// The embedding by embedder `which` of the face at `landmarks` in the image `bytes` (a
+    /// stored original and its face's landmarks: a reindex re-embeds it without detecting again).
+    pub fn reembed(&mut self, bytes: &[u8], landmarks: &[Point; 5], which: usize) -> Result<crate::domain::Embedding> {
+        let decoded = decode(bytes, &self.config.decode)?;
+        let mut crop = Vec::new();
+        align_face(&decoded.rgb, landmarks, &mut crop);
+        let embedded = self.embedder(which)?.embed(&[crop.as_slice()])?;
+        embedded.into_iter().next().map(|e| e.embedding).ok_or_else(|| Error::bug("no embedding came back"))
     }
 
     /// Runs the pipeline on encoded image bytes.
@@ -174,7 +226,7 @@ impl FacePipeline {
             let mut crop = Vec::new();
             align_face(rgb, &detection.landmarks, &mut crop);
             let quality = assess(&detection, &crop, &self.config.quality);
-            faces.push(AnalyzedFace { detection, quality, embedding: None, thumbnail: None });
+            faces.push(AnalyzedFace { detection, quality, embedding: None, other_embedding: None, thumbnail: None });
             crops.push(crop);
         }
         timings.align = start.elapsed();
@@ -188,17 +240,32 @@ impl FacePipeline {
         // Thumbnails are cut and encoded on a second thread while the embedder runs: with a
         // core to spare (a lightly loaded server) an enrollment does not wait for its JPEG.
         let picked = options.embeddings.picks(&faces, rgb.width(), rgb.height());
-        // Faces the check embedded are not embedded again; those not asked for lose theirs.
-        let unembedded: Vec<usize> = picked.iter().copied().filter(|&i| faces[i].embedding.is_none()).collect();
+        // Faces the check embedded are not embedded again (when the check's embedder is the one
+        // asked for); those not asked for lose theirs.
         for (i, face) in faces.iter_mut().enumerate() {
-            if !picked.contains(&i) {
+            if !picked.contains(&i) || options.models.main != 0 {
                 face.embedding = None;
             }
         }
+        let unembedded: Vec<usize> = picked.iter().copied().filter(|&i| faces[i].embedding.is_none()).collect();
+        if let Some(other) = options.models.other {
+            let batch: Vec<&[u8]> = picked.iter().map(|&i| crops[i].as_slice()).collect();
+            let start = Instant::now();
+            let embedded = self.embedder(other)?.embed(&batch)?;
+            timings.embed += start.elapsed();
+            for (&i, e) in picked.iter().zip(embedded) {
+                faces[i].other_embedding = Some(e.embedding);
+            }
+        }
+        self.embedder(options.models.main)?;
         let batch: Vec<&[u8]> = unembedded.iter().map(|&i| crops[i].as_slice()).collect();
         let thumbnailed = options.thumbnails.picks(&faces, rgb.width(), rgb.height());
         let boxes: Vec<BoundingBox> = thumbnailed.iter().map(|&i| faces[i].detection.bbox).collect();
-        let (embedder, resizer, spec) = (&mut self.embedder, &mut self.resizer, &self.config.thumbnail);
+        let embedder = match (options.models.main, self.candidate.as_mut()) {
+            (0, _) | (_, None) => &mut self.embedder,
+            (_, Some(candidate)) => candidate,
+        };
+        let (resizer, spec) = (&mut self.resizer, &self.config.thumbnail);
         let (embedded, thumbnails) = std::thread::scope(|scope| {
             let encoder = (!thumbnailed.is_empty()).then(|| {
                 std::thread::Builder::new().name("thumbnail".into()).spawn_scoped(scope, move || {
@@ -219,7 +286,7 @@ impl FacePipeline {
         });
         let (embeddings, embed_time) = embedded?;
         let (jpegs, thumbnail_time) = thumbnails?;
-        timings.embed = embed_time + check_time;
+        timings.embed += embed_time + check_time;
         timings.thumbnail = thumbnail_time;
         for (i, embedded) in unembedded.iter().zip(embeddings) {
             faces[*i].embedding = Some(embedded.embedding);
@@ -412,6 +479,20 @@ impl FacePipeline {
     /// reference's single-scale runs).
     pub fn detect_single_pass(&mut self, rgb: &RgbImage, canvas: u32) -> Result<Vec<Detection>> {
         self.detector.detect_single_pass(rgb, canvas, &mut self.letterbox)
+    }
+
+    /// Whether a candidate embedder is loaded.
+    pub fn has_candidate(&self) -> bool {
+        self.candidate.is_some()
+    }
+
+    /// Embeds aligned crops with embedder `which` (0: the configured one, 1: the candidate).
+    pub fn embed_crops_with(
+        &mut self,
+        which: usize,
+        crops: &[&[u8]],
+    ) -> Result<Vec<crate::inference::embedder::Embedded>> {
+        self.embedder(which)?.embed(crops)
     }
 
     /// Embeds aligned crops directly (benches).

@@ -6,9 +6,9 @@ use std::sync::mpsc::Sender;
 
 use image::RgbImage;
 
-use super::{InferenceConfig, Job, Models, load_pipeline_from};
+use super::{InferenceConfig, Job, Models, Task, load_pipeline_from};
 use crate::error::{Error, Result};
-use crate::inference::{AnalyzeOptions, Coverage, FacePipeline, FaceSelection};
+use crate::inference::{AnalyzeOptions, Coverage, EmbedWith, FacePipeline, FaceSelection};
 
 pub(super) fn run(
     id: usize,
@@ -31,13 +31,24 @@ pub(super) fn run(
     drop(ready);
     tracing::debug!(worker = id, "inference worker ready");
     while let Ok(job) = jobs.recv_blocking() {
-        if job.reply.is_closed() {
+        if job.task.is_closed() {
             continue; // the caller gave up (deadline, disconnect): do not spend the CPU
         }
         let _entered = job.span.enter();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| pipeline.analyze(&job.bytes, &job.options)))
-            .unwrap_or_else(|_| Err(Error::bug("the face pipeline panicked")));
-        let _ = job.reply.send(result);
+        let panicked = || Error::bug("the face pipeline panicked");
+        match job.task {
+            Task::Analyze(options, reply) => {
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| pipeline.analyze(&job.bytes, &options)))
+                    .unwrap_or_else(|_| Err(panicked()));
+                let _ = reply.send(result);
+            }
+            Task::Reembed(landmarks, which, reply) => {
+                let result =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| pipeline.reembed(&job.bytes, &landmarks, which)))
+                        .unwrap_or_else(|_| Err(panicked()));
+                let _ = reply.send(result);
+            }
+        }
     }
     tracing::debug!(worker = id, "inference worker stopped");
 }
@@ -45,9 +56,17 @@ pub(super) fn run(
 /// Runs every session once at every detector size so the first request is not slow.
 fn warm_up(pipeline: &mut FacePipeline) -> Result<()> {
     let image = RgbImage::from_fn(480, 360, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
-    let options =
-        AnalyzeOptions { coverage: Coverage::All, embeddings: FaceSelection::All, thumbnails: FaceSelection::None };
+    let options = AnalyzeOptions {
+        coverage: Coverage::All,
+        embeddings: FaceSelection::All,
+        thumbnails: FaceSelection::None,
+        models: EmbedWith::PRIMARY,
+    };
     pipeline.analyze_image(&image, &options)?;
+    if pipeline.has_candidate() {
+        let crop = vec![128u8; 112 * 112 * 3];
+        pipeline.embed_crops_with(1, &[&crop])?;
+    }
     let crop = vec![128u8; 112 * 112 * 3];
     pipeline.embed_crops(&[&crop])?;
     Ok(())

@@ -17,8 +17,8 @@
 use std::time::SystemTime;
 
 use super::{
-    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, NewFace, Pending, Replace, Store, StoredEmbedding,
-    UserKey, UserPatch,
+    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, Pending, Replace, Store,
+    StoredEmbedding, UserKey, UserPatch,
 };
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::Result;
@@ -86,18 +86,29 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes one face and everything stored with it; returns the user afterwards.
     fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>>;
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>>;
-    fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>>;
+    /// A face's embedding by `model` (MODELS_CHANGED when the store keeps none of it).
+    fn face_embedding(&self, tenant: &Tenant, id: FaceId, model: &str) -> Result<Option<Embedding>>;
     /// A face and its original (or thumbnail), from one consistent state.
     fn face_with_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<(Face, Vec<u8>)>>;
     /// The user `key` names and its faces, oldest first, from one consistent state.
     fn user_with_faces(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, Vec<Face>)>>;
-    /// The user `key` names and the embedding of each of its faces, from one consistent state.
-    fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>>;
+    /// The user `key` names and the embedding by `model` of each of its faces, from one
+    /// consistent state (MODELS_CHANGED when the store keeps none of that model).
+    fn user_with_embeddings(
+        &self,
+        tenant: &Tenant,
+        key: UserKey<'_>,
+        model: &str,
+    ) -> Result<Option<(User, FaceEmbeddings)>>;
     /// For each search hit, the user's external id while the face exists and is that user's.
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>>;
-    /// Calls `each` with every stored embedding of every tenant (a full index rebuild), all
-    /// from one state, and returns the change-log head that state reflects.
-    fn for_each_embedding(&self, each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send)) -> Result<u64>;
+    /// Calls `each` with every stored embedding of the active model of every tenant (a full
+    /// index rebuild), all from one state, and returns the change-log head that state reflects
+    /// and the model.
+    fn for_each_embedding(
+        &self,
+        each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
+    ) -> Result<(u64, EmbedderRecord)>;
 
     // ---- re-enrollment tokens
 
@@ -120,6 +131,40 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn snapshot_id(&self) -> Result<Option<Vec<u8>>>;
     /// Records, durably, the file id of the index snapshot just written.
     fn record_snapshot_id(&self, id: &[u8]) -> Result<()>;
+
+    // ---- models (storage/models.rs)
+
+    /// The store's models and reindex.
+    fn model_state(&self) -> Result<ModelState>;
+    /// Replaces the model state if its generation is still `expected` (else MODELS_CHANGED),
+    /// bumping the generation, with a models entry in the log when `announce`; durable on
+    /// return. The entry's sequence number (0: none) and the state written.
+    fn set_model_state(&self, expected: u64, state: &ModelState, announce: bool) -> Result<(u64, ModelState)>;
+    /// Up to `limit` faces after `after` (in the backend's order) with no embedding in `slot`.
+    fn faces_without_embedding(
+        &self,
+        slot: usize,
+        after: Option<(Tenant, FaceId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FaceId)>>;
+    /// Stores re-embedded faces in the target slot of the running reindex to `model` (faces
+    /// deleted meanwhile are skipped), counting them and `failed` failures in the state, with
+    /// the worker's lease renewed: one transaction, durable on return.
+    fn put_reindexed(
+        &self,
+        model: &str,
+        items: &[(Tenant, FaceId, Embedding)],
+        failed: u64,
+        lease_until: SystemTime,
+    ) -> Result<ModelState>;
+    /// Empties the embeddings of `slot`; durable on return.
+    fn clear_slot(&self, slot: usize) -> Result<()>;
+    /// Calls `each` with every embedding stored in `slot` (a reindex's comparison of models).
+    fn for_each_slot_embedding(
+        &self,
+        slot: usize,
+        each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
+    ) -> Result<()>;
 
     // ---- several processes
 
@@ -203,8 +248,8 @@ impl Storage for Store {
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
         self.watch(Store::get_face(self, tenant, id))
     }
-    fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
-        self.watch(Store::face_embedding(self, tenant, id))
+    fn face_embedding(&self, tenant: &Tenant, id: FaceId, model: &str) -> Result<Option<Embedding>> {
+        self.watch(Store::face_embedding(self, tenant, id, model))
     }
     fn face_with_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<(Face, Vec<u8>)>> {
         self.watch(Store::face_with_image(self, tenant, id, thumbnail))
@@ -212,19 +257,30 @@ impl Storage for Store {
     fn user_with_faces(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, Vec<Face>)>> {
         self.watch(Store::user_with_faces(self, tenant, key))
     }
-    fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>> {
-        self.watch(Store::user_with_embeddings(self, tenant, key))
+    fn user_with_embeddings(
+        &self,
+        tenant: &Tenant,
+        key: UserKey<'_>,
+        model: &str,
+    ) -> Result<Option<(User, FaceEmbeddings)>> {
+        self.watch(Store::user_with_embeddings(self, tenant, key, model))
     }
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>> {
         self.watch(Store::hit_owners(self, tenant, hits))
     }
-    fn for_each_embedding(&self, each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send)) -> Result<u64> {
+    fn for_each_embedding(
+        &self,
+        each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
+    ) -> Result<(u64, EmbedderRecord)> {
         // sled has no snapshot across a scan: one state holds only while nothing writes, which
-        // is when the app rebuilds (start-up, a reopen). The head is read first, so a write
-        // during the scan would be applied again by the feed (idempotent), never missed.
+        // is when the app rebuilds (start-up, a reopen) or while the feed holds the tenants'
+        // writes back (a change of models). The head is read first, so a write during the scan
+        // would be applied again by the feed (idempotent), never missed.
         let head = self.watch(Store::log_bounds(self))?.head;
-        self.watch(self.embeddings().try_for_each(|e| each(e?)))?;
-        Ok(head)
+        let state = self.watch(Store::model_state(self))?;
+        let model = state.active_or_unnamed();
+        self.watch(self.embeddings(state.active).try_for_each(|e| each(e?)))?;
+        Ok((head, model))
     }
     fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
         self.watch(Store::token_user(self, hash, max_attempts))
@@ -249,6 +305,39 @@ impl Storage for Store {
     }
     fn record_snapshot_id(&self, id: &[u8]) -> Result<()> {
         self.watch(Store::record_snapshot_id(self, id))
+    }
+    fn model_state(&self) -> Result<ModelState> {
+        self.watch(Store::model_state(self))
+    }
+    fn set_model_state(&self, expected: u64, state: &ModelState, announce: bool) -> Result<(u64, ModelState)> {
+        Store::set_model_state(self, expected, state, announce)
+    }
+    fn faces_without_embedding(
+        &self,
+        slot: usize,
+        after: Option<(Tenant, FaceId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FaceId)>> {
+        self.watch(Store::faces_without_embedding(self, slot, after, limit))
+    }
+    fn put_reindexed(
+        &self,
+        model: &str,
+        items: &[(Tenant, FaceId, Embedding)],
+        failed: u64,
+        lease_until: SystemTime,
+    ) -> Result<ModelState> {
+        Store::put_reindexed(self, model, items, failed, lease_until)
+    }
+    fn clear_slot(&self, slot: usize) -> Result<()> {
+        Store::clear_slot(self, slot)
+    }
+    fn for_each_slot_embedding(
+        &self,
+        slot: usize,
+        each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
+    ) -> Result<()> {
+        self.watch(self.embeddings(slot).try_for_each(|e| each(e?)))
     }
     fn lock_tenant(&self, _tenant: &Tenant) -> Result<TenantGuard> {
         Ok(TenantGuard::local())

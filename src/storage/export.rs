@@ -83,12 +83,13 @@ impl Store {
                 None => None, // purged while the record kept its hash: nothing to copy
             },
         };
+        let active = self.slot_tree(self.model_state()?.active);
         let mut faces = Vec::with_capacity(user.face_ids.len());
         for &face in &user.face_ids {
             let key = keys::face_key(&tenant, FaceId(face));
             let missing = |what: &str| not_whole(format!("user {id:016x} lists face {face:016x}, which has no {what}"));
             let record = self.faces.get(&key).map_err(db_error)?.ok_or_else(|| missing("record"))?;
-            let embedding = self.embeddings.get(&key).map_err(db_error)?.ok_or_else(|| missing("embedding"))?;
+            let embedding = active.get(&key).map_err(db_error)?.ok_or_else(|| missing("embedding"))?;
             let original = self.files.get(&key, FileKind::Original)?.ok_or_else(|| missing("original"))?;
             let thumbnail = self.files.get(&key, FileKind::Thumbnail)?.ok_or_else(|| missing("thumbnail"))?;
             faces.push(RawFace {

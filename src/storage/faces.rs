@@ -9,6 +9,7 @@ use prost::Message;
 use sled::Transactional;
 
 use super::files::FileKind;
+use super::models::{ModelEmbedding, ModelState};
 use super::records::{self, pb};
 use super::users::{abort, tx_decode, tx_error, tx_user};
 use super::{Pending, Store, db_error, decode, keys, log};
@@ -19,17 +20,22 @@ use crate::error::{Error, Reason, Result};
 #[derive(Clone)]
 pub struct NewFace {
     pub face: Face,
+    /// By the model `face.model` names.
     pub embedding: Embedding,
+    /// By the other model, while the store keeps two (a reindex): the write is refused
+    /// (MODELS_CHANGED) without it then.
+    pub other: Option<ModelEmbedding>,
     pub original: Vec<u8>,
     pub thumbnail: Vec<u8>,
 }
 
 impl std::fmt::Debug for NewFace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let NewFace { face, embedding, original, thumbnail } = self;
+        let NewFace { face, embedding, other, original, thumbnail } = self;
         f.debug_struct("NewFace")
             .field("face", face)
             .field("embedding", embedding)
+            .field("other", &other.as_ref().map(|o| &o.model))
             .field("original", &format_args!("<{} bytes>", original.len()))
             .field("thumbnail", &format_args!("<{} bytes>", thumbnail.len()))
             .finish()
@@ -75,14 +81,34 @@ pub(super) fn embedding_owner(bytes: &[u8]) -> Option<UserId> {
 }
 
 pub(super) fn decode_embedding(bytes: &[u8]) -> Option<(UserId, Embedding)> {
+    decode_model_embedding(bytes).map(|(user, _, embedding)| (user, embedding))
+}
+
+/// The owner, the model and the embedding of a stored embedding value.
+pub(super) fn decode_model_embedding(bytes: &[u8]) -> Option<(UserId, String, Embedding)> {
     let user = UserId(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?));
     let model_len = usize::from(*bytes.get(8)?);
+    let model = String::from_utf8(bytes.get(9..9 + model_len)?.to_vec()).ok()?;
     let floats = bytes.get(9 + model_len..)?;
     if floats.len() != EMBEDDING_DIM * 4 {
         return None;
     }
     let values = floats.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    Some((user, Embedding::from_normalized(values)?))
+    Some((user, model, Embedding::from_normalized(values)?))
+}
+
+/// The sealed embedding value of each slot a face write stores under `state` (models.rs).
+pub(super) fn sealed_slots(
+    state: &ModelState,
+    new: &NewFace,
+    seal: impl Fn(&[u8]) -> Result<Vec<u8>>,
+) -> Result<Vec<(usize, Vec<u8>)>> {
+    let user = new.face.user_id;
+    state
+        .place(&new.face.model, &new.embedding, new.other.as_ref())?
+        .into_iter()
+        .map(|(slot, model, embedding)| Ok((slot, seal(&encode_embedding(user, &model, embedding))?)))
+        .collect()
 }
 
 /// Whether a token record is for this tenant's user and unexpired (UpdateFace with a token).
@@ -182,16 +208,30 @@ impl Store {
     ) -> Result<Pending<(User, Option<FaceId>)>> {
         let user_id = new.face.user_id;
         // Sealed outside the transaction: a retried closure reuses them, and no crypto runs
-        // while sled holds its locks.
+        // while sled holds its locks. The slots are those of the models now; the transaction
+        // refuses the write if they changed meanwhile.
         let key = keys::face_key(tenant, new.face.id);
-        let embedding = encode_embedding(user_id, &new.face.model, &new.embedding);
-        let embedding = self.seal(keys::EMBEDDINGS, &key, &embedding)?;
+        let state = self.model_state()?;
+        let generation = state.generation;
+        let slots = sealed_slots(&state, new, |plain| Ok(self.seal(keys::EMBEDDINGS, &key, plain)?.into_owned()))?;
+        let active = slots.iter().find(|(slot, _)| *slot == state.active).map(|(_, v)| v.clone()).unwrap_or_default();
+        let other = slots.iter().find(|(slot, _)| *slot != state.active).map(|(_, v)| v.clone());
         let original = self.seal(keys::IMAGES, &key, &new.original)?;
         let thumbnail = self.seal(keys::THUMBNAILS, &key, &new.thumbnail)?;
         // Durable before the transaction that names them (and removed again if it fails).
         self.files.put_pair(&key, &original, &thumbnail)?;
-        let trees = (&self.users, &self.faces, &self.embeddings, &self.tokens, &self.log);
-        let result = trees.transaction(|(users, faces, embeddings, tokens, log)| {
+        let embedder = self.embedder()?;
+        let trees =
+            (&self.users, &self.faces, &self.embeddings, &self.embeddings_1, &self.tokens, &self.log, &self.meta);
+        let result = trees.transaction(|(users, faces, embeddings, embeddings_1, tokens, log, meta)| {
+            let now =
+                match super::reindex::state_from(meta.get(super::models::MODELS_KEY)?.as_deref(), embedder.clone()) {
+                    Ok(now) => now,
+                    Err(e) => return abort(e),
+                };
+            if now.generation != generation {
+                return abort(super::models::models_changed());
+            }
             let Some(record) = tx_user(users, tenant, user_id)? else { return abort(Error::user_not_found()) };
             let mut token_hash = record.reenrollment_token_hash.clone();
             let mut user = records::user_from_record(record);
@@ -209,7 +249,7 @@ impl Store {
             };
             if let Some(old) = removed {
                 let old_key = keys::face_key(tenant, old);
-                for tree in [faces, embeddings] {
+                for tree in [faces, embeddings, embeddings_1] {
                     tree.remove(old_key.as_slice())?;
                 }
             }
@@ -217,10 +257,14 @@ impl Store {
                 tokens.remove(spent.as_slice())?;
             }
             faces.insert(key.as_slice(), records::face_to_record(&new.face).encode_to_vec())?;
-            embeddings.insert(key.as_slice(), embedding.as_ref())?;
+            for (slot, value) in &slots {
+                let tree = if *slot == 1 { embeddings_1 } else { embeddings };
+                tree.insert(key.as_slice(), value.as_slice())?;
+            }
             users
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
-            let seq = log::tx_append(log, &log::put_record(tenant, new.face.id, user_id, &embedding, removed))?;
+            let record = log::put_record(tenant, new.face.id, user_id, &active, other.as_deref(), removed);
+            let seq = log::tx_append(log, &record)?;
             Ok((user, removed, seq))
         });
         let out = match result.map_err(tx_error) {
@@ -243,10 +287,10 @@ impl Store {
         }
     }
 
-    /// The stored embedding of a face.
-    pub fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
+    /// The stored embedding of a face by `model` (MODELS_CHANGED when the store keeps none).
+    pub fn face_embedding(&self, tenant: &Tenant, id: FaceId, model: &str) -> Result<Option<Embedding>> {
         let key = keys::face_key(tenant, id);
-        let Some(bytes) = self.embeddings.get(&key).map_err(db_error)? else { return Ok(None) };
+        let Some(bytes) = self.model_tree(model)?.get(&key).map_err(db_error)? else { return Ok(None) };
         let plain = self.unseal(keys::EMBEDDINGS, &key, &bytes)?;
         Ok(decode_embedding(&plain).map(|(_, e)| e))
     }
@@ -267,12 +311,12 @@ impl Store {
 
     /// [`Store::delete_face`], committed but not yet durable (see [`Pending`]).
     pub fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
-        let trees = (&self.users, &self.faces, &self.embeddings, &self.log);
-        let result = trees.transaction(|(users, faces, embeddings, log)| {
+        let trees = (&self.users, &self.faces, &self.embeddings, &self.embeddings_1, &self.log);
+        let result = trees.transaction(|(users, faces, embeddings, embeddings_1, log)| {
             let key = keys::face_key(tenant, id);
             let Some(bytes) = faces.get(key.as_slice())? else { return abort(Error::face_not_found()) };
             let face: pb::FaceRecord = tx_decode(&bytes, "decoding a face record")?;
-            for tree in [faces, embeddings] {
+            for tree in [faces, embeddings, embeddings_1] {
                 tree.remove(key.as_slice())?;
             }
             let user_id = UserId(face.user_id);
@@ -291,9 +335,9 @@ impl Store {
         Ok(self.pending(user, seq, vec![(tenant.clone(), id)]))
     }
 
-    /// Every stored embedding of every tenant (start-up index rebuild).
-    pub fn embeddings(&self) -> impl Iterator<Item = Result<StoredEmbedding>> + '_ {
-        self.embeddings.iter().map(|entry| {
+    /// Every stored embedding of every tenant in `slot` (an index rebuild).
+    pub fn embeddings(&self, slot: usize) -> impl Iterator<Item = Result<StoredEmbedding>> + '_ {
+        self.slot_tree(slot).iter().map(|entry| {
             let (key, value) = entry.map_err(db_error)?;
             let (tenant, face) = keys::split_id_key(&key).ok_or_else(|| Error::bug("malformed embedding key"))?;
             let plain = self.unseal(keys::EMBEDDINGS, &key, &value)?;

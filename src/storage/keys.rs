@@ -9,6 +9,8 @@ pub(crate) const USERS: &str = "users";
 pub(crate) const EXTERNAL_IDS: &str = "external_ids";
 pub(crate) const FACES: &str = "faces";
 pub(crate) const EMBEDDINGS: &str = "embeddings";
+/// The second embedding slot (storage/models.rs).
+pub(crate) const EMBEDDINGS_1: &str = "embeddings_1";
 pub(crate) const IMAGES: &str = "images";
 pub(crate) const THUMBNAILS: &str = "thumbnails";
 pub(crate) const TOKENS: &str = "reenrollment_tokens";
@@ -16,7 +18,7 @@ pub(crate) const TOKENS: &str = "reenrollment_tokens";
 pub(crate) const CHANGE_LOG: &str = "change_log";
 
 /// Every tree that holds tenant data (for scans that check nothing is left behind).
-pub const TENANT_TREES: [&str; 6] = [USERS, EXTERNAL_IDS, FACES, EMBEDDINGS, IMAGES, THUMBNAILS];
+pub const TENANT_TREES: [&str; 7] = [USERS, EXTERNAL_IDS, FACES, EMBEDDINGS, EMBEDDINGS_1, IMAGES, THUMBNAILS];
 
 pub(crate) const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 /// In `meta`: the embedder the store was built with (an `EmbedderRecord`).

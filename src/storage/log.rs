@@ -12,7 +12,8 @@
 use prost::Message;
 use sled::transaction::TransactionalTree;
 
-use super::faces::decode_embedding;
+use super::faces::decode_model_embedding;
+use super::models::ModelEmbedding;
 use super::records::pb;
 use super::seal::unseal_with;
 use super::users::{TxResult, abort};
@@ -26,10 +27,21 @@ const HEAD_KEY: &[u8] = b"";
 /// What one write did to a tenant's faces.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// A face was stored, replacing `replaced` if any.
-    Put { face: FaceId, user: UserId, embedding: Embedding, replaced: Option<FaceId> },
+    /// A face was stored, replacing `replaced` if any; `embedding` is by `model`, and `other`
+    /// by the other model the store keeps during a reindex.
+    Put {
+        face: FaceId,
+        user: UserId,
+        model: String,
+        embedding: Embedding,
+        other: Option<ModelEmbedding>,
+        replaced: Option<FaceId>,
+    },
     /// Faces were deleted.
     Removed { faces: Vec<FaceId> },
+    /// The store's models changed (models.rs); `active` is the active model from here on. The
+    /// entry's tenant means nothing.
+    Models { active: String },
 }
 
 /// One entry of the change log.
@@ -78,6 +90,7 @@ pub(super) fn put_record(
     face: FaceId,
     user: UserId,
     embedding: &[u8],
+    other: Option<&[u8]>,
     replaced: Option<FaceId>,
 ) -> pb::ChangeRecord {
     pb::ChangeRecord {
@@ -87,6 +100,7 @@ pub(super) fn put_record(
             user_id: user.0,
             embedding: embedding.to_vec(),
             replaced_face_id: replaced.map_or(0, |f| f.0),
+            other_embedding: other.map(<[u8]>::to_vec).unwrap_or_default(),
         })),
     }
 }
@@ -179,24 +193,43 @@ impl Store {
 /// Decodes the entry `seq` as stored (`value`, its embedding sealed with `encryption`).
 pub(super) fn decode_entry(encryption: Option<&EncryptionKey>, seq: u64, value: &[u8]) -> Result<LogEntry> {
     let record: pb::ChangeRecord = decode(value, "decoding a change-log entry")?;
+    if let Some(pb::change_record::Change::Models(models)) = record.change {
+        let tenant = Tenant::new(MODELS_TENANT).ok_or_else(|| Error::bug("the models entry's tenant"))?;
+        return Ok(LogEntry { seq, tenant, change: Change::Models { active: models.active } });
+    }
     let tenant = Tenant::new(&record.tenant).ok_or_else(|| Error::bug("a change-log entry names a bad tenant"))?;
     let change = match record.change {
         Some(pb::change_record::Change::Put(put)) => {
             let face = FaceId(put.face_id);
             let key = keys::face_key(&tenant, face);
-            let plain = unseal_with(encryption, keys::EMBEDDINGS, &key, &put.embedding)?;
-            let (owner, embedding) =
-                decode_embedding(&plain).ok_or_else(|| Error::bug("a change-log entry has a malformed embedding"))?;
-            if owner.0 != put.user_id {
-                return Err(Error::bug("a change-log entry's embedding belongs to another user"));
-            }
+            let open = |sealed: &[u8]| -> Result<(UserId, String, Embedding)> {
+                let plain = unseal_with(encryption, keys::EMBEDDINGS, &key, sealed)?;
+                let (owner, model, embedding) = decode_model_embedding(&plain)
+                    .ok_or_else(|| Error::bug("a change-log entry has a malformed embedding"))?;
+                if owner.0 != put.user_id {
+                    return Err(Error::bug("a change-log entry's embedding belongs to another user"));
+                }
+                Ok((owner, model, embedding))
+            };
+            let (owner, model, embedding) = open(&put.embedding)?;
+            let other = if put.other_embedding.is_empty() {
+                None
+            } else {
+                let (_, model, embedding) = open(&put.other_embedding)?;
+                Some(ModelEmbedding { model, embedding })
+            };
             let replaced = (put.replaced_face_id != 0).then_some(FaceId(put.replaced_face_id));
-            Change::Put { face, user: owner, embedding, replaced }
+            Change::Put { face, user: owner, model, embedding, other, replaced }
         }
         Some(pb::change_record::Change::Removed(removed)) => {
             Change::Removed { faces: removed.face_ids.into_iter().map(FaceId).collect() }
         }
-        None => return Err(Error::bug("a change-log entry without a change")),
+        Some(pb::change_record::Change::Models(_)) | None => {
+            return Err(Error::bug("a change-log entry without a change"));
+        }
     };
     Ok(LogEntry { seq, tenant, change })
 }
+
+/// The tenant a models entry reports (it belongs to none).
+pub(crate) const MODELS_TENANT: &str = "-";

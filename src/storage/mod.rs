@@ -11,11 +11,13 @@ mod export;
 mod faces;
 mod files;
 pub mod keys;
-mod log;
+pub(crate) mod log;
+pub mod models;
 mod pending;
 pub mod postgres;
 mod reads;
 mod records;
+pub(crate) mod reindex;
 mod seal;
 mod users;
 mod verify;
@@ -34,6 +36,7 @@ pub use faces::{NewFace, Replace, StoredEmbedding};
 /// Durable directory entries (the index snapshot, app/snapshot, is written like the image files).
 pub(crate) use files::sync_dir;
 pub use log::{Change, LogBounds, LogEntry};
+pub use models::{ModelEmbedding, ModelState, ReindexState};
 pub use pending::Pending;
 pub use reads::{FaceEmbeddings, UserKey};
 pub use seal::EncryptionKey;
@@ -64,6 +67,10 @@ pub struct Store {
     external_ids: sled::Tree,
     faces: sled::Tree,
     embeddings: sled::Tree,
+    /// The second embedding slot (models.rs): another model's embeddings during a reindex.
+    embeddings_1: sled::Tree,
+    /// Store-wide records (schema version, key check, models).
+    meta: sled::Tree,
     tokens: sled::Tree,
     /// The change log (log.rs).
     log: sled::Tree,
@@ -168,6 +175,8 @@ impl Store {
             external_ids: tree(keys::EXTERNAL_IDS)?,
             faces: tree(keys::FACES)?,
             embeddings: tree(keys::EMBEDDINGS)?,
+            embeddings_1: tree(keys::EMBEDDINGS_1)?,
+            meta: meta.clone(),
             tokens: tree(keys::TOKENS)?,
             log: tree(keys::CHANGE_LOG)?,
             files: if durable_writes { face_files } else { face_files.unsynced() },
@@ -383,6 +392,7 @@ impl Store {
             (keys::EXTERNAL_IDS, self.external_ids.len()),
             (keys::FACES, self.faces.len()),
             (keys::EMBEDDINGS, self.embeddings.len()),
+            (keys::EMBEDDINGS_1, self.embeddings_1.len()),
             (keys::IMAGES, self.file_count(files::FileKind::Original)),
             (keys::THUMBNAILS, self.file_count(files::FileKind::Thumbnail)),
             (keys::TOKENS, self.tokens.len()),

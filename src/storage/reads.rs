@@ -82,8 +82,13 @@ impl Store {
     }
 
     /// The user `key` names and the embedding of each of its faces, as of one moment.
-    pub fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>> {
-        let found = (&self.external_ids, &self.users, &self.embeddings)
+    pub fn user_with_embeddings(
+        &self,
+        tenant: &Tenant,
+        key: UserKey<'_>,
+        model: &str,
+    ) -> Result<Option<(User, FaceEmbeddings)>> {
+        let found = (&self.external_ids, &self.users, self.model_tree(model)?)
             .transaction(|(external, users, embeddings)| {
                 let Some(record) = tx_find_user(external, users, tenant, key)? else { return Ok(None) };
                 let mut sealed: Vec<(FaceId, IVec)> = Vec::with_capacity(record.face_ids.len());
@@ -174,7 +179,7 @@ mod tests {
         assert!(store.find_user(&t, UserKey::External("nobody")).unwrap().is_none());
         assert!(store.user_with_faces(&Tenant::new("u").unwrap(), UserKey::Id(a.id)).unwrap().is_none());
 
-        let (_, embeddings) = store.user_with_embeddings(&t, UserKey::Id(a.id)).unwrap().unwrap();
+        let (_, embeddings) = store.user_with_embeddings(&t, UserKey::Id(a.id), "w600k_mbf").unwrap().unwrap();
         assert_eq!(embeddings, vec![(FaceId(11), f1.embedding.clone()), (FaceId(12), f2.embedding.clone())]);
         let (face, image) = store.face_with_image(&t, FaceId(12), true).unwrap().unwrap();
         assert_eq!((face.user_id, image), (a.id, f2.thumbnail.clone()));
@@ -186,6 +191,6 @@ mod tests {
         assert!(store.face_with_image(&t, FaceId(11), false).unwrap().is_none());
         store.delete_user(&t, a.id, None).unwrap();
         assert_eq!(store.hit_owners(&t, &hits[..1]).unwrap(), vec![None]);
-        assert!(store.user_with_embeddings(&t, UserKey::External("a")).unwrap().is_none());
+        assert!(store.user_with_embeddings(&t, UserKey::External("a"), "w600k_mbf").unwrap().is_none());
     }
 }

@@ -289,6 +289,7 @@ pub(super) mod tests {
         NewFace {
             face,
             embedding: Embedding::from_raw(raw).unwrap(),
+            other: None,
             original: format!("original image {id} ").repeat(8).into_bytes(),
             thumbnail: format!("thumbnail {id} ").repeat(8).into_bytes(),
         }
@@ -309,8 +310,8 @@ pub(super) mod tests {
         let id = a.face.id;
         assert_eq!(store.face_image(&tenant, id, false).unwrap().unwrap(), a.original);
         assert_eq!(store.face_image(&tenant, id, true).unwrap().unwrap(), a.thumbnail);
-        assert_eq!(store.face_embedding(&tenant, id).unwrap().unwrap(), a.embedding);
-        assert_eq!(store.embeddings().map(|e| e.unwrap().face_id).collect::<Vec<_>>(), vec![id, b.face.id]);
+        assert_eq!(store.face_embedding(&tenant, id, "w600k_mbf").unwrap().unwrap(), a.embedding);
+        assert_eq!(store.embeddings(0).map(|e| e.unwrap().face_id).collect::<Vec<_>>(), vec![id, b.face.id]);
         let raw = store.raw_entries(keys::IMAGES).unwrap();
         assert!(raw.iter().all(|(_, v)| !v.windows(14).any(|w| w == b"original image")), "images are sealed");
         assert!(store.verify(5).unwrap().problems.is_empty());
@@ -322,8 +323,8 @@ pub(super) mod tests {
         store.embeddings.insert(&key_a, store.embeddings.get(&key_b).unwrap().unwrap()).unwrap();
         let err = store.face_image(&tenant, id, false).unwrap_err();
         assert!(matches!(err, Error::Internal { .. }) && err.to_string().contains("failed authentication"));
-        assert!(store.face_embedding(&tenant, id).is_err());
-        assert!(store.embeddings().any(|e| e.is_err()), "the index rebuild stops on it");
+        assert!(store.face_embedding(&tenant, id, "w600k_mbf").is_err());
+        assert!(store.embeddings(0).any(|e| e.is_err()), "the index rebuild stops on it");
         let problems = store.verify(5).unwrap().problems;
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().all(|p| p.contains("fails authentication")), "{problems:?}");

@@ -197,8 +197,16 @@ impl Store {
         id: UserId,
         expected_version: Option<u64>,
     ) -> Result<super::Pending<Vec<FaceId>>> {
-        let trees = (&self.users, &self.external_ids, &self.faces, &self.embeddings, &self.tokens, &self.log);
-        let result = trees.transaction(|(users, external, faces, embeddings, tokens, log)| {
+        let trees = (
+            &self.users,
+            &self.external_ids,
+            &self.faces,
+            &self.embeddings,
+            &self.embeddings_1,
+            &self.tokens,
+            &self.log,
+        );
+        let result = trees.transaction(|(users, external, faces, embeddings, embeddings_1, tokens, log)| {
             let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
             check_version(&record, expected_version)?;
             users.remove(keys::user_key(tenant, id))?;
@@ -208,7 +216,7 @@ impl Store {
             }
             for &face in &record.face_ids {
                 let key = keys::face_key(tenant, FaceId(face));
-                for tree in [faces, embeddings] {
+                for tree in [faces, embeddings, embeddings_1] {
                     tree.remove(key.as_slice())?;
                 }
             }

@@ -33,6 +33,7 @@ impl Store {
     pub fn verify(&self, max_faces: usize) -> Result<Integrity> {
         let mut report = Integrity::default();
         let mut problems = Vec::new();
+        let active = self.slot_tree(self.model_state()?.active);
         // (tenant, face) -> user, for every face some user lists.
         let mut listed: HashMap<(Tenant, u64), u64> = HashMap::new();
         let mut token_holders: HashMap<Vec<u8>, (Tenant, u64)> = HashMap::new();
@@ -76,7 +77,7 @@ impl Store {
                 },
                 None => problems.push(format!("faces: face {face:016x} of user {user:016x} has no record")),
             }
-            match self.embeddings.get(&key).map_err(db_error)? {
+            match active.get(&key).map_err(db_error)? {
                 Some(bytes) => match self.unseal(keys::EMBEDDINGS, &key, &bytes) {
                     Ok(plain) => match faces::embedding_owner(&plain) {
                         Some(owner) if owner.0 == *user => {}
@@ -95,7 +96,9 @@ impl Store {
                 }
             }
         }
-        for (name, tree) in [(keys::FACES, &self.faces), (keys::EMBEDDINGS, &self.embeddings)] {
+        for (name, tree) in
+            [(keys::FACES, &self.faces), (keys::EMBEDDINGS, &self.embeddings), (keys::EMBEDDINGS_1, &self.embeddings_1)]
+        {
             for entry in tree.iter().keys() {
                 let key = entry.map_err(db_error)?;
                 orphan_check(name, &key, &listed, &mut problems);

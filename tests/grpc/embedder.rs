@@ -123,6 +123,7 @@ fn older_store(dir: &std::path::Path, model: &str) {
     let new = NewFace {
         face,
         embedding: Embedding::from_raw(raw).expect("embedding"),
+        other: None,
         original: b"jpeg".to_vec(),
         thumbnail: b"jpeg".to_vec(),
     };

@@ -124,8 +124,13 @@ async fn images_thumbnails_and_embeddings_are_sealed_at_rest() {
     let embedding = detected.faces[0].embedding.clone();
     let tenant = Tenant::new("alpha").expect("tenant");
     let id = FaceId::parse(&face_id).expect("face id");
-    let stored =
-        server.app().store().expect("store").face_embedding(&tenant, id).expect("read").expect("stored embedding");
+    let stored = server
+        .app()
+        .store()
+        .expect("store")
+        .face_embedding(&tenant, id, "w600k_mbf")
+        .expect("read")
+        .expect("stored embedding");
     assert!(cosine(stored.as_slice(), &embedding) > 0.99, "the stored embedding is the detected one");
 
     let got = image(&mut faces, &face_id, ImageKind::Original).await;

@@ -24,6 +24,7 @@ mod metrics;
 mod multinode;
 mod nonfaces;
 mod parity;
+mod reindex;
 mod security;
 mod snapshot;
 mod tls;

@@ -61,7 +61,7 @@ async fn a_restart_loads_the_sealed_snapshot_and_the_index_equals_the_store() {
     let tenant = Tenant::new("alpha").expect("tenant");
     let sealed = std::fs::read(&path).expect("snapshot");
     for (face, _) in server.app().index().entries(&tenant) {
-        let embedding = store.face_embedding(&tenant, face).expect("read").expect("stored");
+        let embedding = store.face_embedding(&tenant, face, "w600k_mbf").expect("read").expect("stored");
         let bits: Vec<u8> = facevault::search::similarity::to_f16_bits(embedding.as_slice())
             .iter()
             .flat_map(|b| b.to_le_bytes())

@@ -9,7 +9,7 @@ use super::pool::run;
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::Result;
 use crate::storage::{
-    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, NewFace, Pending, Replace, Storage,
+    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, Pending, Replace, Storage,
     StoredEmbedding, TenantGuard, UserKey, UserPatch,
 };
 
@@ -62,8 +62,8 @@ impl Storage for PgStore {
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
         self.exec(|| PgStore::get_face(self, tenant, id))
     }
-    fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
-        self.exec(|| PgStore::face_embedding(self, tenant, id))
+    fn face_embedding(&self, tenant: &Tenant, id: FaceId, model: &str) -> Result<Option<Embedding>> {
+        self.exec(|| PgStore::face_embedding(self, tenant, id, model))
     }
     fn face_with_image(&self, tenant: &Tenant, id: FaceId, thumbnail: bool) -> Result<Option<(Face, Vec<u8>)>> {
         self.exec(|| PgStore::face_with_image(self, tenant, id, thumbnail))
@@ -71,13 +71,21 @@ impl Storage for PgStore {
     fn user_with_faces(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, Vec<Face>)>> {
         self.exec(|| PgStore::user_with_faces(self, tenant, key))
     }
-    fn user_with_embeddings(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<(User, FaceEmbeddings)>> {
-        self.exec(|| PgStore::user_with_embeddings(self, tenant, key))
+    fn user_with_embeddings(
+        &self,
+        tenant: &Tenant,
+        key: UserKey<'_>,
+        model: &str,
+    ) -> Result<Option<(User, FaceEmbeddings)>> {
+        self.exec(|| PgStore::user_with_embeddings(self, tenant, key, model))
     }
     fn hit_owners(&self, tenant: &Tenant, hits: &[(UserId, FaceId)]) -> Result<Vec<Option<String>>> {
         self.exec(|| PgStore::hit_owners(self, tenant, hits))
     }
-    fn for_each_embedding(&self, each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send)) -> Result<u64> {
+    fn for_each_embedding(
+        &self,
+        each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
+    ) -> Result<(u64, EmbedderRecord)> {
         self.exec(|| PgStore::for_each_embedding(self, each))
     }
     fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
@@ -103,6 +111,39 @@ impl Storage for PgStore {
     }
     fn record_snapshot_id(&self, id: &[u8]) -> Result<()> {
         self.write(|| PgStore::record_snapshot_id(self, id))
+    }
+    fn model_state(&self) -> Result<ModelState> {
+        self.exec(|| PgStore::model_state(self))
+    }
+    fn set_model_state(&self, expected: u64, state: &ModelState, announce: bool) -> Result<(u64, ModelState)> {
+        self.exec(|| PgStore::set_model_state(self, expected, state, announce))
+    }
+    fn faces_without_embedding(
+        &self,
+        slot: usize,
+        after: Option<(Tenant, FaceId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FaceId)>> {
+        self.exec(|| PgStore::faces_without_embedding(self, slot, after, limit))
+    }
+    fn put_reindexed(
+        &self,
+        model: &str,
+        items: &[(Tenant, FaceId, Embedding)],
+        failed: u64,
+        lease_until: SystemTime,
+    ) -> Result<ModelState> {
+        self.exec(|| PgStore::put_reindexed(self, model, items, failed, lease_until))
+    }
+    fn clear_slot(&self, slot: usize) -> Result<()> {
+        self.exec(|| PgStore::clear_slot(self, slot))
+    }
+    fn for_each_slot_embedding(
+        &self,
+        slot: usize,
+        each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
+    ) -> Result<()> {
+        self.exec(|| PgStore::for_each_slot_embedding(self, slot, each))
     }
     fn lock_tenant(&self, tenant: &Tenant) -> Result<TenantGuard> {
         self.write(|| PgStore::lock_tenant(self, tenant)).map(TenantGuard::new)

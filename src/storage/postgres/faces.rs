@@ -8,7 +8,7 @@ use super::users::{decode, lock_user, read_user, save_user, user_id};
 use super::{PgStore, pg_error, read_snapshot, to_db};
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Result};
-use crate::storage::faces::{decode_embedding, encode_embedding, face_removed, plan_put, token_matches};
+use crate::storage::faces::{decode_embedding, face_removed, plan_put, sealed_slots, token_matches};
 use crate::storage::records::{self, pb};
 use crate::storage::seal::{seal_with, unseal_with};
 use crate::storage::{FaceEmbeddings, NewFace, Pending, Replace, UserKey, keys, log};
@@ -25,16 +25,21 @@ impl PgStore {
         let user_id = new.face.user_id;
         let key = keys::face_key(tenant, new.face.id);
         let enc = self.encryption.as_ref();
-        // Sealed before the transaction: no crypto while rows are locked.
-        let embedding =
-            seal_with(enc, keys::EMBEDDINGS, &key, &encode_embedding(user_id, &new.face.model, &new.embedding))?
-                .into_owned();
+        // Sealed before the transaction: no crypto while rows are locked. The slots are those
+        // of the models now; the transaction refuses the write if they changed meanwhile.
+        let state = self.model_state().await?;
+        let slots = sealed_slots(&state, new, |plain| Ok(seal_with(enc, keys::EMBEDDINGS, &key, plain)?.into_owned()))?;
+        let value = |slot: usize| slots.iter().find(|(s, _)| *s == slot).map(|(_, v)| v.clone()).unwrap_or_default();
+        let (embedding, embedding_1) = (value(0), value(1));
+        let active = value(state.active);
+        let other = slots.iter().find(|(s, _)| *s != state.active).map(|(_, v)| v.as_slice());
         let original = seal_with(enc, keys::IMAGES, &key, &new.original)?;
         let thumbnail = seal_with(enc, keys::THUMBNAILS, &key, &new.thumbnail)?;
         let t = tenant.as_str();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_error)?;
         self.check_fence(&tx, tenant).await?;
+        super::models::hold_models(&tx, state.generation).await?;
         let record = lock_user(&tx, tenant, user_id).await?.ok_or_else(Error::user_not_found)?;
         let mut token_hash = record.reenrollment_token_hash.clone();
         let mut user = records::user_from_record(record);
@@ -67,8 +72,15 @@ impl PgStore {
         }
         let id = to_db(new.face.id.0);
         tx.execute(
-            "INSERT INTO faces (tenant, id, user_id, record, embedding) VALUES ($1, $2, $3, $4, $5)",
-            &[&t, &id, &to_db(user_id.0), &records::face_to_record(&new.face).encode_to_vec(), &embedding],
+            "INSERT INTO faces (tenant, id, user_id, record, embedding, embedding_1) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &t,
+                &id,
+                &to_db(user_id.0),
+                &records::face_to_record(&new.face).encode_to_vec(),
+                &embedding,
+                &embedding_1,
+            ],
         )
         .await
         .map_err(pg_error)?;
@@ -79,8 +91,8 @@ impl PgStore {
         .await
         .map_err(pg_error)?;
         save_user(&tx, tenant, &user, token_hash).await?;
-        let seq = super::log::append(&tx, tenant, &log::put_record(tenant, new.face.id, user_id, &embedding, removed))
-            .await?;
+        let record = log::put_record(tenant, new.face.id, user_id, &active, other, removed);
+        let seq = super::log::append(&tx, tenant, &record).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(Pending::new((user, removed), seq, || Ok(())))
     }
@@ -129,14 +141,17 @@ impl PgStore {
         row.map(|r| Ok(records::face_from_record(decode(r.get::<_, &[u8]>(0), "decoding a face record")?))).transpose()
     }
 
-    pub(super) async fn face_embedding(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Embedding>> {
+    pub(super) async fn face_embedding(&self, tenant: &Tenant, id: FaceId, model: &str) -> Result<Option<Embedding>> {
+        let column = self.model_column(model).await?;
         let conn = self.conn().await?;
-        let row = conn
-            .query_opt("SELECT embedding FROM faces WHERE tenant = $1 AND id = $2", &[&tenant.as_str(), &to_db(id.0)])
-            .await
-            .map_err(pg_error)?;
+        let sql = format!("SELECT {column} FROM faces WHERE tenant = $1 AND id = $2");
+        let row = conn.query_opt(&sql, &[&tenant.as_str(), &to_db(id.0)]).await.map_err(pg_error)?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some(self.open_embedding(tenant, id, row.get(0))?.1))
+        let stored: &[u8] = row.get(0);
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.open_embedding(tenant, id, stored)?.1))
     }
 
     /// The owner and embedding of a stored (sealed) embedding value.
@@ -203,8 +218,10 @@ impl PgStore {
         &self,
         tenant: &Tenant,
         key: UserKey<'_>,
+        model: &str,
     ) -> Result<Option<(User, FaceEmbeddings)>> {
-        let Some((record, rows)) = self.user_with_rows(tenant, key, "embedding").await? else { return Ok(None) };
+        let column = self.model_column(model).await?;
+        let Some((record, rows)) = self.user_with_rows(tenant, key, column).await? else { return Ok(None) };
         let embeddings = rows
             .iter()
             .map(|(id, bytes)| Ok((*id, self.open_embedding(tenant, *id, bytes)?.1)))

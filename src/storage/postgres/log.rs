@@ -213,7 +213,7 @@ impl PgStore {
     pub(super) async fn for_each_embedding(
         &self,
         each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
-    ) -> Result<u64> {
+    ) -> Result<(u64, crate::storage::EmbedderRecord)> {
         let mut conn = self.conn().await?;
         let head_before: i64 =
             conn.query_one("SELECT seq FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
@@ -221,7 +221,10 @@ impl PgStore {
         let tx = read_snapshot(&mut conn).await?;
         tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(pg_error)?;
         let head: i64 = tx.query_one("SELECT seq FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
-        let portal = tx.bind("SELECT tenant, id, embedding FROM faces", &[]).await.map_err(pg_error)?;
+        let state = super::models::read_state(&tx).await?;
+        let model = state.active_or_unnamed();
+        let sql = format!("SELECT tenant, id, {} FROM faces", super::models::slot_column(state.active));
+        let portal = tx.bind(sql.as_str(), &[]).await.map_err(pg_error)?;
         let mut reported = std::time::Instant::now();
         loop {
             // A long scan keeps this node live, so no node compacts what it will replay after.
@@ -244,7 +247,7 @@ impl PgStore {
             }
         }
         tx.commit().await.map_err(pg_error)?;
-        Ok(head as u64)
+        Ok((head as u64, model))
     }
 
     pub(super) async fn snapshot_id(&self) -> Result<Option<Vec<u8>>> {

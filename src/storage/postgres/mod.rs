@@ -22,6 +22,7 @@ mod backend;
 mod faces;
 mod import;
 mod log;
+mod models;
 mod pool;
 mod schema;
 mod users;

@@ -35,6 +35,8 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO log_compacted VALUES (1, 0);
      CREATE TABLE tenant_fences (tenant text PRIMARY KEY, fence bigint NOT NULL);
      CREATE TABLE nodes (id text PRIMARY KEY, applied bigint NOT NULL, seen_at timestamptz NOT NULL);",
+    // 2: the second embedding slot (storage/models.rs); empty: none.
+    "ALTER TABLE faces ADD COLUMN embedding_1 bytea NOT NULL DEFAULT ''::bytea;",
 ];
 
 /// The advisory lock of migrations (namespace, 0).

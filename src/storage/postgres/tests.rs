@@ -110,7 +110,7 @@ fn records_faces_tokens_and_the_log_behave_as_on_sled() {
     // Reads as on sled.
     let (found, faces) = store.user_with_faces(&t, UserKey::External("a")).unwrap().unwrap();
     assert_eq!((found.id, faces.iter().map(|f| f.id).collect::<Vec<_>>()), (a.id, vec![FaceId(2), FaceId(3)]));
-    let (_, embeddings) = store.user_with_embeddings(&t, UserKey::Id(a.id)).unwrap().unwrap();
+    let (_, embeddings) = store.user_with_embeddings(&t, UserKey::Id(a.id), "w600k_mbf").unwrap().unwrap();
     assert_eq!(embeddings[1], (FaceId(3), face(a.id, 3).embedding));
     let (_, thumb) = store.face_with_image(&t, FaceId(3), true).unwrap().unwrap();
     assert_eq!(thumb, face(a.id, 3).thumbnail);

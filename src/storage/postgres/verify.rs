@@ -18,7 +18,11 @@ const TREES: &[(&str, &str)] = &[
     (keys::USERS, "SELECT tenant, id, record FROM users ORDER BY tenant, id"),
     (keys::EXTERNAL_IDS, "SELECT tenant, external_id, id FROM users ORDER BY tenant, external_id"),
     (keys::FACES, "SELECT tenant, id, record FROM faces ORDER BY tenant, id"),
-    (keys::EMBEDDINGS, "SELECT tenant, id, embedding FROM faces ORDER BY tenant, id"),
+    (keys::EMBEDDINGS, "SELECT tenant, id, embedding FROM faces WHERE embedding <> ''::bytea ORDER BY tenant, id"),
+    (
+        keys::EMBEDDINGS_1,
+        "SELECT tenant, id, embedding_1 FROM faces WHERE embedding_1 <> ''::bytea ORDER BY tenant, id",
+    ),
     (keys::IMAGES, "SELECT tenant, face_id, original FROM face_images ORDER BY tenant, face_id"),
     (keys::THUMBNAILS, "SELECT tenant, face_id, thumbnail FROM face_images ORDER BY tenant, face_id"),
     (keys::TOKENS, "SELECT hash, record FROM tokens ORDER BY hash"),
@@ -137,7 +141,9 @@ impl PgStore {
         .await?;
         report.faces = listed.len();
         let mut stored = HashSet::new();
-        each_row(&tx, "SELECT tenant, id, user_id, record, embedding FROM faces", |row| {
+        let active = super::models::read_state(&tx).await?.active;
+        let sql = format!("SELECT tenant, id, user_id, record, {} FROM faces", super::models::slot_column(active));
+        each_row(&tx, &sql, |row| {
             let tenant = tenant(row)?;
             let (face, owner) = (from_db(row.get(1)), from_db(row.get(2)));
             let key = keys::face_key(&tenant, FaceId(face));

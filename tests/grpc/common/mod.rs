@@ -74,6 +74,8 @@ pub(crate) const KEYS: &[(&str, &str, &[&str], &str)] = &[
     ("admin-a", "alpha", &["users:read", "users:write", "faces:read", "faces:write", "faces:search"], "secret-admin-a"),
     ("admin-b", "beta", &["users:read", "users:write", "faces:read", "faces:write", "faces:search"], "secret-admin-b"),
     ("reader-a", "alpha", &["users:read", "faces:read"], "secret-reader-a"),
+    // AdminService (tests/grpc/reindex.rs): the service as a whole; its tenant does not matter.
+    ("ops", "alpha", &["admin"], "secret-ops"),
 ];
 
 /// One keys-file entry: name, tenant, scopes and the sha256 of the secret.
@@ -98,6 +100,18 @@ pub(crate) fn write_keys_file(path: &Path) {
 pub(crate) struct Credentials {
     key: Option<MetadataValue<Ascii>>,
     bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl Credentials {
+    /// An API key (or none).
+    pub(crate) fn key(secret: Option<&str>) -> Self {
+        Credentials { key: secret.map(|s| s.parse().expect("ascii key")), bearer: None }
+    }
+
+    /// A re-enrollment token instead of a key.
+    pub(crate) fn bearer(token: &str) -> Self {
+        Credentials { key: None, bearer: Some(format!("Bearer {token}").parse().expect("ascii token")) }
+    }
 }
 
 impl Interceptor for Credentials {

@@ -1,0 +1,248 @@
+//! Changing the model (AdminService): a store enrolled with w600k_mbf is re-embedded with the
+//! candidate (EdgeFace-S, from its stored originals) while uploads and searches go on, cut over
+//! (searches then use the candidate and its own thresholds), rolled back, cut over again and
+//! finished; the server is restarted at every stage and the state holds. Who may call it: only a
+//! key with the admin scope.
+
+use std::time::Duration;
+
+use facevault::Config;
+use facevault::grpc::pb::admin_service_client::AdminServiceClient;
+use facevault::grpc::pb::{
+    CutoverReindexRequest, FinishReindexRequest, GetReindexRequest, GetStatusRequest, ReindexJob, ReindexState,
+    RollbackReindexRequest, SearchFacesRequest, StartReindexRequest, VerifyFaceRequest,
+};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::common::{ADMIN_A, Credentials, Faces, TestServer, fixture_bytes, people, png, reason, root};
+use crate::enroll::upload;
+use crate::users::{by_external, create};
+
+pub(crate) type Admin =
+    facevault::grpc::pb::admin_service_client::AdminServiceClient<InterceptedService<Channel, Credentials>>;
+
+/// The key with the admin scope (tenant alpha, which does not matter to it).
+pub(crate) const OPS: Option<&str> = Some("secret-ops");
+
+const CANDIDATE_ID: &str = "edgeface_s_gamma_05";
+/// The candidate's thresholds, calibrated on devfaces (README: "Changing the model").
+const CANDIDATE_MATCH: f32 = 0.50;
+const CANDIDATE_POSSIBLE: f32 = 0.40;
+
+/// Configures EdgeFace-S as the candidate embedder.
+pub(crate) fn with_candidate(config: &mut Config) {
+    config.candidate_embedder_model = Some(root().join("models/edgeface_s_gamma_05.onnx"));
+    config.candidate_embedder_id = CANDIDATE_ID.into();
+    config.candidate_embedder_sha256 = "9fd80dbbb5a839698631df655cdfcd7d9ae9270f801642ab99cf97be685d6a16".into();
+    config.candidate_match_threshold = Some(CANDIDATE_MATCH);
+    config.candidate_possible_match_threshold = Some(CANDIDATE_POSSIBLE);
+    // Every face at once: the tests do not wait on the share.
+    config.reindex_share = 1.0;
+}
+
+pub(crate) async fn admin_as(server: &TestServer, secret: Option<&str>) -> Admin {
+    let credentials = Credentials::key(secret);
+    AdminServiceClient::with_interceptor(server.channel().await, credentials)
+}
+
+async fn job(admin: &mut Admin) -> ReindexJob {
+    admin.get_reindex(GetReindexRequest {}).await.expect("GetReindex").into_inner()
+}
+
+fn state(job: &ReindexJob) -> ReindexState {
+    ReindexState::try_from(job.state).expect("a known state")
+}
+
+/// Polls GetReindex until the re-embedding is done.
+async fn until_done(admin: &mut Admin) -> ReindexJob {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let now = job(admin).await;
+        if state(&now) != ReindexState::Running {
+            return now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the reindex did not finish: {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The same face, another image of it: mirrored.
+fn mirrored(photo: &[u8]) -> Vec<u8> {
+    let image = image::load_from_memory(photo).expect("decode").to_rgb8();
+    png(&image::imageops::flip_horizontal(&image))
+}
+
+/// Searches each person's mirrored photo and checks the best match is that person, a MATCH.
+async fn each_finds_itself(faces: &mut Faces, people: &[(String, Vec<u8>)]) {
+    for (name, photo) in people {
+        let request = SearchFacesRequest { image: mirrored(photo).into(), top_k: 3, ..SearchFacesRequest::default() };
+        let found = faces.search_faces(request).await.expect("SearchFaces").into_inner();
+        let best = found.matches.first().unwrap_or_else(|| panic!("{name}: no match"));
+        assert_eq!(&best.external_id, name, "{name}: {:?}", found.matches);
+        assert_eq!(best.decision, facevault::grpc::pb::MatchDecision::Match as i32, "{name}: {best:?}");
+    }
+}
+
+/// VerifyFace's threshold: that of the model in use.
+async fn verify_threshold(faces: &mut Faces, name: &str, photo: &[u8]) -> f32 {
+    let request = VerifyFaceRequest { user: by_external(name), image: mirrored(photo).into() };
+    let verified = faces.verify_face(request).await.expect("VerifyFace").into_inner();
+    assert!(verified.r#match, "{name} verifies: {verified:?}");
+    verified.threshold
+}
+
+async fn restart(server: TestServer) -> (TestServer, Admin, Faces) {
+    let server = server.restart().await;
+    let admin = admin_as(&server, OPS).await;
+    let faces = server.faces_as(ADMIN_A).await;
+    (server, admin, faces)
+}
+
+#[tokio::test]
+async fn the_store_moves_to_the_candidate_and_back_across_restarts() {
+    let server = TestServer::start_keyed_with(with_candidate).await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let mut admin = admin_as(&server, OPS).await;
+    let mut enrolled: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, photo) in people().into_iter().take(6).enumerate() {
+        let name = format!("person-{i}");
+        create(&mut users, &name).await;
+        upload(&mut faces, &name, photo.clone()).await.expect("upload");
+        enrolled.push((name, photo));
+    }
+    let status = admin.get_status(GetStatusRequest {}).await.expect("GetStatus").into_inner();
+    let active = status.active.expect("active model");
+    assert_eq!((active.embedder_id.as_str(), active.match_threshold), ("w600k_mbf", 0.40));
+    let candidate = status.candidate.expect("candidate model");
+    assert_eq!((candidate.embedder_id.as_str(), candidate.match_threshold), (CANDIDATE_ID, CANDIDATE_MATCH));
+    assert_eq!(status.faces_per_tenant.get("alpha"), Some(&6));
+    assert_eq!(state(status.reindex.as_ref().expect("job")), ReindexState::None);
+    // Nothing to cut over, roll back or finish yet.
+    let refused = admin.cutover_reindex(CutoverReindexRequest {}).await.expect_err("no reindex");
+    assert_eq!(reason(&refused), "REINDEX_NOT_READY");
+    let refused = admin.finish_reindex(FinishReindexRequest {}).await.expect_err("no reindex");
+    assert_eq!(reason(&refused), "REINDEX_NOT_CUT_OVER");
+    let refused = admin.rollback_reindex(RollbackReindexRequest {}).await.expect_err("no reindex");
+    assert_eq!(reason(&refused), "REINDEX_NOT_CUT_OVER");
+    assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, 0.40);
+
+    // Started, and the server restarted at once: the job resumes.
+    let started = admin.start_reindex(StartReindexRequest {}).await.expect("StartReindex").into_inner();
+    assert_eq!(state(&started), ReindexState::Running);
+    assert_eq!(started.total, 6);
+    assert_eq!(started.to.as_ref().map(|m| m.embedder_id.as_str()), Some(CANDIDATE_ID));
+    let again = admin.start_reindex(StartReindexRequest {}).await.expect_err("one at a time");
+    assert_eq!(reason(&again), "REINDEX_RUNNING");
+    let (server, mut admin, mut faces) = restart(server).await;
+    let mut users = server.users_as(ADMIN_A).await;
+    // Uploads and searches while it runs: a face written meanwhile is embedded by both models.
+    for (i, photo) in people().into_iter().skip(6).take(2).enumerate() {
+        let name = format!("late-{i}");
+        create(&mut users, &name).await;
+        upload(&mut faces, &name, photo.clone()).await.expect("upload during the reindex");
+        enrolled.push((name, photo));
+    }
+    each_finds_itself(&mut faces, &enrolled).await;
+    let ready = until_done(&mut admin).await;
+    assert_eq!(state(&ready), ReindexState::Ready, "{ready:?}");
+    assert_eq!((ready.done, ready.failed), (6, 0), "{ready:?}");
+    assert!(ready.top1_agreement > 0.0 && ready.top1_agreement <= 1.0, "{ready:?}");
+    let store = server.app().store().expect("store");
+    assert!(store.faces_without_embedding(1, None, 10).expect("scan").is_empty(), "every face has both embeddings");
+    assert!(store.verify(5).expect("verify").problems.is_empty());
+    drop(store);
+
+    // READY survives a restart; then the cutover: the candidate and its thresholds.
+    let (server, mut admin, mut faces) = restart(server).await;
+    assert_eq!(state(&job(&mut admin).await), ReindexState::Ready);
+    let cut = admin.cutover_reindex(CutoverReindexRequest {}).await.expect("CutoverReindex").into_inner();
+    assert_eq!(state(&cut), ReindexState::CutOver);
+    each_finds_itself(&mut faces, &enrolled).await;
+    assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, CANDIDATE_MATCH);
+    let status = admin.get_status(GetStatusRequest {}).await.expect("GetStatus").into_inner();
+    assert_eq!(status.active.expect("active").embedder_id, CANDIDATE_ID);
+    // A face uploaded after the cutover is stored for both models (a rollback keeps it).
+    let yao = fixture_bytes("yaoming.jpg");
+    let mut users = server.users_as(ADMIN_A).await;
+    create(&mut users, "yao").await;
+    let stored =
+        upload(&mut faces, "yao", yao.clone()).await.expect("upload after the cutover").face.expect("face").model;
+    assert_eq!(stored, CANDIDATE_ID);
+    enrolled.push(("yao".into(), yao));
+
+    // CUT_OVER survives a restart; the rollback returns to w600k_mbf with every face.
+    let (server, mut admin, mut faces) = restart(server).await;
+    assert_eq!(state(&job(&mut admin).await), ReindexState::CutOver);
+    each_finds_itself(&mut faces, &enrolled).await;
+    let back = admin.rollback_reindex(RollbackReindexRequest {}).await.expect("RollbackReindex").into_inner();
+    assert_eq!(state(&back), ReindexState::RolledBack);
+    each_finds_itself(&mut faces, &enrolled).await;
+    assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, 0.40);
+
+    // ROLLED_BACK survives a restart; cut over again and finish: the old embeddings go.
+    let (server, mut admin, _) = restart(server).await;
+    assert_eq!(state(&job(&mut admin).await), ReindexState::RolledBack);
+    admin.cutover_reindex(CutoverReindexRequest {}).await.expect("CutoverReindex again");
+    let finished = admin.finish_reindex(FinishReindexRequest {}).await.expect("FinishReindex").into_inner();
+    assert_eq!(state(&finished), ReindexState::Finished);
+    let refused = admin.rollback_reindex(RollbackReindexRequest {}).await.expect_err("nothing to roll back to");
+    assert_eq!(reason(&refused), "REINDEX_NOT_CUT_OVER");
+    let store = server.app().store().expect("store");
+    assert_eq!(
+        store.faces_without_embedding(0, None, 100).expect("scan").len(),
+        enrolled.len(),
+        "the old slot is empty"
+    );
+    drop(store);
+
+    let (server, mut admin, mut faces) = restart(server).await;
+    assert_eq!(state(&job(&mut admin).await), ReindexState::Finished);
+    each_finds_itself(&mut faces, &enrolled).await;
+    assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, CANDIDATE_MATCH);
+    assert!(server.app().store().expect("store").verify(5).expect("verify").problems.is_empty());
+    drop(server);
+}
+
+/// Who reaches AdminService: only a key with the admin scope. A tenant's full key, a
+/// re-enrollment token and no key are refused before anything runs.
+#[tokio::test]
+async fn only_the_admin_scope_reaches_the_admin_service() {
+    let server = TestServer::start_keyed_with(with_candidate).await;
+    let mut tenant_key = admin_as(&server, ADMIN_A).await;
+    let refused = tenant_key.get_status(GetStatusRequest {}).await.expect_err("faces scopes are not admin");
+    assert_eq!((refused.code(), reason(&refused).as_str()), (tonic::Code::PermissionDenied, "SCOPE_MISSING"));
+    let refused = tenant_key.start_reindex(StartReindexRequest {}).await.expect_err("faces scopes are not admin");
+    assert_eq!(reason(&refused), "SCOPE_MISSING");
+    let mut nobody = admin_as(&server, None).await;
+    let refused = nobody.get_reindex(GetReindexRequest {}).await.expect_err("no key");
+    assert_eq!(reason(&refused), "API_KEY_MISSING");
+    let mut token = AdminServiceClient::with_interceptor(server.channel().await, Credentials::bearer("not-a-key"));
+    let refused = token.finish_reindex(FinishReindexRequest {}).await.expect_err("a token reaches UpdateFace only");
+    assert_eq!(reason(&refused), "REENROLLMENT_TOKEN_INVALID");
+    // The admin key is not a tenant key: it reaches no tenant's data.
+    let mut ops_faces = server.faces_as(OPS).await;
+    let refused = ops_faces
+        .search_faces(SearchFacesRequest {
+            image: fixture_bytes("yaoming.jpg").into(),
+            ..SearchFacesRequest::default()
+        })
+        .await
+        .expect_err("admin is not faces:search");
+    assert_eq!(reason(&refused), "SCOPE_MISSING");
+    // Nothing changed.
+    let mut ops = admin_as(&server, OPS).await;
+    assert_eq!(state(&job(&mut ops).await), ReindexState::None);
+}
+
+/// Without a candidate there is nothing to reindex to.
+#[tokio::test]
+async fn a_reindex_needs_a_candidate_model() {
+    let server = TestServer::start_keyed().await;
+    let mut ops = admin_as(&server, OPS).await;
+    let refused = ops.start_reindex(StartReindexRequest {}).await.expect_err("no candidate");
+    assert_eq!((refused.code(), reason(&refused).as_str()), (tonic::Code::FailedPrecondition, "NO_CANDIDATE_MODEL"));
+    let status = ops.get_status(GetStatusRequest {}).await.expect("GetStatus").into_inner();
+    assert!(status.candidate.is_none());
+    assert!(!status.version.is_empty());
+}
