@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (set up, build, serve on 127.0.0.1:50051) and
 # `make test` (set up, run every test). Everything else is for development.
-.PHONY: setup run test eval calibrate lint bench reference crash powercut fuzz quantize
+.PHONY: setup run test eval calibrate lint bench reference crash powercut fuzz quantize reindex-bench
 
 setup:
 	bash scripts/setup.sh
@@ -36,6 +36,11 @@ bench: setup
 
 reference:
 	bash scripts/reference/run.sh
+
+# A reindex's rate, and live search latency with and without one running (README: "Changing the
+# model"). Uses devfaces (FACEVAULT_DEVFACES); COPIES, SECONDS_EACH as in the script.
+reindex-bench: setup
+	bash scripts/reindex-bench.sh
 
 # The crash-consistency harness with many kills (CI runs 3). FACEVAULT_CRASH_SEED replays a run.
 crash: setup

@@ -163,6 +163,12 @@ fn print_job(job: &pb::ReindexJob) {
         job.failed,
         job.top1_agreement
     );
+    if let (Some(start), Some(update)) = (&job.start_time, &job.update_time) {
+        let secs = (update.seconds - start.seconds) as f64 + f64::from(update.nanos - start.nanos) / 1e9;
+        if secs > 0.0 && job.done > 0 {
+            println!("  {secs:.1} s from the start to the last update: {:.1} faces/s", job.done as f64 / secs);
+        }
+    }
     if job.from.is_some() || job.to.is_some() {
         println!("  from {}\n  to   {}", model(job.from.as_ref()), model(job.to.as_ref()));
     }

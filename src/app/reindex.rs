@@ -109,13 +109,13 @@ impl App {
             .ok_or_else(|| precondition(Reason::NoCandidateModel, "no --candidate-embedder-model is configured"))?
             .record
             .clone();
-        let total = self.index.sizes().iter().map(|(_, n)| *n as u64).sum::<u64>();
         // The target slot is emptied first (a finish cut short by a crash may have left some).
         let (store, target) = (self.store()?, candidate.clone());
-        blocking(move || {
+        let total = blocking(move || {
             let now = store.model_state()?;
             check_startable(&now, &target)?;
-            store.clear_slot(1 - now.active)
+            store.clear_slot(1 - now.active)?;
+            store.count_faces()
         })
         .await?;
         let state = self

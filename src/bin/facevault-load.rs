@@ -66,6 +66,9 @@ struct Args {
     /// Also print the summary as one JSON line.
     #[arg(long)]
     json: bool,
+    /// With --rpc search: search the store as it is (no image is enrolled first).
+    #[arg(long)]
+    no_seed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -181,7 +184,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("no images in {}", args.images.display()).into());
     }
     let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
-    if args.rpc == Rpc::Search {
+    if args.rpc == Rpc::Search && !args.no_seed {
         // Something to find: each image enrolled once (images without exactly one face skipped).
         let (mut faces, mut users) = connect(&args, 0, &args.addr[0]).await?;
         for (i, image) in images.iter().enumerate() {

@@ -159,6 +159,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<ModelState>;
     /// Empties the embeddings of `slot`; durable on return.
     fn clear_slot(&self, slot: usize) -> Result<()>;
+    /// Faces stored, over every tenant.
+    fn count_faces(&self) -> Result<u64>;
     /// Calls `each` with every embedding stored in `slot` (a reindex's comparison of models).
     fn for_each_slot_embedding(
         &self,
@@ -331,6 +333,9 @@ impl Storage for Store {
     }
     fn clear_slot(&self, slot: usize) -> Result<()> {
         Store::clear_slot(self, slot)
+    }
+    fn count_faces(&self) -> Result<u64> {
+        Ok(self.faces.len() as u64)
     }
     fn for_each_slot_embedding(
         &self,

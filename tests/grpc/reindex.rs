@@ -4,7 +4,7 @@
 //! finished; the server is restarted at every stage and the state holds. Who may call it: only a
 //! key with the admin scope.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use facevault::Config;
 use facevault::grpc::pb::admin_service_client::AdminServiceClient;
@@ -15,7 +15,11 @@ use facevault::grpc::pb::{
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::common::{ADMIN_A, Credentials, Faces, TestServer, fixture_bytes, people, png, reason, root};
+use crate::common::database::TestDatabase;
+use crate::common::{
+    ADMIN_A, ChildServer, Credentials, Faces, TestServer, faces_client, fixture_bytes, people, png, reason, root,
+    users_client,
+};
 use crate::enroll::upload;
 use crate::users::{by_external, create};
 
@@ -245,4 +249,92 @@ async fn a_reindex_needs_a_candidate_model() {
     let status = ops.get_status(GetStatusRequest {}).await.expect("GetStatus").into_inner();
     assert!(status.candidate.is_none());
     assert!(!status.version.is_empty());
+}
+
+/// The candidate's flags for a node started as a process.
+const CANDIDATE_FLAGS: &[&str] = &[
+    "--candidate-embedder-model",
+    "models/edgeface_s_gamma_05.onnx",
+    "--candidate-embedder-id",
+    CANDIDATE_ID,
+    "--candidate-match-threshold",
+    "0.50",
+    "--candidate-possible-match-threshold",
+    "0.40",
+];
+
+/// `facevault admin ...` against `node` with the admin key: exit code, stdout, stderr.
+fn admin_cli(node: &ChildServer, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_facevault"))
+        .arg("admin")
+        .args(["--server", &node.url(), "--api-key", OPS.expect("key"), "--interval", "0.2"])
+        .args(args)
+        .output()
+        .expect("run facevault admin");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// Two nodes on one PostgreSQL database: the admin calls go to either, the re-embedding runs
+/// on one, and both switch models together at the cutover. Driven by the operator CLI, whose
+/// exit codes a script can use. (PostgreSQL whatever the backend of the suite: the sled pass
+/// runs it once.)
+#[tokio::test]
+async fn multinode_reindex_is_driven_from_any_node_and_every_node_switches() {
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = vec!["--postgres-url", db.url()];
+    args.extend_from_slice(CANDIDATE_FLAGS);
+    let a = ChildServer::spawn(&dir.path().join("a"), &args).await;
+    let b = ChildServer::spawn(&dir.path().join("b"), &args).await;
+    let (channel_a, channel_b) = (a.channel().await, b.channel().await);
+    let (mut faces_a, mut users_a) = (faces_client(channel_a.clone(), ADMIN_A, None), users_client(channel_a, ADMIN_A));
+    let mut faces_b = faces_client(channel_b, ADMIN_A, None);
+    let mut enrolled = Vec::new();
+    for (i, photo) in people().into_iter().take(5).enumerate() {
+        let name = format!("p{i}");
+        create(&mut users_a, &name).await;
+        upload(&mut faces_a, &name, photo.clone()).await.expect("upload on A");
+        enrolled.push((name, photo));
+    }
+
+    // Refusals exit 3 with the reason code; a tenant key exits 4.
+    let (code, _, err) = admin_cli(&a, &["reindex", "cutover"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("REINDEX_NOT_READY"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_facevault"))
+        .args(["admin", "--server", &a.url(), "--api-key", ADMIN_A.expect("key"), "status"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Started on B and watched to its end on A: exit 0, READY, every face re-embedded.
+    let (code, out, err) = admin_cli(&b, &["reindex", "start"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("RUNNING"), "{out}");
+    let (code, out, err) = admin_cli(&a, &["reindex", "watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reindex: READY  5/5 re-embedded, 0 failed"), "{out}");
+    assert!(err.contains("5/5 100%"), "the progress line: {err}");
+
+    // Cut over on A: B switches too (within its poll of the log), with the candidate's threshold.
+    let (code, out, err) = admin_cli(&a, &["cutover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if verify_threshold(&mut faces_b, "p0", &enrolled[0].1).await == CANDIDATE_MATCH {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B did not switch to the candidate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    each_finds_itself(&mut faces_b, &enrolled).await;
+    each_finds_itself(&mut faces_a, &enrolled).await;
+    let (code, out, _) = admin_cli(&b, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("active model:    {CANDIDATE_ID}")) && out.contains("CUT_OVER"), "{out}");
+    assert!(out.contains("tenant alpha") && out.contains("5 faces"), "{out}");
+    let (code, out, err) = admin_cli(&b, &["finish"]);
+    assert_eq!((code, out.contains("FINISHED")), (0, true), "{out}{err}");
+    each_finds_itself(&mut faces_a, &enrolled).await;
 }

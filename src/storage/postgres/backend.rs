@@ -138,6 +138,9 @@ impl Storage for PgStore {
     fn clear_slot(&self, slot: usize) -> Result<()> {
         self.exec(|| PgStore::clear_slot(self, slot))
     }
+    fn count_faces(&self) -> Result<u64> {
+        self.exec(|| PgStore::count_faces(self))
+    }
     fn for_each_slot_embedding(
         &self,
         slot: usize,

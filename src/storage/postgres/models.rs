@@ -207,6 +207,12 @@ impl PgStore {
         Ok(())
     }
 
+    pub(super) async fn count_faces(&self) -> Result<u64> {
+        let conn = self.conn().await?;
+        let n: i64 = conn.query_one("SELECT count(*) FROM faces", &[]).await.map_err(pg_error)?.get(0);
+        Ok(n as u64)
+    }
+
     /// The column of `model`'s embeddings (MODELS_CHANGED when the store keeps none).
     pub(super) async fn model_column(&self, model: &str) -> Result<&'static str> {
         let state = self.model_state().await?;
