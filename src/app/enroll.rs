@@ -274,6 +274,10 @@ impl App {
         // The index must hold every committed face of the tenant before the duplicate check.
         let (store, feed) = (self.store()?, self.feed.clone());
         blocking(move || feed.catch_up(store.as_ref())).await?;
+        // The duplicate check compares with the index: of the model the face was embedded by.
+        if self.model_use()?.main_id != models.main_id {
+            return Err(crate::storage::models::models_changed());
+        }
         let thresholds = models.thresholds;
         // Duplicates among the other users of the tenant, best first.
         let hits = self.search_index(tenant, &embedding, 20, thresholds.possible, Some(user_id)).await?;

@@ -102,19 +102,43 @@ impl IndexFeed {
         Ok(self.models().active_embedder().map(|e| e.id.clone()).unwrap_or_default())
     }
 
-    /// Follows a change of models to `active` (a models entry at `at`): when the index holds
-    /// another model's embeddings (or this feed does not know whose), rebuilds it from the store
-    /// (one consistent state); then takes the store's state as this node's. Returns the entry
-    /// the index reflects from here on. Called with `applying` held.
-    fn change_models(&self, store: &dyn Storage, at: u64, active: &str) -> Result<u64> {
-        let mut applied = at;
-        if self.index_model().as_deref() != Some(active) {
-            let started = std::time::Instant::now();
-            applied = self.rebuild(store)?.max(at);
-            tracing::info!(to = %active, ms = started.elapsed().as_millis() as u64, "the models changed: index rebuilt");
+    /// Follows a change of models (a models entry at `at`). The node takes the store's state
+    /// as it is now only while its active model is the index's; when it is not (this entry, or
+    /// a later one this node has not read yet, changed it; or the feed does not know whose
+    /// embeddings the index holds), the index is rebuilt from the store first, so requests never
+    /// use one model against the other's index. Returns the entry the index reflects from here
+    /// on. Called with `applying` held.
+    fn change_models(&self, store: &dyn Storage, at: u64) -> Result<u64> {
+        let state = store.model_state()?;
+        if self.index_model().as_deref() == Some(state.active_or_unnamed().id.as_str()) {
+            self.set_models(state);
+            return Ok(at);
         }
-        self.set_models(store.model_state()?);
+        let started = std::time::Instant::now();
+        let applied = self.rebuild(store)?.max(at);
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "the active model changed: index rebuilt");
         Ok(applied)
+    }
+
+    /// After a start or a reopen that followed the log to its end: the index holds the store's
+    /// active model when the store's models did not change while it was followed (every models
+    /// entry up to then was applied, and a snapshot is newer than any before it); the feed then
+    /// knows it and later changes rebuild only when the active model changes. Blocking.
+    pub(crate) fn settle_models(&self, store: &dyn Storage) -> Result<()> {
+        loop {
+            let before = store.model_state()?;
+            self.catch_up(store)?;
+            let after = store.model_state()?;
+            if before.generation == after.generation {
+                let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+                if self.index_model().is_none() {
+                    *self.index_model.write().unwrap_or_else(PoisonError::into_inner) =
+                        Some(after.active_or_unnamed().id.clone());
+                    self.set_models(after);
+                }
+                return Ok(());
+            }
+        }
     }
 
     /// Rebuilds the index from the store and takes the store's models as this node's; the
@@ -128,9 +152,12 @@ impl IndexFeed {
             if state.active_or_unnamed().id != model.id {
                 continue;
             }
+            // The node's models change with its index, under the models' lock (a request reads
+            // the models, then checks them again after it used the index).
+            let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
             self.index.replace_contents(index);
             *self.index_model.write().unwrap_or_else(PoisonError::into_inner) = Some(model.id);
-            self.set_models(state);
+            *models = Some(state);
             return Ok(head);
         }
     }
@@ -154,9 +181,13 @@ impl IndexFeed {
         self.applied.load(Ordering::Acquire)
     }
 
-    /// Starts over after the index was rebuilt to reflect entry `applied` (a reopened store).
-    pub(crate) fn reset(&self, applied: u64) {
+    /// Starts over after the index was rebuilt to reflect entry `applied` (a reopened store),
+    /// with the models as the store holds them then (what the index's model is, the next
+    /// `settle_models` tells).
+    pub(crate) fn reset(&self, applied: u64, models: ModelState) {
         let _applying = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.index_model.write().unwrap_or_else(PoisonError::into_inner) = None;
+        self.set_models(models);
         self.applied.store(applied, Ordering::Release);
     }
 
@@ -171,8 +202,8 @@ impl IndexFeed {
             let active = self.active(store)?;
             let mut rebuilt = None;
             for entry in &entries {
-                if let Change::Models { active } = &entry.change {
-                    rebuilt = Some(self.change_models(store, entry.seq, active)?);
+                if let Change::Models { .. } = &entry.change {
+                    rebuilt = Some(self.change_models(store, entry.seq)?);
                     break;
                 }
                 apply(&self.index, &active, entry);

@@ -123,6 +123,19 @@ impl App {
     /// is updated just after the store, so the user's face list and the index can disagree for
     /// a moment.) At most `--max-faces-per-user` embeddings: a few µs, on the blocking thread.
     pub async fn verify_face(&self, caller: &Principal, user: &UserRef, image: Bytes) -> Result<VerifyOutcome> {
+        match self.verify_face_once(caller, user, image.clone()).await {
+            // The store stopped keeping the model this node used (a reindex finished on another
+            // node before this one read its entry): once more with the models of now.
+            Err(e) if crate::storage::models::is_models_changed(&e) => {
+                let (store, feed) = (self.store()?, self.feed.clone());
+                blocking(move || feed.catch_up(store.as_ref())).await?;
+                self.verify_face_once(caller, user, image).await
+            }
+            done => done,
+        }
+    }
+
+    async fn verify_face_once(&self, caller: &Principal, user: &UserRef, image: Bytes) -> Result<VerifyOutcome> {
         // Checked first so that an unknown user or one without faces costs no inference.
         let known = self.resolve_user(&caller.tenant, user).await?;
         if known.face_ids.is_empty() {

@@ -194,11 +194,16 @@ impl App {
             let backend = if store.is_shared() { "postgres" } else { "sled" };
             tracing::info!(backend, encrypted, opened_ms, "store opened");
             let (index, applied) = snapshots.open_index(store.as_ref(), exact_max_faces)?;
+            // A finish cut short (a crash while it emptied the dropped model's slot): empty it.
+            let models = store.model_state()?;
+            if !models.state.keeps_both() && !models.unrecorded() {
+                store.clear_slot(1 - models.active)?;
+            }
             let feed = IndexFeed::new(index.clone(), applied);
-            feed.set_models(store.model_state()?);
+            feed.set_models(models);
             // The index holds the active model's embeddings (a snapshot taken before a change
-            // of models is followed by the change's log entry, which rebuilt it).
-            feed.catch_up(store.as_ref())?;
+            // of models is followed by the change's log entry, which rebuilds it).
+            feed.settle_models(store.as_ref())?;
             Ok((opener, store, index, feed, snapshots))
         })
         .await?;

@@ -215,17 +215,21 @@ impl super::App {
         }
         let (opener, snapshots) = (self.opener.clone(), self.snapshots.clone());
         let exact_max_faces = self.index.exact_max_faces();
-        let (store, index, applied) = super::blocking(move || {
+        let (store, index, applied, models) = super::blocking(move || {
             opener.prepare_reopen()?;
             let store = opener.open()?;
             // As at a start after a crash: the snapshot (which covers only durable entries) and
             // the log after it, or a rebuild from the records.
             let (index, applied) = snapshots.open_index(store.as_ref(), exact_max_faces)?;
-            Ok((store, index, applied))
+            let models = store.model_state()?;
+            Ok((store, index, applied, models))
         })
         .await?;
         self.index.replace_contents(index);
-        self.feed.reset(applied);
+        // The models as on disk (those followed before the fault may be ahead of what was durable).
+        self.feed.reset(applied, models);
+        let (feed, reopened) = (self.feed.clone(), store.clone());
+        super::blocking(move || feed.settle_models(reopened.as_ref())).await?;
         self.store.set(store);
         tracing::info!(applied, "the store is open again and the index rebuilt from it: writes are acknowledged again");
         Ok(())

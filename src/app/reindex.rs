@@ -19,6 +19,8 @@ use crate::storage::{ModelState, ReindexState, Storage};
 
 /// Faces re-embedded per store write (and per lease renewal).
 const BATCH: usize = 16;
+/// Longest a batch runs before it is written (the lease is renewed with each write).
+const BATCH_TIME: Duration = Duration::from_secs(15);
 /// How long a worker's lease holds after its last write.
 const LEASE: Duration = Duration::from_secs(60);
 /// Faces whose old and new nearest neighbours are compared when the re-embedding is done.
@@ -145,11 +147,22 @@ impl App {
     }
 
     /// CutoverReindex: REINDEX_NOT_READY unless the re-embedding is done (READY, or ROLLED_BACK
-    /// to cut over again).
+    /// to cut over again) and every stored face has the candidate's embedding.
     pub async fn cutover_reindex(&self) -> Result<ModelState> {
         let catalog = self.catalog.clone();
+        let store = self.store()?;
+        let complete = blocking(move || {
+            let now = store.model_state()?;
+            Ok(store.faces_without_embedding(now.to_slot, None, 1)?.is_empty())
+        })
+        .await?;
+        if !complete {
+            return Err(precondition(Reason::ReindexNotReady, "some stored faces lack the candidate's embedding"));
+        }
         self.change_state(
             move |now| {
+                // ROLLED_BACK comes only from CUT_OVER, which comes only from READY: the target
+                // slot was complete, and writes kept it so.
                 if !matches!(now.state, ReindexState::Ready | ReindexState::RolledBack) {
                     return Err(precondition(Reason::ReindexNotReady, "the reindex is not ready to cut over"));
                 }
@@ -164,13 +177,13 @@ impl App {
         .await
     }
 
-    /// RollbackReindex: back to the model of before while its embeddings exist (CUT_OVER, or
-    /// READY/FAILED to abandon the candidate); REINDEX_NOT_CUT_OVER otherwise.
+    /// RollbackReindex: back to the model of before while its embeddings exist (CUT_OVER);
+    /// REINDEX_NOT_CUT_OVER otherwise (a candidate not cut over is abandoned by FinishReindex).
     pub async fn rollback_reindex(&self) -> Result<ModelState> {
         self.change_state(
             |now| {
-                if !matches!(now.state, ReindexState::CutOver | ReindexState::Ready | ReindexState::Failed) {
-                    return Err(precondition(Reason::ReindexNotCutOver, "there is nothing to roll back"));
+                if now.state != ReindexState::CutOver {
+                    return Err(precondition(Reason::ReindexNotCutOver, "the reindex is not cut over"));
                 }
                 let mut next = now.clone();
                 next.active = now.from_slot;
@@ -182,20 +195,21 @@ impl App {
         .await
     }
 
-    /// FinishReindex: drops the embeddings of the model not active (the old one after a
-    /// cutover; the candidate's after a rollback or a failure). REINDEX_RUNNING while the
-    /// re-embedding runs, REINDEX_NOT_CUT_OVER when there is nothing to finish (READY: cut over
-    /// or roll back first).
+    /// FinishReindex: drops the embeddings of the model not active: the old one's after a
+    /// cutover; the candidate's after a rollback, or of a reindex abandoned before its cutover
+    /// (RUNNING, READY, FAILED: the worker stops). REINDEX_NOT_CUT_OVER when there is no
+    /// reindex to finish.
     pub async fn finish_reindex(&self) -> Result<ModelState> {
         self.change_state(
             |now| {
                 match now.state {
-                    ReindexState::CutOver | ReindexState::RolledBack | ReindexState::Failed => {}
-                    ReindexState::Running => {
-                        return Err(precondition(Reason::ReindexRunning, "the reindex is running"));
-                    }
-                    ReindexState::None | ReindexState::Ready | ReindexState::Finished => {
-                        return Err(precondition(Reason::ReindexNotCutOver, "the reindex is not cut over"));
+                    ReindexState::CutOver
+                    | ReindexState::RolledBack
+                    | ReindexState::Failed
+                    | ReindexState::Ready
+                    | ReindexState::Running => {}
+                    ReindexState::None | ReindexState::Finished => {
+                        return Err(precondition(Reason::ReindexNotCutOver, "there is no reindex to finish"));
                     }
                 }
                 let mut next = now.clone();
@@ -254,6 +268,9 @@ impl App {
                     let mut next = now.clone();
                     next.worker = me.clone();
                     next.lease_until = Some(SystemTime::now() + LEASE);
+                    // Each run counts the faces it could not re-embed (a resumed run tries them
+                    // again).
+                    next.failed = 0;
                     Ok(next)
                 },
                 |_| None,
@@ -280,10 +297,16 @@ impl App {
                 (cursor, found_new) = (None, false);
                 continue;
             }
-            cursor = batch.last().cloned();
             let mut items: Vec<(Tenant, FaceId, Embedding)> = Vec::with_capacity(batch.len());
             let mut failed = 0;
+            let batch_started = Instant::now();
             for (tenant, face) in batch {
+                // A batch is written (and the lease renewed) at least every BATCH_TIME, whatever
+                // the share and the images: the faces not reached are found by the next read.
+                if batch_started.elapsed() > BATCH_TIME {
+                    break;
+                }
+                cursor = Some((tenant.clone(), face));
                 if failed_here.contains(&(tenant.clone(), face)) {
                     continue;
                 }
@@ -302,32 +325,37 @@ impl App {
                 let pause = started.elapsed().mul_f64((1.0 / share - 1.0).max(0.0));
                 tokio::time::sleep(pause).await;
             }
-            let (s, model) = (store.clone(), target.id.clone());
+            let (s, model, worker) = (store.clone(), target.id.clone(), me.clone());
             let lease = SystemTime::now() + LEASE;
             let held = self.reindex.hold_writes().await;
             match blocking(move || {
                 let _held = held;
-                s.put_reindexed(&model, &items, failed, lease)
+                s.put_reindexed(&model, &worker, &items, failed, lease)
             })
             .await
             {
                 Ok(next) => state = next,
                 Err(e) if crate::storage::models::is_models_changed(&e) => {
-                    tracing::info!("the reindex was changed by another call: the worker stops");
+                    tracing::info!("the reindex was changed by another call or node: this worker stops");
                     return Ok(());
                 }
                 Err(e) => return Err(e),
             }
         }
         let agreement = self.top1_agreement(&store, &state).await?;
+        // READY only when no stored face lacks the candidate's embedding (whatever the counts
+        // say): faces that failed here make it FAILED.
+        let (s, slot) = (store.clone(), state.to_slot);
+        let missing = blocking(move || s.faces_without_embedding(slot, None, 1)).await?;
+        let me_too = me.clone();
         let done = self
             .change_state(
                 move |now| {
-                    if now.state != ReindexState::Running {
-                        return Err(precondition(Reason::ReindexNotReady, "the reindex is no longer running"));
+                    if now.state != ReindexState::Running || now.worker != me_too {
+                        return Err(precondition(Reason::ReindexNotReady, "the reindex is no longer this worker's"));
                     }
                     let mut next = now.clone();
-                    next.state = if now.failed == 0 { ReindexState::Ready } else { ReindexState::Failed };
+                    next.state = if missing.is_empty() { ReindexState::Ready } else { ReindexState::Failed };
                     next.top1_agreement = agreement;
                     next.worker = String::new();
                     next.lease_until = None;
@@ -350,9 +378,16 @@ impl App {
         which: usize,
     ) -> Result<Option<Embedding>> {
         let (s, t) = (store.clone(), tenant.clone());
-        let Some((record, original)) = blocking(move || s.face_with_image(&t, face, false)).await? else {
-            return Ok(None);
-        };
+        let found = blocking(move || {
+            let found = s.face_with_image(&t, face, false)?;
+            // A face whose original is missing cannot be re-embedded: a failure, not a deletion.
+            if found.is_none() && s.get_face(&t, face)?.is_some() {
+                return Err(Error::bug("a stored face has no original"));
+            }
+            Ok(found)
+        })
+        .await?;
+        let Some((record, original)) = found else { return Ok(None) };
         let landmarks = record.detection.landmarks;
         self.pool.reembed(bytes::Bytes::from(original), landmarks, which).await.map(Some)
     }

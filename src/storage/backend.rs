@@ -147,12 +147,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         after: Option<(Tenant, FaceId)>,
         limit: usize,
     ) -> Result<Vec<(Tenant, FaceId)>>;
-    /// Stores re-embedded faces in the target slot of the running reindex to `model` (faces
-    /// deleted meanwhile are skipped), counting them and `failed` failures in the state, with
-    /// the worker's lease renewed: one transaction, durable on return.
+    /// Stores re-embedded faces in the target slot of the running reindex to `model` run by
+    /// `worker` (faces deleted meanwhile are skipped), counting them and `failed` failures in
+    /// the state, with the worker's lease renewed: one transaction, durable on return.
+    /// MODELS_CHANGED when the reindex is no longer that (another worker took it over).
     fn put_reindexed(
         &self,
         model: &str,
+        worker: &str,
         items: &[(Tenant, FaceId, Embedding)],
         failed: u64,
         lease_until: SystemTime,
@@ -325,11 +327,12 @@ impl Storage for Store {
     fn put_reindexed(
         &self,
         model: &str,
+        worker: &str,
         items: &[(Tenant, FaceId, Embedding)],
         failed: u64,
         lease_until: SystemTime,
     ) -> Result<ModelState> {
-        Store::put_reindexed(self, model, items, failed, lease_until)
+        Store::put_reindexed(self, model, worker, items, failed, lease_until)
     }
     fn clear_slot(&self, slot: usize) -> Result<()> {
         Store::clear_slot(self, slot)

@@ -114,6 +114,7 @@ impl Store {
     pub fn put_reindexed(
         &self,
         model: &str,
+        worker: &str,
         items: &[(Tenant, FaceId, Embedding)],
         failed: u64,
         lease_until: SystemTime,
@@ -136,7 +137,11 @@ impl Store {
                         Err(e) => return abort(e),
                     };
                     let to_model = state.slots[state.to_slot].as_ref().map(|e| e.id.as_str());
-                    if state.state != ReindexState::Running || state.to_slot != target || to_model != Some(model) {
+                    if state.state != ReindexState::Running
+                        || state.to_slot != target
+                        || to_model != Some(model)
+                        || state.worker != worker
+                    {
                         return abort(models_changed());
                     }
                     let mut stored = 0;

@@ -338,3 +338,75 @@ async fn multinode_reindex_is_driven_from_any_node_and_every_node_switches() {
     assert_eq!((code, out.contains("FINISHED")), (0, true), "{out}{err}");
     each_finds_itself(&mut faces_a, &enrolled).await;
 }
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+/// Replaces the stored original of one face with bytes that are no image (sled: its file;
+/// PostgreSQL: its row).
+async fn corrupt_one_original(server: &TestServer) {
+    match &server.config().postgres_url {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(connection);
+            let changed = client
+                .execute(
+                    "UPDATE face_images SET original = 'not an image'::bytea \
+                     WHERE face_id = (SELECT face_id FROM face_images ORDER BY face_id LIMIT 1)",
+                    &[],
+                )
+                .await
+                .expect("update");
+            assert_eq!(changed, 1);
+        }
+        None => {
+            let original = files_under(&server.config().data_dir.join("v1/faces"))
+                .into_iter()
+                .find(|p| p.extension().is_some_and(|e| e == "orig"))
+                .expect("an original image file");
+            std::fs::write(original, b"not an image").expect("overwrite");
+        }
+    }
+}
+
+/// A face whose original cannot be re-embedded fails the reindex: it cannot be cut over (the
+/// face would drop out of search), nor rolled back; finishing abandons the candidate and the
+/// store searches as before.
+#[tokio::test]
+async fn a_face_that_cannot_be_re_embedded_fails_the_reindex_and_blocks_the_cutover() {
+    let server = TestServer::start_keyed_with(with_candidate).await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let mut admin = admin_as(&server, OPS).await;
+    let mut enrolled = Vec::new();
+    for (i, photo) in people().into_iter().take(2).enumerate() {
+        let name = format!("person-{i}");
+        create(&mut users, &name).await;
+        upload(&mut faces, &name, photo.clone()).await.expect("upload");
+        enrolled.push((name, photo));
+    }
+    corrupt_one_original(&server).await;
+    admin.start_reindex(StartReindexRequest {}).await.expect("StartReindex");
+    let failed = until_done(&mut admin).await;
+    assert_eq!(state(&failed), ReindexState::Failed, "{failed:?}");
+    assert_eq!((failed.done, failed.failed), (1, 1), "{failed:?}");
+    let refused = admin.cutover_reindex(CutoverReindexRequest {}).await.expect_err("incomplete");
+    assert_eq!(reason(&refused), "REINDEX_NOT_READY");
+    let refused = admin.rollback_reindex(RollbackReindexRequest {}).await.expect_err("never cut over");
+    assert_eq!(reason(&refused), "REINDEX_NOT_CUT_OVER");
+    let finished = admin.finish_reindex(FinishReindexRequest {}).await.expect("FinishReindex").into_inner();
+    assert_eq!(state(&finished), ReindexState::Finished);
+    let refused = admin.cutover_reindex(CutoverReindexRequest {}).await.expect_err("finished");
+    assert_eq!(reason(&refused), "REINDEX_NOT_READY");
+    each_finds_itself(&mut faces, &enrolled).await;
+    let status = admin.get_status(GetStatusRequest {}).await.expect("GetStatus").into_inner();
+    assert_eq!(status.active.expect("active").embedder_id, "w600k_mbf");
+    let store = server.app().store().expect("store");
+    assert_eq!(store.faces_without_embedding(1, None, 10).expect("scan").len(), 2, "the candidate's slot is empty");
+}

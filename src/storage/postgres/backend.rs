@@ -129,11 +129,12 @@ impl Storage for PgStore {
     fn put_reindexed(
         &self,
         model: &str,
+        worker: &str,
         items: &[(Tenant, FaceId, Embedding)],
         failed: u64,
         lease_until: SystemTime,
     ) -> Result<ModelState> {
-        self.exec(|| PgStore::put_reindexed(self, model, items, failed, lease_until))
+        self.exec(|| PgStore::put_reindexed(self, model, worker, items, failed, lease_until))
     }
     fn clear_slot(&self, slot: usize) -> Result<()> {
         self.exec(|| PgStore::clear_slot(self, slot))

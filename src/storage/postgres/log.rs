@@ -223,7 +223,8 @@ impl PgStore {
         let head: i64 = tx.query_one("SELECT seq FROM log_head WHERE id = 1", &[]).await.map_err(pg_error)?.get(0);
         let state = super::models::read_state(&tx).await?;
         let model = state.active_or_unnamed();
-        let sql = format!("SELECT tenant, id, {} FROM faces", super::models::slot_column(state.active));
+        let column = super::models::slot_column(state.active);
+        let sql = format!("SELECT tenant, id, {column} FROM faces WHERE {column} <> ''::bytea");
         let portal = tx.bind(sql.as_str(), &[]).await.map_err(pg_error)?;
         let mut reported = std::time::Instant::now();
         loop {

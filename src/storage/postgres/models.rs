@@ -136,6 +136,7 @@ impl PgStore {
     pub(super) async fn put_reindexed(
         &self,
         model: &str,
+        worker: &str,
         items: &[(Tenant, FaceId, Embedding)],
         failed: u64,
         lease_until: SystemTime,
@@ -148,7 +149,7 @@ impl PgStore {
             .map_err(pg_error)?;
         let mut state = read_state(&tx).await?;
         let to_model = state.slots[state.to_slot].as_ref().map(|e| e.id.as_str());
-        if state.state != ReindexState::Running || to_model != Some(model) {
+        if state.state != ReindexState::Running || to_model != Some(model) || state.worker != worker {
             return Err(models_changed());
         }
         let column = slot_column(state.to_slot);
@@ -174,10 +175,16 @@ impl PgStore {
         Ok(state)
     }
 
+    /// Empties the slot a thousand rows per statement (no statement runs long or locks every
+    /// row; an interrupted clear is finished by the next one).
     pub(super) async fn clear_slot(&self, slot: usize) -> Result<()> {
         let conn = self.conn().await?;
-        let sql = format!("UPDATE faces SET {} = ''::bytea WHERE {0} <> ''::bytea", slot_column(slot));
-        conn.execute(&sql, &[]).await.map_err(pg_error)?;
+        let column = slot_column(slot);
+        let sql = format!(
+            "UPDATE faces SET {column} = ''::bytea WHERE (tenant, id) IN \
+             (SELECT tenant, id FROM faces WHERE {column} <> ''::bytea LIMIT 1000)"
+        );
+        while conn.execute(&sql, &[]).await.map_err(pg_error)? > 0 {}
         Ok(())
     }
 
