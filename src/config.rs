@@ -141,6 +141,11 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_REINDEX_SHARE", default_value_t = 0.5)]
     pub reindex_share: f32,
 
+    /// Seconds a reindex worker's lease holds after its last write (2-3600): on PostgreSQL,
+    /// another node takes a job over once the lease of a stopped worker lapses.
+    #[arg(long, env = "FACEVAULT_REINDEX_LEASE", default_value_t = 60)]
+    pub reindex_lease: u64,
+
     /// Inference worker threads, each with its own sessions. 0: one per core divided by
     /// --intra-threads. More workers raise throughput; more intra threads per worker lower the
     /// latency of a single request.
@@ -474,6 +479,9 @@ impl Config {
             if possible > matched {
                 return Err("--candidate-possible-match-threshold must not exceed --candidate-match-threshold".into());
             }
+        }
+        if !(2..=3600).contains(&self.reindex_lease) {
+            return Err(format!("--reindex-lease must be 2 to 3600 seconds, got {}", self.reindex_lease));
         }
         if !(0.05..=1.0).contains(&self.reindex_share) {
             return Err(format!("--reindex-share must be between 0.05 and 1, got {}", self.reindex_share));

@@ -47,6 +47,8 @@ pub struct Settings {
     pub thumbnail_size: u32,
     /// `--reindex-share`.
     pub reindex_share: f32,
+    /// `--reindex-lease`.
+    pub reindex_lease: Duration,
     /// Per-tenant limits on users and faces (keys file).
     pub quotas: std::collections::HashMap<crate::domain::Tenant, crate::domain::TenantQuota>,
 }
@@ -229,6 +231,7 @@ impl App {
             token_max_attempts: config.token_max_attempts,
             thumbnail_size: config.thumbnail_size,
             reindex_share: config.reindex_share,
+            reindex_lease: Duration::from_secs(config.reindex_lease),
             quotas,
         };
         let catalog = Arc::new(opener.catalog.clone());

@@ -19,10 +19,11 @@ use crate::storage::{ModelState, ReindexState, Storage};
 
 /// Faces re-embedded per store write (and per lease renewal).
 const BATCH: usize = 16;
-/// Longest a batch runs before it is written (the lease is renewed with each write).
-const BATCH_TIME: Duration = Duration::from_secs(15);
-/// How long a worker's lease holds after its last write.
-const LEASE: Duration = Duration::from_secs(60);
+/// Longest a batch runs before it is written (the lease is renewed with each write): a third
+/// of the lease, at most 15 s.
+fn batch_time(lease: Duration) -> Duration {
+    (lease / 3).min(Duration::from_secs(15))
+}
 /// Faces whose old and new nearest neighbours are compared when the re-embedding is done.
 const AGREEMENT_SAMPLE: usize = 200;
 
@@ -254,6 +255,7 @@ impl App {
     /// then measures the agreement of the two models and marks the job READY (or FAILED).
     async fn run_worker(&self) -> Result<()> {
         let store = self.store()?;
+        let lease = self.settings.reindex_lease;
         let me = format!("{}-{:08x}", std::process::id(), crate::storage::random_id()? as u32);
         // Claim.
         let shared = store.is_shared();
@@ -267,7 +269,7 @@ impl App {
                     }
                     let mut next = now.clone();
                     next.worker = me.clone();
-                    next.lease_until = Some(SystemTime::now() + LEASE);
+                    next.lease_until = Some(SystemTime::now() + lease);
                     // Each run counts the faces it could not re-embed (a resumed run tries them
                     // again).
                     next.failed = 0;
@@ -301,9 +303,9 @@ impl App {
             let mut failed = 0;
             let batch_started = Instant::now();
             for (tenant, face) in batch {
-                // A batch is written (and the lease renewed) at least every BATCH_TIME, whatever
+                // A batch is written (and the lease renewed) at least every batch_time, whatever
                 // the share and the images: the faces not reached are found by the next read.
-                if batch_started.elapsed() > BATCH_TIME {
+                if batch_started.elapsed() > batch_time(lease) {
                     break;
                 }
                 cursor = Some((tenant.clone(), face));
@@ -326,11 +328,11 @@ impl App {
                 tokio::time::sleep(pause).await;
             }
             let (s, model, worker) = (store.clone(), target.id.clone(), me.clone());
-            let lease = SystemTime::now() + LEASE;
+            let lease_until = SystemTime::now() + lease;
             let held = self.reindex.hold_writes().await;
             match blocking(move || {
                 let _held = held;
-                s.put_reindexed(&model, &worker, &items, failed, lease)
+                s.put_reindexed(&model, &worker, &items, failed, lease_until)
             })
             .await
             {

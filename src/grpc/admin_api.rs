@@ -53,6 +53,7 @@ fn job(catalog: &ModelCatalog, state: &ModelState) -> pb::ReindexJob {
         update_time: timestamp(state.update_time),
         from: if started { model_info(catalog, state.slots[state.from_slot].as_ref()) } else { None },
         to: if started { model_info(catalog, state.slots[state.to_slot].as_ref()) } else { None },
+        worker: state.worker.clone(),
     }
 }
 

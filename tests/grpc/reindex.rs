@@ -410,3 +410,49 @@ async fn a_face_that_cannot_be_re_embedded_fails_the_reindex_and_blocks_the_cuto
     let store = server.app().store().expect("store");
     assert_eq!(store.faces_without_embedding(1, None, 10).expect("scan").len(), 2, "the candidate's slot is empty");
 }
+
+/// The node running the re-embedding is killed (SIGKILL): another node takes the job over once
+/// the lease lapses and finishes it; nothing is lost or counted twice.
+#[tokio::test]
+async fn multinode_reindex_worker_killed_is_taken_over_by_another_node() {
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = vec!["--postgres-url", db.url(), "--reindex-lease", "2", "--reindex-share", "0.05"];
+    args.extend_from_slice(CANDIDATE_FLAGS);
+    let mut nodes = [
+        ChildServer::spawn(&dir.path().join("a"), &args).await,
+        ChildServer::spawn(&dir.path().join("b"), &args).await,
+    ];
+    let channel = nodes[0].channel().await;
+    let (mut faces, mut users) = (faces_client(channel.clone(), ADMIN_A, None), users_client(channel, ADMIN_A));
+    let people = people();
+    for (i, photo) in people.iter().enumerate() {
+        let name = format!("p{i}");
+        create(&mut users, &name).await;
+        upload(&mut faces, &name, photo.clone()).await.expect("upload");
+    }
+    let mut admin_a = AdminServiceClient::with_interceptor(nodes[0].channel().await, Credentials::key(OPS));
+    admin_a.start_reindex(StartReindexRequest {}).await.expect("StartReindex");
+    // The worker's node, by the pid in its id.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let worker = loop {
+        let now = job(&mut admin_a).await;
+        if !now.worker.is_empty() {
+            break now.worker;
+        }
+        assert!(Instant::now() < deadline, "no node took the job: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pid: u32 = worker.split('-').next().and_then(|p| p.parse().ok()).expect("a pid in the worker id");
+    let victim = nodes.iter().position(|n| n.pid() == pid).expect("the worker is one of the nodes");
+    nodes[victim].kill();
+    let survivor = &nodes[1 - victim];
+    let mut admin = AdminServiceClient::with_interceptor(survivor.channel().await, Credentials::key(OPS));
+    let done = until_done(&mut admin).await;
+    assert_eq!(state(&done), ReindexState::Ready, "{done:?}");
+    assert_eq!((done.done, done.total, done.failed), (people.len() as i64, people.len() as i64, 0), "{done:?}");
+    admin.cutover_reindex(CutoverReindexRequest {}).await.expect("CutoverReindex on the survivor");
+    let mut faces = faces_client(survivor.channel().await, ADMIN_A, None);
+    let enrolled: Vec<(String, Vec<u8>)> = people.into_iter().enumerate().map(|(i, p)| (format!("p{i}"), p)).collect();
+    each_finds_itself(&mut faces, &enrolled).await;
+}
