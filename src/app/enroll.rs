@@ -326,6 +326,11 @@ impl App {
             })
             .collect();
         let own = self.index.similarities(tenant, &staying, &embedding);
+        // The index may have changed model since the check above (another thread followed a
+        // cutover): the duplicate check and these similarities are then redone.
+        if self.model_use()?.main_id != models.main_id {
+            return Err(crate::storage::models::models_changed());
+        }
         let mut warnings = Vec::new();
         if others_ignored {
             warnings.push(OTHER_FACES_IGNORED.to_owned());

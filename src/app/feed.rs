@@ -102,15 +102,18 @@ impl IndexFeed {
         Ok(self.models().active_embedder().map(|e| e.id.clone()).unwrap_or_default())
     }
 
-    /// Follows a change of models (a models entry at `at`). The node takes the store's state
-    /// as it is now only while its active model is the index's; when it is not (this entry, or
-    /// a later one this node has not read yet, changed it; or the feed does not know whose
-    /// embeddings the index holds), the index is rebuilt from the store first, so requests never
-    /// use one model against the other's index. Returns the entry the index reflects from here
-    /// on. Called with `applying` held.
-    fn change_models(&self, store: &dyn Storage, at: u64) -> Result<u64> {
+    /// Follows a change of models (a models entry at `at`, announcing the state of
+    /// `generation`). When that is the store's state now and its active model is the index's,
+    /// the node takes it as it is. Otherwise (this entry changed the active model; the store
+    /// moved on since, perhaps through a finish that dropped a model and writes that stored
+    /// only the other; or the feed does not know whose embeddings the index holds) the index
+    /// is rebuilt from the store first, so requests never use one model against the other's
+    /// index. Returns the entry the index reflects from here on. Called with `applying` held.
+    fn change_models(&self, store: &dyn Storage, at: u64, generation: u64) -> Result<u64> {
         let state = store.model_state()?;
-        if self.index_model().as_deref() == Some(state.active_or_unnamed().id.as_str()) {
+        if state.generation == generation
+            && self.index_model().as_deref() == Some(state.active_or_unnamed().id.as_str())
+        {
             self.set_models(state);
             return Ok(at);
         }
@@ -202,8 +205,8 @@ impl IndexFeed {
             let active = self.active(store)?;
             let mut rebuilt = None;
             for entry in &entries {
-                if let Change::Models { .. } = &entry.change {
-                    rebuilt = Some(self.change_models(store, entry.seq)?);
+                if let Change::Models { generation, .. } = &entry.change {
+                    rebuilt = Some(self.change_models(store, entry.seq, *generation)?);
                     break;
                 }
                 apply(&self.index, &active, entry);

@@ -43,6 +43,15 @@ impl Worker {
     }
 }
 
+/// Aborts a task when dropped (the lease's heartbeat ends with its worker).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Marks the worker stopped when the job ends, however it ends.
 struct Running<'a>(&'a AtomicBool);
 
@@ -280,6 +289,9 @@ impl App {
             .await
         };
         let Ok(mut state) = claimed else { return Ok(()) };
+        // The lease is renewed every third of it, whatever the worker is doing (a slow face, the
+        // final comparison of a large store): it lapses only when this node stops.
+        let _heartbeat = AbortOnDrop(tokio::spawn(self.clone().renew_lease(me.clone(), lease)));
         let target = state.slots[state.to_slot].clone().ok_or_else(|| Error::bug("a reindex without a target"))?;
         let which = self.catalog.index_of(&target).ok_or_else(|| Error::Unavailable {
             message: format!("the reindex's target {target} is not configured on this node"),
@@ -317,11 +329,15 @@ impl App {
                 match self.reembed_one(&store, &tenant, face, which).await {
                     Ok(Some(embedding)) => items.push((tenant, face, embedding)),
                     Ok(None) => {} // deleted meanwhile
-                    Err(error) => {
+                    // What the original itself makes impossible (undecodable, missing) fails the
+                    // face; anything else (the store or the workers unavailable) stops this run,
+                    // and the next one resumes.
+                    Err(error @ (Error::InvalidArgument { .. } | Error::Internal { .. })) => {
                         tracing::warn!(%error, face = %face, "a face could not be re-embedded");
                         failed += 1;
                         failed_here.insert((tenant, face));
                     }
+                    Err(error) => return Err(error),
                 }
                 // Keep to the share: wait (1/share - 1) times what the face took.
                 let pause = started.elapsed().mul_f64((1.0 / share - 1.0).max(0.0));
@@ -368,6 +384,34 @@ impl App {
             .await?;
         tracing::info!(done = done.done, failed = done.failed, top1_agreement = agreement, state = ?done.state, "reindex re-embedding finished");
         Ok(())
+    }
+
+    /// Renews `worker`'s lease every third of `lease` until aborted, or until the job is no
+    /// longer this worker's.
+    async fn renew_lease(self, worker: String, lease: Duration) {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let Ok(store) = self.store() else { continue };
+            let Ok(model) = self
+                .reindex_state()
+                .await
+                .and_then(|s| s.slots[s.to_slot].as_ref().map(|e| e.id.clone()).ok_or_else(|| Error::bug("no target")))
+            else {
+                return;
+            };
+            let (worker, until) = (worker.clone(), SystemTime::now() + lease);
+            let held = self.reindex.hold_writes().await;
+            let renewed = blocking(move || {
+                let _held = held;
+                store.put_reindexed(&model, &worker, &[], 0, until)
+            })
+            .await;
+            match renewed {
+                Ok(_) => {}
+                Err(e) if crate::storage::models::is_models_changed(&e) => return,
+                Err(error) => tracing::warn!(%error, "renewing the reindex lease failed"),
+            }
+        }
     }
 
     /// The candidate's embedding of one stored face from its original; `None` when the face

@@ -39,9 +39,9 @@ pub enum Change {
     },
     /// Faces were deleted.
     Removed { faces: Vec<FaceId> },
-    /// The store's models changed (models.rs); `active` is the active model from here on. The
-    /// entry's tenant means nothing.
-    Models { active: String },
+    /// The store's models changed (models.rs) to the state of `generation`; `active` is the
+    /// active model from here on. The entry's tenant means nothing.
+    Models { active: String, generation: u64 },
 }
 
 /// One entry of the change log.
@@ -195,7 +195,8 @@ pub(super) fn decode_entry(encryption: Option<&EncryptionKey>, seq: u64, value: 
     let record: pb::ChangeRecord = decode(value, "decoding a change-log entry")?;
     if let Some(pb::change_record::Change::Models(models)) = record.change {
         let tenant = Tenant::new(MODELS_TENANT).ok_or_else(|| Error::bug("the models entry's tenant"))?;
-        return Ok(LogEntry { seq, tenant, change: Change::Models { active: models.active } });
+        let change = Change::Models { active: models.active, generation: models.generation };
+        return Ok(LogEntry { seq, tenant, change });
     }
     let tenant = Tenant::new(&record.tenant).ok_or_else(|| Error::bug("a change-log entry names a bad tenant"))?;
     let change = match record.change {

@@ -283,3 +283,69 @@ mod tests {
         assert_eq!(state.place("b", &one, None).unwrap().len(), 1);
     }
 }
+
+/// The storage side of a reindex, run on each backend (sled: `reindex.rs`'s test; PostgreSQL:
+/// `postgres/tests.rs`): dual writes, the worker's fence, the slot cleared past one batch and
+/// left alone while a reindex writes it again.
+#[cfg(test)]
+pub(crate) fn exercise_reindex_storage(store: &dyn super::Storage) {
+    use super::{NewFace, Replace};
+    use crate::domain::{FaceId, Tenant, User};
+
+    let (a, b) = (
+        EmbedderRecord { id: "w600k_mbf".into(), sha256: "a".into() },
+        EmbedderRecord { id: "next".into(), sha256: "b".into() },
+    );
+    store.check_embedder(&a).unwrap();
+    let t = Tenant::new("t").unwrap();
+    let faces = 1100u64;
+    let mut ids = Vec::new();
+    for n in 0..faces / 5 {
+        let user = store.create_user(&t, User::unenrolled(&format!("u{n}"), std::time::SystemTime::now())).unwrap();
+        for i in 0..5 {
+            let id = n * 5 + i + 1;
+            let new = super::test_face(user.id, id, id as f32 * 0.001);
+            store.put_face_pending(&t, &new, Replace::Nothing, 5, None).unwrap().durable().unwrap();
+            ids.push((user.id, FaceId(id)));
+        }
+    }
+    let now = store.model_state().unwrap();
+    let mut running = now.clone();
+    running.slots[1] = Some(b.clone());
+    running.state = ReindexState::Running;
+    running.to_slot = 1;
+    running.worker = "w".into();
+    let (seq, running) = store.set_model_state(now.generation, &running, true).unwrap();
+    assert!(seq > 0, "announced in the log");
+    assert!(is_models_changed(&store.set_model_state(now.generation, &running, true).unwrap_err()), "compare-and-set");
+    // A write now needs both models.
+    let (user, _) = ids[0];
+    let mut lone: NewFace = super::test_face(user, 9_000, 0.5);
+    let error = store.put_face_pending(&t, &lone, Replace::Face(ids[0].1), 5, None).unwrap_err();
+    assert!(is_models_changed(&error), "{error}");
+    lone.other = Some(ModelEmbedding { model: "next".into(), embedding: lone.embedding.clone() });
+    store.put_face_pending(&t, &lone, Replace::Face(ids[0].1), 5, None).unwrap().durable().unwrap();
+    ids[0].1 = FaceId(9_000);
+    // The worker's writes, fenced by its id.
+    let one = Embedding::from_raw(vec![1.0; crate::domain::EMBEDDING_DIM]).unwrap();
+    let items: Vec<_> = ids[1..].iter().map(|(_, f)| (t.clone(), *f, one.clone())).collect();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    assert!(is_models_changed(&store.put_reindexed("next", "intruder", &items[..1], 0, later).unwrap_err()));
+    for chunk in items.chunks(300) {
+        store.put_reindexed("next", "w", chunk, 0, later).unwrap();
+    }
+    assert!(store.faces_without_embedding(1, None, 10).unwrap().is_empty(), "every face has both");
+    assert_eq!(store.model_state().unwrap().done, faces - 1);
+    // Cleared while a reindex writes the slot: left alone.
+    store.clear_slot(1).unwrap();
+    assert!(store.faces_without_embedding(1, None, 10).unwrap().is_empty(), "a slot in use is not cleared");
+    // Finished on the old model: the slot, more than one batch of it, is emptied.
+    let mut finished = store.model_state().unwrap();
+    finished.slots[1] = None;
+    finished.state = ReindexState::Finished;
+    store.set_model_state(running.generation, &finished, true).unwrap();
+    store.clear_slot(1).unwrap();
+    assert_eq!(store.faces_without_embedding(1, None, 2 * faces as usize).unwrap().len(), faces as usize);
+    assert!(store.faces_without_embedding(0, None, 10).unwrap().is_empty(), "the active slot is whole");
+    assert!(store.verify(5).unwrap().problems.is_empty());
+}

@@ -23,10 +23,10 @@ pub(super) fn state_from(meta_value: Option<&[u8]>, embedder: Option<EmbedderRec
 }
 
 /// The log record of a change of models.
-pub(crate) fn models_record(active: &str) -> pb::ChangeRecord {
+pub(crate) fn models_record(active: &str, generation: u64) -> pb::ChangeRecord {
     pb::ChangeRecord {
         tenant: String::new(),
-        change: Some(pb::change_record::Change::Models(pb::ModelsChanged { active: active.to_owned() })),
+        change: Some(pb::change_record::Change::Models(pb::ModelsChanged { active: active.to_owned(), generation })),
     }
 }
 
@@ -68,7 +68,7 @@ impl Store {
                         return abort(models_changed());
                     }
                     meta.insert(MODELS_KEY, value.as_slice())?;
-                    if announce { log::tx_append(log, &models_record(&active)) } else { Ok(0) }
+                    if announce { log::tx_append(log, &models_record(&active, expected + 1)) } else { Ok(0) }
                 })
                 .map_err(tx_error)?;
             self.flush()?;
@@ -169,11 +169,49 @@ impl Store {
         })
     }
 
-    /// Empties `slot` (a finished reindex drops the model no longer used). Durable on return.
+    /// Empties `slot` (a finished reindex drops the model no longer used), a thousand entries
+    /// per transaction, each checking that the models do not write the slot (a reindex started
+    /// meanwhile keeps what it stored there). Durable on return.
     pub fn clear_slot(&self, slot: usize) -> Result<()> {
+        let embedder = self.embedder()?;
+        let tree = self.slot_tree(slot);
         self.write(|| {
-            self.slot_tree(slot).clear().map_err(db_error)?;
+            loop {
+                let keys: Vec<sled::IVec> =
+                    tree.iter().keys().take(1000).collect::<std::result::Result<_, _>>().map_err(db_error)?;
+                if keys.is_empty() {
+                    break;
+                }
+                let cleared = (&self.meta, tree)
+                    .transaction(|(meta, tree)| {
+                        let state = match state_from(meta.get(MODELS_KEY)?.as_deref(), embedder.clone()) {
+                            Ok(state) => state,
+                            Err(e) => return abort(e),
+                        };
+                        if state.written_slots().iter().any(|(s, _)| *s == slot) {
+                            return Ok(false);
+                        }
+                        for key in &keys {
+                            tree.remove(key)?;
+                        }
+                        Ok(true)
+                    })
+                    .map_err(tx_error)?;
+                if !cleared {
+                    break;
+                }
+            }
             self.flush()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_reindex_writes_both_slots_fences_its_worker_and_clears_only_an_unused_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::Store::open(dir.path()).unwrap();
+        crate::storage::models::exercise_reindex_storage(&store);
     }
 }

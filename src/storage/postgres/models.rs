@@ -104,7 +104,7 @@ impl PgStore {
         write_state(&tx, &next).await?;
         let seq = if announce {
             let tenant = Tenant::new(crate::storage::log::MODELS_TENANT).ok_or_else(|| Error::bug("models tenant"))?;
-            super::log::append(&tx, &tenant, &crate::storage::reindex::models_record(&active)).await?
+            super::log::append(&tx, &tenant, &crate::storage::reindex::models_record(&active, next.generation)).await?
         } else {
             0
         };
@@ -143,10 +143,12 @@ impl PgStore {
     ) -> Result<ModelState> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_error)?;
-        // Shared: face writes go on; a change of state waits for this transaction.
+        // Shared: face writes go on; a change of state waits for this transaction. The state's
+        // row is locked: the worker's batches and its lease's heartbeat update it in turn.
         tx.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", &[&MODELS_LOCK.0, &MODELS_LOCK.1])
             .await
             .map_err(pg_error)?;
+        tx.execute("SELECT 1 FROM meta WHERE key = $1 FOR UPDATE", &[&models_key()]).await.map_err(pg_error)?;
         let mut state = read_state(&tx).await?;
         let to_model = state.slots[state.to_slot].as_ref().map(|e| e.id.as_str());
         if state.state != ReindexState::Running || to_model != Some(model) || state.worker != worker {
@@ -175,17 +177,37 @@ impl PgStore {
         Ok(state)
     }
 
-    /// Empties the slot a thousand rows per statement (no statement runs long or locks every
-    /// row; an interrupted clear is finished by the next one).
+    /// Empties the slot a thousand rows per transaction (none runs long or locks every row;
+    /// an interrupted clear is finished by the next one). Each holds the models lock
+    /// exclusively and stops when the models write the slot again (a reindex started
+    /// meanwhile keeps what it stores there).
     pub(super) async fn clear_slot(&self, slot: usize) -> Result<()> {
-        let conn = self.conn().await?;
+        let mut conn = self.conn().await?;
         let column = slot_column(slot);
         let sql = format!(
             "UPDATE faces SET {column} = ''::bytea WHERE (tenant, id) IN \
              (SELECT tenant, id FROM faces WHERE {column} <> ''::bytea LIMIT 1000)"
         );
-        while conn.execute(&sql, &[]).await.map_err(pg_error)? > 0 {}
-        Ok(())
+        // Most calls find the slot empty (every start checks): found without the lock, which
+        // face writes wait for.
+        let any = format!("SELECT EXISTS (SELECT 1 FROM faces WHERE {column} <> ''::bytea)");
+        if !conn.query_one(&any, &[]).await.map_err(pg_error)?.get::<_, bool>(0) {
+            return Ok(());
+        }
+        loop {
+            let tx = conn.transaction().await.map_err(pg_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&MODELS_LOCK.0, &MODELS_LOCK.1])
+                .await
+                .map_err(pg_error)?;
+            if read_state(&tx).await?.written_slots().iter().any(|(s, _)| *s == slot) {
+                return Ok(());
+            }
+            let cleared = tx.execute(&sql, &[]).await.map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            if cleared == 0 {
+                return Ok(());
+            }
+        }
     }
 
     pub(super) async fn for_each_slot_embedding(

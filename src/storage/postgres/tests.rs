@@ -356,3 +356,10 @@ fn lost_connections_fail_the_store_until_a_probe_and_lose_no_acknowledged_write(
     assert_eq!(entries.len() as u64, Storage::log_bounds(store.as_ref()).unwrap().head);
     assert!(Storage::verify(store.as_ref(), 5).unwrap().problems.is_empty());
 }
+
+#[test]
+fn a_reindex_writes_both_slots_fences_its_worker_and_clears_only_an_unused_slot() {
+    let db = TestDb::new();
+    let store = db.open();
+    crate::storage::models::exercise_reindex_storage(&store);
+}
