@@ -249,41 +249,6 @@ pub fn is_models_changed(error: &Error) -> bool {
     error.reason() == Reason::ModelsChanged
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn e(id: &str) -> EmbedderRecord {
-        EmbedderRecord { id: id.into(), sha256: format!("{id}-sha") }
-    }
-
-    #[test]
-    fn the_record_round_trips_and_writes_follow_the_state() {
-        let mut state = ModelState::single(e("a"));
-        assert_eq!(state.written_slots().len(), 1);
-        state.slots[1] = Some(e("b"));
-        state.state = ReindexState::Running;
-        state.to_slot = 1;
-        state.generation = 3;
-        state.start_time = Some(std::time::SystemTime::now());
-        let back = ModelState::decode(&state.encode()).unwrap();
-        assert_eq!(back.slots, state.slots);
-        assert_eq!((back.state, back.to_slot, back.generation), (ReindexState::Running, 1, 3));
-        let one = Embedding::from_raw(vec![1.0; crate::domain::EMBEDDING_DIM]).unwrap();
-        // Running: both slots are written; a write with one model only is refused.
-        assert!(is_models_changed(&state.place("a", &one, None).unwrap_err()));
-        let other = ModelEmbedding { model: "b".into(), embedding: one.clone() };
-        let placed = state.place("a", &one, Some(&other)).unwrap();
-        assert_eq!(placed.iter().map(|(s, m, _)| (*s, m.as_str())).collect::<Vec<_>>(), vec![(0, "a"), (1, "b")]);
-        // Finished on b: only b's slot, and a write by a alone is refused.
-        state.state = ReindexState::Finished;
-        state.active = 1;
-        assert_eq!(state.written_slots().len(), 1);
-        assert!(state.place("a", &one, None).is_err());
-        assert_eq!(state.place("b", &one, None).unwrap().len(), 1);
-    }
-}
-
 /// The storage side of a reindex, run on each backend (sled: `reindex.rs`'s test; PostgreSQL:
 /// `postgres/tests.rs`): dual writes, the worker's fence, the slot cleared past one batch and
 /// left alone while a reindex writes it again.
@@ -301,7 +266,7 @@ pub(crate) fn exercise_reindex_storage(store: &dyn super::Storage) {
     let faces = 1100u64;
     let mut ids = Vec::new();
     for n in 0..faces / 5 {
-        let user = store.create_user(&t, User::unenrolled(&format!("u{n}"), std::time::SystemTime::now())).unwrap();
+        let user = store.create_user(&t, User::unenrolled(format!("u{n}"), std::time::SystemTime::now())).unwrap();
         for i in 0..5 {
             let id = n * 5 + i + 1;
             let new = super::test_face(user.id, id, id as f32 * 0.001);
@@ -348,4 +313,39 @@ pub(crate) fn exercise_reindex_storage(store: &dyn super::Storage) {
     assert_eq!(store.faces_without_embedding(1, None, 2 * faces as usize).unwrap().len(), faces as usize);
     assert!(store.faces_without_embedding(0, None, 10).unwrap().is_empty(), "the active slot is whole");
     assert!(store.verify(5).unwrap().problems.is_empty());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(id: &str) -> EmbedderRecord {
+        EmbedderRecord { id: id.into(), sha256: format!("{id}-sha") }
+    }
+
+    #[test]
+    fn the_record_round_trips_and_writes_follow_the_state() {
+        let mut state = ModelState::single(e("a"));
+        assert_eq!(state.written_slots().len(), 1);
+        state.slots[1] = Some(e("b"));
+        state.state = ReindexState::Running;
+        state.to_slot = 1;
+        state.generation = 3;
+        state.start_time = Some(std::time::SystemTime::now());
+        let back = ModelState::decode(&state.encode()).unwrap();
+        assert_eq!(back.slots, state.slots);
+        assert_eq!((back.state, back.to_slot, back.generation), (ReindexState::Running, 1, 3));
+        let one = Embedding::from_raw(vec![1.0; crate::domain::EMBEDDING_DIM]).unwrap();
+        // Running: both slots are written; a write with one model only is refused.
+        assert!(is_models_changed(&state.place("a", &one, None).unwrap_err()));
+        let other = ModelEmbedding { model: "b".into(), embedding: one.clone() };
+        let placed = state.place("a", &one, Some(&other)).unwrap();
+        assert_eq!(placed.iter().map(|(s, m, _)| (*s, m.as_str())).collect::<Vec<_>>(), vec![(0, "a"), (1, "b")]);
+        // Finished on b: only b's slot, and a write by a alone is refused.
+        state.state = ReindexState::Finished;
+        state.active = 1;
+        assert_eq!(state.written_slots().len(), 1);
+        assert!(state.place("a", &one, None).is_err());
+        assert_eq!(state.place("b", &one, None).unwrap().len(), 1);
+    }
 }
