@@ -97,6 +97,17 @@ pub(super) fn decode_model_embedding(bytes: &[u8]) -> Option<(UserId, String, Em
     Some((user, model, Embedding::from_normalized(values)?))
 }
 
+/// The owner and embedding of a stored embedding value, which must be by `model` (the model of
+/// the slot it was read from; empty: a store no server recorded a model in). A value of another
+/// model in a slot (written there by hand, or swapped) is refused rather than compared.
+pub(crate) fn decode_of_model(bytes: &[u8], model: &str) -> Result<(UserId, Embedding)> {
+    let (user, stored, embedding) = decode_model_embedding(bytes).ok_or_else(|| Error::bug("malformed embedding"))?;
+    if !model.is_empty() && stored != model {
+        return Err(Error::bug("an embedding of another model than its slot's"));
+    }
+    Ok((user, embedding))
+}
+
 /// The sealed embedding value of each slot a face write stores under `state` (models.rs).
 pub(super) fn sealed_slots(
     state: &ModelState,
@@ -292,7 +303,9 @@ impl Store {
         let key = keys::face_key(tenant, id);
         let Some(bytes) = self.model_tree(model)?.get(&key).map_err(db_error)? else { return Ok(None) };
         let plain = self.unseal(keys::EMBEDDINGS, &key, &bytes)?;
-        Ok(decode_embedding(&plain).map(|(_, e)| e))
+        // An unrecorded store (storage tests) keeps any model in slot 0.
+        let expected = if self.model_state()?.unrecorded() { "" } else { model };
+        decode_of_model(&plain, expected).map(|(_, e)| Some(e))
     }
 
     /// The original image or the thumbnail of a face.
@@ -337,11 +350,12 @@ impl Store {
 
     /// Every stored embedding of every tenant in `slot` (an index rebuild).
     pub fn embeddings(&self, slot: usize) -> impl Iterator<Item = Result<StoredEmbedding>> + '_ {
-        self.slot_tree(slot).iter().map(|entry| {
+        let expected = self.model_state().ok().and_then(|s| s.slots[slot].clone()).map(|e| e.id).unwrap_or_default();
+        self.slot_tree(slot).iter().map(move |entry| {
             let (key, value) = entry.map_err(db_error)?;
             let (tenant, face) = keys::split_id_key(&key).ok_or_else(|| Error::bug("malformed embedding key"))?;
             let plain = self.unseal(keys::EMBEDDINGS, &key, &value)?;
-            let (user_id, embedding) = decode_embedding(&plain).ok_or_else(|| Error::bug("malformed embedding"))?;
+            let (user_id, embedding) = decode_of_model(&plain, &expected)?;
             Ok(StoredEmbedding { tenant, face_id: FaceId(face), user_id, embedding })
         })
     }
@@ -360,5 +374,9 @@ mod tests {
         assert_eq!(user, UserId(7));
         assert_eq!(back, e);
         assert!(decode_embedding(&bytes[..bytes.len() - 1]).is_none());
+        // Read from a slot of another model: refused.
+        assert!(decode_of_model(&bytes, "w600k_mbf").is_ok());
+        assert!(decode_of_model(&bytes, "").is_ok());
+        assert!(decode_of_model(&bytes, "edgeface_s_gamma_05").is_err());
     }
 }

@@ -8,7 +8,6 @@ use sled::IVec;
 use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
-use super::faces::decode_embedding;
 use super::files::FileKind;
 use super::records::{self, pb};
 use super::users::{TxResult, abort, tx_decode, tx_error, tx_user};
@@ -102,11 +101,13 @@ impl Store {
             })
             .map_err(tx_error)?;
         let Some((record, sealed)) = found else { return Ok(None) };
+        // An unrecorded store (storage tests) keeps any model in slot 0.
+        let expected = if self.model_state()?.unrecorded() { "" } else { model };
         let mut out = Vec::with_capacity(sealed.len());
         for (id, bytes) in sealed {
             let key = keys::face_key(tenant, id);
             let plain = self.unseal(keys::EMBEDDINGS, &key, &bytes)?;
-            let (_, embedding) = decode_embedding(&plain).ok_or_else(|| Error::bug("malformed embedding"))?;
+            let (_, embedding) = super::faces::decode_of_model(&plain, expected)?;
             out.push((id, embedding));
         }
         Ok(Some((records::user_from_record(record), out)))

@@ -8,7 +8,7 @@ use super::users::{decode, lock_user, read_user, save_user, user_id};
 use super::{PgStore, pg_error, read_snapshot, to_db};
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Result};
-use crate::storage::faces::{decode_embedding, face_removed, plan_put, sealed_slots, token_matches};
+use crate::storage::faces::{face_removed, plan_put, sealed_slots, token_matches};
 use crate::storage::records::{self, pb};
 use crate::storage::seal::{seal_with, unseal_with};
 use crate::storage::{FaceEmbeddings, NewFace, Pending, Replace, UserKey, keys, log};
@@ -151,14 +151,22 @@ impl PgStore {
         if stored.is_empty() {
             return Ok(None);
         }
-        Ok(Some(self.open_embedding(tenant, id, stored)?.1))
+        let expected = if self.model_state().await?.unrecorded() { "" } else { model };
+        Ok(Some(self.open_embedding(tenant, id, stored, expected)?.1))
     }
 
-    /// The owner and embedding of a stored (sealed) embedding value.
-    pub(super) fn open_embedding(&self, tenant: &Tenant, id: FaceId, stored: &[u8]) -> Result<(UserId, Embedding)> {
+    /// The owner and embedding of a stored (sealed) embedding value read from the slot of
+    /// `model` (empty: any; see `decode_of_model`).
+    pub(super) fn open_embedding(
+        &self,
+        tenant: &Tenant,
+        id: FaceId,
+        stored: &[u8],
+        model: &str,
+    ) -> Result<(UserId, Embedding)> {
         let key = keys::face_key(tenant, id);
         let plain = unseal_with(self.encryption.as_ref(), keys::EMBEDDINGS, &key, stored)?;
-        decode_embedding(&plain).ok_or_else(|| Error::bug("malformed embedding"))
+        crate::storage::faces::decode_of_model(&plain, model)
     }
 
     pub(super) async fn face_with_image(
@@ -221,10 +229,11 @@ impl PgStore {
         model: &str,
     ) -> Result<Option<(User, FaceEmbeddings)>> {
         let column = self.model_column(model).await?;
+        let expected = if self.model_state().await?.unrecorded() { "" } else { model };
         let Some((record, rows)) = self.user_with_rows(tenant, key, column).await? else { return Ok(None) };
         let embeddings = rows
             .iter()
-            .map(|(id, bytes)| Ok((*id, self.open_embedding(tenant, *id, bytes)?.1)))
+            .map(|(id, bytes)| Ok((*id, self.open_embedding(tenant, *id, bytes, expected)?.1)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Some((records::user_from_record(record), embeddings)))
     }

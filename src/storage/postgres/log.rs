@@ -240,7 +240,7 @@ impl PgStore {
             for row in &rows {
                 let tenant = Tenant::new(row.get(0)).ok_or_else(|| Error::bug("a face row names a bad tenant"))?;
                 let face_id = FaceId(from_db(row.get(1)));
-                let (user_id, embedding) = self.open_embedding(&tenant, face_id, row.get(2))?;
+                let (user_id, embedding) = self.open_embedding(&tenant, face_id, row.get(2), &model.id)?;
                 each(StoredEmbedding { tenant, face_id, user_id, embedding })?;
             }
             if rows.len() < SCAN_BATCH as usize {

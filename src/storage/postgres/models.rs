@@ -218,6 +218,7 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let tx = super::read_snapshot(&mut conn).await?;
         let column = slot_column(slot);
+        let expected = read_state(&tx).await?.slots[slot].clone().map(|e| e.id).unwrap_or_default();
         let sql = format!("SELECT tenant, id, {column} FROM faces WHERE {column} <> ''::bytea");
         let portal = tx.bind(sql.as_str(), &[]).await.map_err(pg_error)?;
         loop {
@@ -225,7 +226,7 @@ impl PgStore {
             for row in &rows {
                 let tenant = Tenant::new(row.get(0)).ok_or_else(|| Error::bug("a face row names a bad tenant"))?;
                 let face_id = FaceId(from_db(row.get(1)));
-                let (user_id, embedding) = self.open_embedding(&tenant, face_id, row.get(2))?;
+                let (user_id, embedding) = self.open_embedding(&tenant, face_id, row.get(2), &expected)?;
                 each(crate::storage::StoredEmbedding { tenant, face_id, user_id, embedding })?;
             }
             if rows.len() < 1024 {
