@@ -231,8 +231,7 @@ impl App {
     ) -> Result<EnrollOutcome> {
         match self.enroll_once(tenant, uploaded_by, user_id, upload.clone(), replace, token).await {
             Err(e) if crate::storage::models::is_models_changed(&e) => {
-                let (store, feed) = (self.store()?, self.feed.clone());
-                blocking(move || feed.catch_up(store.as_ref())).await?;
+                self.catch_up().await?;
                 self.enroll_once(tenant, uploaded_by, user_id, upload, replace, token).await
             }
             done => done,
@@ -272,8 +271,7 @@ impl App {
         // goes away (the guard moves into the blocking task, which always runs to the end).
         let writes = self.lock_tenant_writes(tenant).await?;
         // The index must hold every committed face of the tenant before the duplicate check.
-        let (store, feed) = (self.store()?, self.feed.clone());
-        blocking(move || feed.catch_up(store.as_ref())).await?;
+        self.catch_up().await?;
         // The duplicate check compares with the index: of the model the face was embedded by.
         if self.model_use()?.main_id != models.main_id {
             return Err(crate::storage::models::models_changed());

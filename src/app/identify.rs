@@ -127,8 +127,7 @@ impl App {
             // The store stopped keeping the model this node used (a reindex finished on another
             // node before this one read its entry): once more with the models of now.
             Err(e) if crate::storage::models::is_models_changed(&e) => {
-                let (store, feed) = (self.store()?, self.feed.clone());
-                blocking(move || feed.catch_up(store.as_ref())).await?;
+                self.catch_up().await?;
                 self.verify_face_once(caller, user, image).await
             }
             done => done,

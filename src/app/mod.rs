@@ -379,6 +379,13 @@ impl App {
         Ok(WriteLock { _shared: shared, _local: local })
     }
 
+    /// Applies every change-log entry committed so far to this node's index (and follows any
+    /// change of models among them).
+    pub(crate) async fn catch_up(&self) -> Result<u64> {
+        let (store, feed) = (self.store()?, self.feed.clone());
+        blocking(move || feed.catch_up(store.as_ref())).await
+    }
+
     /// Resolves a user reference in the caller's tenant.
     async fn resolve_user(&self, tenant: &Tenant, user: &UserRef) -> Result<User> {
         let (store, tenant, user) = (self.store()?, tenant.clone(), user.clone());

@@ -291,8 +291,8 @@ impl App {
         let Ok(mut state) = claimed else { return Ok(()) };
         // The lease is renewed every third of it, whatever the worker is doing (a slow face, the
         // final comparison of a large store): it lapses only when this node stops.
-        let _heartbeat = AbortOnDrop(tokio::spawn(self.clone().renew_lease(me.clone(), lease)));
         let target = state.slots[state.to_slot].clone().ok_or_else(|| Error::bug("a reindex without a target"))?;
+        let _heartbeat = AbortOnDrop(tokio::spawn(self.clone().renew_lease(target.id.clone(), me.clone(), lease)));
         let which = self.catalog.index_of(&target).ok_or_else(|| Error::Unavailable {
             message: format!("the reindex's target {target} is not configured on this node"),
         })?;
@@ -386,19 +386,13 @@ impl App {
         Ok(())
     }
 
-    /// Renews `worker`'s lease every third of `lease` until aborted, or until the job is no
-    /// longer this worker's.
-    async fn renew_lease(self, worker: String, lease: Duration) {
+    /// Renews `worker`'s lease of the reindex to `model` every third of `lease` until aborted,
+    /// or until the job is no longer this worker's.
+    async fn renew_lease(self, model: String, worker: String, lease: Duration) {
         loop {
             tokio::time::sleep(lease / 3).await;
             let Ok(store) = self.store() else { continue };
-            let Ok(model) = self
-                .reindex_state()
-                .await
-                .and_then(|s| s.slots[s.to_slot].as_ref().map(|e| e.id.clone()).ok_or_else(|| Error::bug("no target")))
-            else {
-                return;
-            };
+            let model = model.clone();
             let (worker, until) = (worker.clone(), SystemTime::now() + lease);
             let held = self.reindex.hold_writes().await;
             let renewed = blocking(move || {

@@ -301,10 +301,9 @@ impl Store {
     /// The stored embedding of a face by `model` (MODELS_CHANGED when the store keeps none).
     pub fn face_embedding(&self, tenant: &Tenant, id: FaceId, model: &str) -> Result<Option<Embedding>> {
         let key = keys::face_key(tenant, id);
-        let Some(bytes) = self.model_tree(model)?.get(&key).map_err(db_error)? else { return Ok(None) };
+        let (tree, expected) = self.model_tree(model)?;
+        let Some(bytes) = tree.get(&key).map_err(db_error)? else { return Ok(None) };
         let plain = self.unseal(keys::EMBEDDINGS, &key, &bytes)?;
-        // An unrecorded store (storage tests) keeps any model in slot 0.
-        let expected = if self.model_state()?.unrecorded() { "" } else { model };
         decode_of_model(&plain, expected).map(|(_, e)| Some(e))
     }
 

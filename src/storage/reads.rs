@@ -87,7 +87,8 @@ impl Store {
         key: UserKey<'_>,
         model: &str,
     ) -> Result<Option<(User, FaceEmbeddings)>> {
-        let found = (&self.external_ids, &self.users, self.model_tree(model)?)
+        let (tree, expected) = self.model_tree(model)?;
+        let found = (&self.external_ids, &self.users, tree)
             .transaction(|(external, users, embeddings)| {
                 let Some(record) = tx_find_user(external, users, tenant, key)? else { return Ok(None) };
                 let mut sealed: Vec<(FaceId, IVec)> = Vec::with_capacity(record.face_ids.len());
@@ -101,8 +102,6 @@ impl Store {
             })
             .map_err(tx_error)?;
         let Some((record, sealed)) = found else { return Ok(None) };
-        // An unrecorded store (storage tests) keeps any model in slot 0.
-        let expected = if self.model_state()?.unrecorded() { "" } else { model };
         let mut out = Vec::with_capacity(sealed.len());
         for (id, bytes) in sealed {
             let key = keys::face_key(tenant, id);

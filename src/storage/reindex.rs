@@ -42,10 +42,12 @@ impl Store {
         if slot == 1 { &self.embeddings_1 } else { &self.embeddings }
     }
 
-    /// The tree holding `model`'s embeddings; MODELS_CHANGED when the store keeps none of it.
-    pub(super) fn model_tree(&self, model: &str) -> Result<&sled::Tree> {
+    /// The tree holding `model`'s embeddings, and the model its values must name (empty in a
+    /// store that records none: any); MODELS_CHANGED when the store keeps none of it.
+    pub(super) fn model_tree<'m>(&self, model: &'m str) -> Result<(&sled::Tree, &'m str)> {
         let state = self.model_state()?;
-        state.slot_of(model).map(|slot| self.slot_tree(slot)).ok_or_else(models_changed)
+        let slot = state.slot_of(model).ok_or_else(models_changed)?;
+        Ok((self.slot_tree(slot), if state.unrecorded() { "" } else { model }))
     }
 
     /// Replaces the state if its generation is still `expected` (else MODELS_CHANGED), with the

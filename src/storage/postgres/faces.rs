@@ -142,7 +142,7 @@ impl PgStore {
     }
 
     pub(super) async fn face_embedding(&self, tenant: &Tenant, id: FaceId, model: &str) -> Result<Option<Embedding>> {
-        let column = self.model_column(model).await?;
+        let (column, expected) = self.model_column(model).await?;
         let conn = self.conn().await?;
         let sql = format!("SELECT {column} FROM faces WHERE tenant = $1 AND id = $2");
         let row = conn.query_opt(&sql, &[&tenant.as_str(), &to_db(id.0)]).await.map_err(pg_error)?;
@@ -151,7 +151,6 @@ impl PgStore {
         if stored.is_empty() {
             return Ok(None);
         }
-        let expected = if self.model_state().await?.unrecorded() { "" } else { model };
         Ok(Some(self.open_embedding(tenant, id, stored, expected)?.1))
     }
 
@@ -228,8 +227,7 @@ impl PgStore {
         key: UserKey<'_>,
         model: &str,
     ) -> Result<Option<(User, FaceEmbeddings)>> {
-        let column = self.model_column(model).await?;
-        let expected = if self.model_state().await?.unrecorded() { "" } else { model };
+        let (column, expected) = self.model_column(model).await?;
         let Some((record, rows)) = self.user_with_rows(tenant, key, column).await? else { return Ok(None) };
         let embeddings = rows
             .iter()

@@ -34,9 +34,9 @@ fn embedder_key() -> String {
     String::from_utf8_lossy(keys::EMBEDDER_KEY).into_owned()
 }
 
-/// The state as `tx` sees it.
-pub(super) async fn read_state(tx: &Transaction<'_>) -> Result<ModelState> {
-    let rows = tx
+/// The state as `client` (a connection, or a transaction) sees it.
+pub(super) async fn read_state(client: &impl tokio_postgres::GenericClient) -> Result<ModelState> {
+    let rows = client
         .query("SELECT key, value FROM meta WHERE key = $1 OR key = $2", &[&models_key(), &embedder_key()])
         .await
         .map_err(pg_error)?;
@@ -77,11 +77,7 @@ async fn write_state(tx: &Transaction<'_>, state: &ModelState) -> Result<()> {
 
 impl PgStore {
     pub(super) async fn model_state(&self) -> Result<ModelState> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(pg_error)?;
-        let state = read_state(&tx).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(state)
+        read_state(&*self.conn().await?).await
     }
 
     pub(super) async fn set_model_state(
@@ -243,9 +239,11 @@ impl PgStore {
         Ok(n as u64)
     }
 
-    /// The column of `model`'s embeddings (MODELS_CHANGED when the store keeps none).
-    pub(super) async fn model_column(&self, model: &str) -> Result<&'static str> {
+    /// The column of `model`'s embeddings, and the model its values must name (empty in a
+    /// store that records none: any); MODELS_CHANGED when the store keeps none of it.
+    pub(super) async fn model_column<'m>(&self, model: &'m str) -> Result<(&'static str, &'m str)> {
         let state = self.model_state().await?;
-        state.slot_of(model).map(slot_column).ok_or_else(models_changed)
+        let slot = state.slot_of(model).ok_or_else(models_changed)?;
+        Ok((slot_column(slot), if state.unrecorded() { "" } else { model }))
     }
 }
