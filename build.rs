@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// facevault.v1 messages whose Debug src/grpc/redact.rs writes by hand.
-const REDACTED: [&str; 10] = [
+const REDACTED: [&str; 11] = [
     "DetectFacesRequest",
     "UploadFaceRequest",
     "UpdateFaceRequest",
@@ -15,6 +15,7 @@ const REDACTED: [&str; 10] = [
     "UploadFaceResponse",
     "UpdateFaceResponse",
     "DetectedFace",
+    "ImportItem",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    println!("cargo:rerun-if-changed=proto/google/rpc/status.proto");
     println!("cargo:rerun-if-env-changed=PROTOC");
     if std::env::var_os("PROTOC").is_none() {
         // SAFETY: build scripts are single-threaded; nothing else reads the environment here.
@@ -40,6 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("facevault_descriptor.bin"))
         .bytes(".facevault.v1")
+        // Maps encode in key order: a request's fingerprint (app/requests.rs) is its encoding.
+        .btree_map(".facevault.v1")
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .skip_debug(REDACTED.map(|m| format!(".facevault.v1.{m}")))
         .compile_protos(&protos.map(PathBuf::from), &[PathBuf::from("proto"), include.clone()])?;
     let records = "proto/facevault/storage/v1/records.proto";

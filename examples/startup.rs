@@ -50,7 +50,7 @@ fn fill(store: &Store, tenant: &Tenant, from: usize, n: usize) -> facevault::Res
     for i in from..from + n {
         let now = SystemTime::now();
         let user = User::unenrolled(format!("user-{i}"), now);
-        let user = store.create_user(tenant, user)?;
+        let user = store.create_user(tenant, user, None)?;
         let raw = (0..EMBEDDING_DIM).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
         let face = Face {
             id: FaceId(next().max(1)),

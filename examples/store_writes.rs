@@ -15,7 +15,8 @@ use facevault::storage::{NewFace, Replace, Store};
 /// has five); the latency of each.
 fn writer(store: &Store, tenant: &Tenant, seed: u64, writes: usize) -> Vec<Duration> {
     let mut state = seed;
-    let owner = store.create_user(tenant, User::unenrolled(format!("writer-{seed}"), SystemTime::now())).expect("user");
+    let owner =
+        store.create_user(tenant, User::unenrolled(format!("writer-{seed}"), SystemTime::now()), None).expect("user");
     let (original, thumbnail) = (vec![0x5Au8; 150 * 1024], vec![0xA5u8; 20 * 1024]);
     (0..writes)
         .map(|i| {

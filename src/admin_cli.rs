@@ -17,8 +17,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::grpc::pb;
 use crate::grpc::pb::admin_service_client::AdminServiceClient;
@@ -79,20 +77,7 @@ enum Action {
     Finish,
 }
 
-type Client = AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, ApiKey>>;
-
-/// Sends the API key with every call.
-#[derive(Clone)]
-struct ApiKey(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for ApiKey {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(key) = &self.0 {
-            request.metadata_mut().insert("x-api-key", key.clone());
-        }
-        Ok(request)
-    }
-}
+type Client = AdminServiceClient<crate::cli_client::Authed>;
 
 /// A failure, with the exit code it maps to.
 struct Failure {
@@ -102,8 +87,7 @@ struct Failure {
 
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
-        use tonic_types::StatusExt;
-        let reason = status.get_error_details().error_info().map(|info| info.reason.clone()).unwrap_or_default();
+        let reason = crate::cli_client::reason_of(&status);
         let code = if status.code() == tonic::Code::FailedPrecondition {
             3
         } else if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) {
@@ -120,19 +104,9 @@ fn failure(message: impl Into<String>) -> Failure {
 }
 
 async fn connect(args: &AdminArgs) -> Result<Client, Failure> {
-    let mut endpoint = Endpoint::from_shared(args.server.clone()).map_err(|e| failure(format!("--server: {e}")))?;
-    if let Some(ca) = &args.ca_cert {
-        let pem = std::fs::read(ca).map_err(|e| failure(format!("--ca-cert {}: {e}", ca.display())))?;
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            .map_err(|e| failure(format!("TLS: {e}")))?;
-    }
-    let channel = endpoint.connect().await.map_err(|e| failure(format!("cannot reach {}: {e}", args.server)))?;
-    let key = match &args.api_key {
-        Some(key) => Some(MetadataValue::try_from(key.as_str()).map_err(|_| failure("--api-key is not ASCII"))?),
-        None => None,
-    };
-    Ok(AdminServiceClient::with_interceptor(channel, ApiKey(key)))
+    let (channel, key) =
+        crate::cli_client::connect(&args.server, args.api_key.as_deref(), args.ca_cert.as_deref()).await.map_err(failure)?;
+    Ok(AdminServiceClient::with_interceptor(channel, key))
 }
 
 fn state_name(job: &pb::ReindexJob) -> &'static str {
@@ -181,8 +155,7 @@ fn progress_line(job: &pb::ReindexJob, rate: f64) -> String {
     let share = (job.done as f64 / total).clamp(0.0, 1.0);
     let filled = (share * WIDTH as f64).round() as usize;
     let eta = if rate > 0.0 {
-        let secs = ((job.total - job.done).max(0) as f64 / rate) as u64;
-        format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+        crate::cli_client::clock(((job.total - job.done).max(0) as f64 / rate) as u64)
     } else {
         "--:--:--".to_owned()
     };

@@ -302,6 +302,18 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_REENROLLMENT_TOKEN_TTL", default_value_t = 86_400)]
     pub reenrollment_token_ttl: u64,
 
+    /// How long a write's request_id is remembered, seconds (1 to 31622400): a retry within it
+    /// gets the first call's response and writes nothing; after it the id is free again.
+    /// Expired records are purged within a minute.
+    #[arg(long, env = "FACEVAULT_REQUEST_ID_TTL", default_value_t = 86_400)]
+    pub request_id_ttl: u64,
+
+    /// ImportFaces items one stream works on at once (1 to 1024); 0: four per inference worker.
+    /// The server reads no further items meanwhile, so a faster sender is slowed by HTTP/2 flow
+    /// control.
+    #[arg(long, env = "FACEVAULT_IMPORT_MAX_IN_FLIGHT", default_value_t = 0)]
+    pub import_max_in_flight: usize,
+
     /// TLS certificate chain (PEM) for the gRPC listener; with --tls-key, the listener speaks
     /// only TLS (rustls). Unset: plaintext, for a trusted network or a TLS-terminating proxy.
     #[arg(long, env = "FACEVAULT_TLS_CERT", requires = "tls_key")]
@@ -510,6 +522,8 @@ impl Config {
             }
         };
         count("reenrollment-token-ttl", self.reenrollment_token_ttl, 1, MAX_TOKEN_TTL_S)?;
+        count("request-id-ttl", self.request_id_ttl, 1, MAX_TOKEN_TTL_S)?;
+        count("import-max-in-flight", self.import_max_in_flight as u64, 0, 1024)?;
         count("drain-timeout", self.drain_timeout, 0, MAX_DRAIN_TIMEOUT_S)?;
         count("max-image-bytes", self.max_image_bytes as u64, 1, MAX_IMAGE_BYTES as u64)?;
         count("max-image-dimension", u64::from(self.max_image_dimension), 1, 65_535)?;

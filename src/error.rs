@@ -59,6 +59,10 @@ pub enum Reason {
     ReindexNotReady,
     ReindexNotCutOver,
     ModelsChanged,
+    RequestIdInvalid,
+    RequestIdReused,
+    RequestIdInFlight,
+    ItemIdInvalid,
 }
 
 impl Reason {
@@ -111,6 +115,10 @@ impl Reason {
             Reason::ReindexNotReady => "REINDEX_NOT_READY",
             Reason::ReindexNotCutOver => "REINDEX_NOT_CUT_OVER",
             Reason::ModelsChanged => "MODELS_CHANGED",
+            Reason::RequestIdInvalid => "REQUEST_ID_INVALID",
+            Reason::RequestIdReused => "REQUEST_ID_REUSED",
+            Reason::RequestIdInFlight => "REQUEST_ID_IN_FLIGHT",
+            Reason::ItemIdInvalid => "ITEM_ID_INVALID",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod admin_cli;
 pub mod app;
+pub mod cli_client;
 pub mod config;
 mod connections;
 pub mod domain;
@@ -113,6 +114,7 @@ pub async fn serve_with_slot(
         }));
     }
     let purge = tokio::spawn(app.clone().purge_tokens_periodically());
+    let purge_requests = tokio::spawn(app.clone().purge_requests_periodically());
     let follow = tokio::spawn(app.clone().follow_log_periodically(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_millis(config.postgres_poll_ms),
@@ -125,6 +127,7 @@ pub async fn serve_with_slot(
     let recover = tokio::spawn(app.clone().recover_periodically(std::time::Duration::from_secs(1)));
     stop.await;
     purge.abort();
+    purge_requests.abort();
     follow.abort();
     reindex.abort();
     watch.abort();

@@ -60,6 +60,24 @@ fn with_registry(f: impl FnOnce(&mut Registry)) {
     f(&mut guard);
 }
 
+/// Writes answered from a request id's record instead of being written again.
+static REPLAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// ImportFaces items by outcome: CREATED, ADDED, REPLAYED, FAILED.
+static IMPORT_ITEMS: [std::sync::atomic::AtomicU64; 4] = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
+const IMPORT_OUTCOMES: [&str; 4] = ["CREATED", "ADDED", "REPLAYED", "FAILED"];
+
+/// Counts one replayed write (a request id seen before).
+pub fn record_replay() {
+    REPLAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts one finished ImportFaces item by its outcome (the ImportOutcome value, 0-3).
+pub fn record_import_item(outcome: usize) {
+    if let Some(counter) = IMPORT_ITEMS.get(outcome) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Records one finished rpc.
 pub fn record_rpc(rpc: &'static str, code: &'static str, elapsed: Duration) {
     with_registry(|r| r.rpcs.entry((rpc, code)).or_default().observe(elapsed.as_secs_f64()));
@@ -116,6 +134,15 @@ pub fn render(gauges: &Gauges, tenant_labels: bool) -> String {
                 "facevault_inference_backend_info{{model=\"{model}\",backend=\"{name}\",precision=\"{precision}\"}} 1"
             );
         }
+    }
+    out.push_str("# HELP facevault_request_replays_total Writes answered from their request_id's record.\n");
+    out.push_str("# TYPE facevault_request_replays_total counter\n");
+    let _ = writeln!(out, "facevault_request_replays_total {}", REPLAYS.load(std::sync::atomic::Ordering::Relaxed));
+    out.push_str("# HELP facevault_import_items_total ImportFaces items finished, by outcome.\n");
+    out.push_str("# TYPE facevault_import_items_total counter\n");
+    for (name, counter) in IMPORT_OUTCOMES.iter().zip(&IMPORT_ITEMS) {
+        let n = counter.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "facevault_import_items_total{{outcome=\"{name}\"}} {n}");
     }
     out.push_str("# HELP facevault_token_buckets Rate-limit buckets held for re-enrollment tokens.\n");
     out.push_str("# TYPE facevault_token_buckets gauge\n");

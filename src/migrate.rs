@@ -338,7 +338,8 @@ mod tests {
             let mut next_face = 1;
             let mut users = Vec::new();
             for i in 0..7 {
-                let user = store.create_user(t, User::unenrolled(format!("user-{i}"), SystemTime::now())).unwrap();
+                let user =
+                    store.create_user(t, User::unenrolled(format!("user-{i}"), SystemTime::now()), None).unwrap();
                 for _ in 0..i % 3 {
                     let face = crate::storage::test_face(user.id, next_face, next_face as f32 * 0.01);
                     store.put_face(t, &face, Replace::Nothing, 5, None).unwrap();
@@ -354,7 +355,7 @@ mod tests {
             let expired = TokenGrant { hash: [n as u8 + 11; 32], expires_at: SystemTime::now() };
             for (user, grant) in [(users[1].id, live), (users[3].id, expired)] {
                 let patch = UserPatch { reenrollment: Some(grant), ..UserPatch::default() };
-                store.update_user(t, user, None, &patch).unwrap();
+                store.update_user(t, user, None, &patch, None).unwrap();
             }
             hashes.push(hash);
         }
@@ -465,7 +466,7 @@ mod tests {
         let t = &tenants()[0];
         let user = source.find_user(t, UserKey::External("user-0")).unwrap().unwrap();
         let face = crate::storage::test_face(user.id, 500, 0.5);
-        let pending = target.put_face_pending(t, &face, Replace::Nothing, 5, None).unwrap();
+        let pending = target.put_face_pending(t, &face, Replace::Nothing, 5, None, None).unwrap();
         assert_eq!(pending.seq(), 1);
         drop(source);
 
@@ -482,13 +483,14 @@ mod tests {
         // A target whose user holds an external id of the source under another id.
         let other_db = TestDb::new();
         let other_target = PgStore::open(&other_db.options(), None).unwrap();
-        Storage::create_user(&other_target, t, User::unenrolled("user-3", SystemTime::now())).unwrap();
+        Storage::create_user(&other_target, t, User::unenrolled("user-3", SystemTime::now()), None).unwrap();
         let refused = migrate(&self::args(dir.path(), &other_db, None)).unwrap_err().to_string();
         assert!(refused.contains("external id"), "{refused}");
         // Extra data on the target shows in the comparison: exit code 1.
         let extra_db = TestDb::new();
         let extra = PgStore::open(&extra_db.options(), None).unwrap();
-        Storage::create_user(&extra, &Tenant::new("gamma").unwrap(), User::unenrolled("x", SystemTime::now())).unwrap();
+        Storage::create_user(&extra, &Tenant::new("gamma").unwrap(), User::unenrolled("x", SystemTime::now()), None)
+            .unwrap();
         let outcome = migrate(&self::args(dir.path(), &extra_db, None)).unwrap();
         assert_eq!(outcome.differing(), Some(1));
         assert_eq!(exit_code(&["--from-data-dir", data_dir, "--to-postgres", &extra_db.url]), exit_code_of(1));
@@ -571,7 +573,8 @@ mod tests {
                 (0..len).map(|_| (crate::search::sketch::splitmix64(&mut state) >> 56) as u8).collect::<Vec<u8>>()
             };
             for i in 0..2000u64 {
-                let user = store.create_user(t, User::unenrolled(format!("user-{i}"), SystemTime::now())).unwrap();
+                let user =
+                    store.create_user(t, User::unenrolled(format!("user-{i}"), SystemTime::now()), None).unwrap();
                 for f in 0..2 {
                     let id = i * 2 + f + 1;
                     let mut face = crate::storage::test_face(user.id, id, id as f32 * 0.001);

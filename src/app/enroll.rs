@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::requests::{Idempotency, Written, stamped};
 use super::tokens::{TokenHolder, invalid_token};
 use super::{App, UserRef, blocking, validate};
 use crate::domain::{
@@ -45,6 +46,17 @@ pub struct EnrollOutcome {
     pub duplicates: Vec<FaceMatch>,
     pub thumbnail: Vec<u8>,
     pub warnings: Vec<String>,
+    /// The enrollment created its user (an ImportFaces item of a new external id).
+    pub created_user: bool,
+}
+
+/// What an enrollment records and spends besides the face: the request id, the re-enrollment
+/// token (its hash) it consumes, and whether its caller created the user for it.
+#[derive(Clone, Copy)]
+pub(super) struct Request<'a> {
+    pub idem: Option<&'a Idempotency<EnrollOutcome>>,
+    pub token: Option<[u8; 32]>,
+    pub created_user: bool,
 }
 
 /// Which stored image GetFaceImage returns.
@@ -171,14 +183,38 @@ impl App {
     }
 
     /// UploadFace: adds a face to an existing user.
-    pub async fn upload_face(&self, caller: &Principal, upload: FaceUpload) -> Result<EnrollOutcome> {
+    pub async fn upload_face(
+        &self,
+        caller: &Principal,
+        upload: FaceUpload,
+        idem: Option<Idempotency<EnrollOutcome>>,
+    ) -> Result<Written<EnrollOutcome>> {
         validate::comment(&upload.comment, "comment")?;
-        let user = self.resolve_user(&caller.tenant, &upload.user).await?;
-        if user.face_ids.len() >= self.settings.max_faces_per_user {
+        self.idempotent(&caller.tenant, idem.as_ref(), || async {
+            let user = self.resolve_user(&caller.tenant, &upload.user).await?;
+            self.add_face(caller, user.id, upload, idem.as_ref(), false).await
+        })
+        .await
+    }
+
+    /// Adds the uploaded face to `user` (recording `idem`; `created_user`: the caller created
+    /// the user for it).
+    pub(super) async fn add_face(
+        &self,
+        caller: &Principal,
+        user: UserId,
+        upload: FaceUpload,
+        idem: Option<&Idempotency<EnrollOutcome>>,
+        created_user: bool,
+    ) -> Result<EnrollOutcome> {
+        let (store, tenant) = (self.store()?, caller.tenant.clone());
+        let current = blocking(move || store.get_user(&tenant, user)).await?.ok_or_else(Error::user_not_found)?;
+        if current.face_ids.len() >= self.settings.max_faces_per_user {
             // Checked again inside the store transaction; this only saves the inference.
-            return Err(limit_reached(user.face_ids.len(), self.settings.max_faces_per_user));
+            return Err(limit_reached(current.face_ids.len(), self.settings.max_faces_per_user));
         }
-        self.enroll(&caller.tenant, &caller.key_name, user.id, upload, Replace::Nothing, None).await
+        let request = Request { idem, token: None, created_user };
+        self.enroll(&caller.tenant, &caller.key_name, user, upload, Replace::Nothing, request).await
     }
 
     /// UpdateFace: replaces a face (or the oldest, or enrolls the first), authorised by an API
@@ -188,8 +224,24 @@ impl App {
         credential: UpdateCredential,
         upload: FaceUpload,
         face_id: Option<&str>,
-    ) -> Result<EnrollOutcome> {
+        idem: Option<Idempotency<EnrollOutcome>>,
+    ) -> Result<Written<EnrollOutcome>> {
         validate::comment(&upload.comment, "comment")?;
+        let tenant = match &credential {
+            UpdateCredential::Key(caller) => caller.tenant.clone(),
+            UpdateCredential::Token(holder) => holder.tenant.clone(),
+        };
+        self.idempotent(&tenant, idem.as_ref(), || self.update_face_once(credential, upload, face_id, idem.as_ref()))
+            .await
+    }
+
+    async fn update_face_once(
+        &self,
+        credential: UpdateCredential,
+        upload: FaceUpload,
+        face_id: Option<&str>,
+        idem: Option<&Idempotency<EnrollOutcome>>,
+    ) -> Result<EnrollOutcome> {
         let (tenant, uploaded_by, token) = match credential {
             UpdateCredential::Key(caller) => (caller.tenant, caller.key_name, None),
             UpdateCredential::Token(holder) => (holder.tenant.clone(), "reenrollment-token".to_owned(), Some(holder)),
@@ -214,8 +266,8 @@ impl App {
                 Replace::Face(id)
             }
         };
-        let token_hash = token.map(|holder| holder.hash);
-        self.enroll(&tenant, &uploaded_by, user.id, upload, replace, token_hash).await
+        let request = Request { idem, token: token.map(|holder| holder.hash), created_user: false };
+        self.enroll(&tenant, &uploaded_by, user.id, upload, replace, request).await
     }
 
     /// Enrolls with the models of now; once more when they changed before the write committed
@@ -227,12 +279,12 @@ impl App {
         user_id: UserId,
         upload: FaceUpload,
         replace: Replace,
-        token: Option<[u8; 32]>,
+        request: Request<'_>,
     ) -> Result<EnrollOutcome> {
-        match self.enroll_once(tenant, uploaded_by, user_id, upload.clone(), replace, token).await {
+        match self.enroll_once(tenant, uploaded_by, user_id, upload.clone(), replace, request).await {
             Err(e) if crate::storage::models::is_models_changed(&e) => {
                 self.catch_up().await?;
-                self.enroll_once(tenant, uploaded_by, user_id, upload, replace, token).await
+                self.enroll_once(tenant, uploaded_by, user_id, upload, replace, request).await
             }
             done => done,
         }
@@ -245,8 +297,9 @@ impl App {
         user_id: UserId,
         upload: FaceUpload,
         replace: Replace,
-        token: Option<[u8; 32]>,
+        request: Request<'_>,
     ) -> Result<EnrollOutcome> {
+        let token = request.token;
         let models = self.model_use()?;
         let (analysis, picked, others_ignored) =
             self.analyze_for_enrollment(upload.image.clone(), upload.multiple_faces, &models).await?;
@@ -360,17 +413,36 @@ impl App {
         let (store, feed, tenant_c, max) =
             (self.store()?, self.feed.clone(), tenant.clone(), self.settings.max_faces_per_user);
         let started = std::time::Instant::now();
+        let created_user = request.created_user;
+        let outcome = move |(user, replaced): &(User, Option<FaceId>), thumbnail: Vec<u8>| EnrollOutcome {
+            face: face.clone(),
+            user: user.clone(),
+            replaced: *replaced,
+            duplicates: duplicates.clone(),
+            thumbnail,
+            warnings: warnings.clone(),
+            created_user,
+        };
+        let (idem, ttl) = (request.idem.cloned(), self.settings.request_id_ttl);
         // The write, the wait for the feed to apply it (read-your-writes) and the sync are one
         // blocking task that runs to its end even if the caller goes away. The index follows the
         // change log, not this request: whatever happens here, it equals the store.
-        let (user, replaced) = blocking(move || {
+        let written = blocking(move || {
             let _writes = writes;
-            let pending = store.put_face_pending(&tenant_c, &new, replace, max, token)?;
-            feed.finish(store.as_ref(), pending)
+            // The response recorded for a replay leaves the thumbnail out (it is stored with
+            // the face; the wire layer reads it for a replay).
+            let respond = |i: &Idempotency<EnrollOutcome>, s: &(User, Option<FaceId>)| {
+                i.recorded(Some(s.0.id), &outcome(s, Vec::new()))
+            };
+            let pending = stamped(idem.as_ref(), ttl, respond, |stamp| {
+                store.put_face_pending(&tenant_c, &new, replace, max, token, stamp)
+            })?;
+            let written = feed.finish(store.as_ref(), pending)?;
+            Ok(outcome(&written, thumbnail))
         })
         .await?;
         crate::metrics::record_stage("store", started.elapsed());
-        Ok(EnrollOutcome { face, user, replaced, duplicates, thumbnail, warnings })
+        Ok(written)
     }
 
     /// Search hits with each user's external id and the decision band.
@@ -422,17 +494,39 @@ impl App {
         .await
     }
 
-    /// Deletes a face; returns the user afterwards, once the index no longer has the face.
-    pub async fn delete_face(&self, caller: &Principal, face_id: &str) -> Result<User> {
+    /// Deletes a face; returns once the index no longer has the face.
+    pub async fn delete_face(
+        &self,
+        caller: &Principal,
+        face_id: &str,
+        idem: Option<Idempotency<()>>,
+    ) -> Result<Written<()>> {
         let id = FaceId::parse(face_id).ok_or_else(Error::face_not_found)?;
-        let writes = self.writes.lock(&caller.tenant).await;
-        let (store, feed, tenant) = (self.store()?, self.feed.clone(), caller.tenant.clone());
-        blocking(move || {
-            let _writes = writes;
-            let pending = store.delete_face_pending(&tenant, id)?;
-            feed.finish(store.as_ref(), pending)
+        self.idempotent(&caller.tenant, idem.as_ref(), || async {
+            let writes = self.writes.lock(&caller.tenant).await;
+            let (store, feed, tenant) = (self.store()?, self.feed.clone(), caller.tenant.clone());
+            let (ttl, idem) = (self.settings.request_id_ttl, idem.clone());
+            blocking(move || {
+                let _writes = writes;
+                let pending = stamped(
+                    idem.as_ref(),
+                    ttl,
+                    |i, _: &User| i.recorded(None, &()),
+                    |stamp| store.delete_face_pending(&tenant, id, stamp),
+                )?;
+                feed.finish(store.as_ref(), pending).map(|_| ())
+            })
+            .await
         })
         .await
+    }
+
+    /// The stored thumbnail of a face, empty when it is gone (a replayed enrollment's).
+    pub async fn stored_thumbnail(&self, tenant: &Tenant, face_id: &str) -> Result<Vec<u8>> {
+        let Some(id) = FaceId::parse(face_id) else { return Ok(Vec::new()) };
+        let (store, tenant) = (self.store()?, tenant.clone());
+        let found = blocking(move || store.face_with_image(&tenant, id, true)).await?;
+        Ok(found.map(|(_, data)| data).unwrap_or_default())
     }
 
     /// The stored original or thumbnail of a face.

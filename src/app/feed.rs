@@ -268,9 +268,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let t = Tenant::new("t").unwrap();
         let feed = IndexFeed::new(FaceIndex::new(), 0);
-        let a = store.create_user(&t, User::unenrolled("a", std::time::SystemTime::now())).unwrap();
-        let p1 = store.put_face_pending(&t, &new_face(a.id, 1), Replace::Nothing, 5, None).unwrap();
-        let p2 = store.put_face_pending(&t, &new_face(a.id, 2), Replace::Face(FaceId(1)), 5, None).unwrap();
+        let a = store.create_user(&t, User::unenrolled("a", std::time::SystemTime::now()), None).unwrap();
+        let p1 = store.put_face_pending(&t, &new_face(a.id, 1), Replace::Nothing, 5, None, None).unwrap();
+        let p2 = store.put_face_pending(&t, &new_face(a.id, 2), Replace::Face(FaceId(1)), 5, None, None).unwrap();
         assert_eq!((p1.seq(), p2.seq()), (1, 2), "one entry per face write, in commit order");
         // Nothing is indexed until the feed applies the log.
         assert!(feed.index.entries(&t).is_empty());
@@ -278,13 +278,13 @@ mod tests {
         assert_eq!(feed.index.entries(&t), vec![(FaceId(2), a.id)]);
         p1.durable().unwrap();
         p2.durable().unwrap();
-        let p3 = store.delete_user_pending(&t, a.id, None).unwrap();
+        let p3 = store.delete_user_pending(&t, a.id, None, None).unwrap();
         assert_eq!(feed.catch_up(&store).unwrap(), 3);
         assert!(feed.index.entries(&t).is_empty());
         p3.durable().unwrap();
         // A user without faces writes no entry.
-        let b = store.create_user(&t, User::unenrolled("b", std::time::SystemTime::now())).unwrap();
-        assert_eq!(store.delete_user_pending(&t, b.id, None).unwrap().seq(), 0);
+        let b = store.create_user(&t, User::unenrolled("b", std::time::SystemTime::now()), None).unwrap();
+        assert_eq!(store.delete_user_pending(&t, b.id, None, None).unwrap().seq(), 0);
         // Compacted entries are gone; a reader behind them is refused, one at the head is not.
         assert_eq!(store.compact_log(2).unwrap(), 2);
         assert_eq!(store.log_bounds().unwrap(), crate::storage::LogBounds { head: 3, compacted: 2 });

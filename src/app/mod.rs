@@ -7,11 +7,13 @@ mod detect;
 mod enroll;
 mod feed;
 mod identify;
+mod import;
 pub mod keys;
 pub mod models;
 mod recovery;
 mod redact;
 mod reindex;
+mod requests;
 pub mod snapshot;
 mod tokens;
 mod users;
@@ -32,7 +34,9 @@ use compute::ComputePool;
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
 pub use feed::IndexFeed;
 pub use identify::{SearchOutcome, VerifyOutcome};
+pub use import::{MAX_ITEM_ID_LEN, validate_item_id};
 pub use keys::{CallerLimits, KeyRing};
+pub use requests::{Idempotency, MAX_REQUEST_ID_LEN, Written, validate_request_id};
 pub use tokens::TokenHolder;
 pub use users::{NewUser, UserRef, UserUpdate, parse_etag};
 
@@ -42,6 +46,10 @@ pub struct Settings {
     pub max_faces_per_user: usize,
     pub min_face_size: f32,
     pub token_ttl: Duration,
+    /// `--request-id-ttl`.
+    pub request_id_ttl: Duration,
+    /// `--import-max-in-flight`, resolved (0: four per inference worker).
+    pub import_max_in_flight: usize,
     /// UpdateFace calls one re-enrollment token admits over its whole life.
     pub token_max_attempts: u32,
     pub thumbnail_size: u32,
@@ -228,6 +236,11 @@ impl App {
             max_faces_per_user: config.max_faces_per_user,
             min_face_size: config.min_face_size,
             token_ttl: Duration::from_secs(config.reenrollment_token_ttl),
+            request_id_ttl: Duration::from_secs(config.request_id_ttl),
+            import_max_in_flight: match config.import_max_in_flight {
+                0 => 4 * pool.workers().max(1),
+                n => n,
+            },
             token_max_attempts: config.token_max_attempts,
             thumbnail_size: config.thumbnail_size,
             reindex_share: config.reindex_share,

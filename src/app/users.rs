@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+use super::requests::{Idempotency, Written, stamped};
 use super::{App, blocking, validate};
 use crate::domain::{EnrollmentStatus, Principal, User, UserId};
 use crate::error::{Error, Reason, Result};
@@ -74,6 +75,12 @@ fn validate_fields(prefix: &'static str, u: &UserUpdate) -> Result<()> {
             ("user", "phone") => "user.phone",
             ("user", "address") => "user.address",
             ("user", _) => "user.metadata",
+            ("item.user", "external_id") => "item.user.external_id",
+            ("item.user", "display_name") => "item.user.display_name",
+            ("item.user", "email") => "item.user.email",
+            ("item.user", "phone") => "item.user.phone",
+            ("item.user", "address") => "item.user.address",
+            ("item.user", _) => "item.user.metadata",
             (_, "external_id") => "user_update.external_id",
             (_, "display_name") => "user_update.display_name",
             (_, "email") => "user_update.email",
@@ -101,6 +108,20 @@ fn validate_fields(prefix: &'static str, u: &UserUpdate) -> Result<()> {
         validate::metadata(v, f("metadata"))?;
     }
     Ok(())
+}
+
+/// CreateUser's validation of `new`, its fields named under `prefix` ("user" or "item.user").
+pub(super) fn validate_new_user(prefix: &'static str, new: &NewUser) -> Result<()> {
+    let as_update = UserUpdate {
+        external_id: Some(new.external_id.clone()),
+        display_name: Some(new.display_name.clone()),
+        email: Some(new.email.clone()),
+        phone: Some(new.phone.clone()),
+        address: Some(new.address.clone()),
+        metadata: Some(new.metadata.clone()),
+        ..UserUpdate::default()
+    };
+    validate_fields(prefix, &as_update)
 }
 
 /// A fresh single-use token and its stored hash.
@@ -139,17 +160,13 @@ impl App {
         }
     }
 
-    pub async fn create_user(&self, caller: &Principal, new: NewUser) -> Result<User> {
-        let as_update = UserUpdate {
-            external_id: Some(new.external_id.clone()),
-            display_name: Some(new.display_name.clone()),
-            email: Some(new.email.clone()),
-            phone: Some(new.phone.clone()),
-            address: Some(new.address.clone()),
-            metadata: Some(new.metadata.clone()),
-            ..UserUpdate::default()
-        };
-        validate_fields("user", &as_update)?;
+    pub async fn create_user(
+        &self,
+        caller: &Principal,
+        new: NewUser,
+        idem: Option<Idempotency<User>>,
+    ) -> Result<Written<User>> {
+        validate_new_user("user", &new)?;
         let now = SystemTime::now();
         let user = User {
             id: UserId(0),
@@ -165,18 +182,30 @@ impl App {
             update_time: now,
             version: 1,
         };
-        let (store, tenant) = (self.store()?, caller.tenant.clone());
-        let Some(max_users) = self.quota(&caller.tenant).max_users else {
-            return blocking(move || store.create_user(&tenant, user)).await;
-        };
-        // Counted and created under the write lock, so racing creates cannot pass the quota.
-        let writes = self.lock_tenant_writes(&caller.tenant).await?;
-        blocking(move || {
-            let _writes = writes;
-            if store.count_users(&tenant)? >= max_users {
-                return Err(Error::quota_exceeded("users", max_users));
-            }
-            store.create_user(&tenant, user)
+        self.idempotent(&caller.tenant, idem.as_ref(), || async {
+            let (store, tenant, ttl) = (self.store()?, caller.tenant.clone(), self.settings.request_id_ttl);
+            let max_users = self.quota(&caller.tenant).max_users;
+            // Counted and created under the write lock, so racing creates cannot pass the quota.
+            let writes = match max_users {
+                Some(_) => Some(self.lock_tenant_writes(&caller.tenant).await?),
+                None => None,
+            };
+            let idem = idem.clone();
+            blocking(move || {
+                let _writes = writes;
+                if let Some(max_users) = max_users
+                    && store.count_users(&tenant)? >= max_users
+                {
+                    return Err(Error::quota_exceeded("users", max_users));
+                }
+                stamped(
+                    idem.as_ref(),
+                    ttl,
+                    |i, u: &User| i.recorded(Some(u.id), u),
+                    |stamp| store.create_user(&tenant, user, stamp),
+                )
+            })
+            .await
         })
         .await
     }
@@ -191,8 +220,20 @@ impl App {
         caller: &Principal,
         user: &UserRef,
         update: UserUpdate,
-    ) -> Result<(User, Option<String>)> {
+        idem: Option<Idempotency<(User, Option<String>)>>,
+    ) -> Result<Written<(User, Option<String>)>> {
         validate_fields("user_update", &update)?;
+        self.idempotent(&caller.tenant, idem.as_ref(), || self.update_user_once(caller, user, update, idem.clone()))
+            .await
+    }
+
+    async fn update_user_once(
+        &self,
+        caller: &Principal,
+        user: &UserRef,
+        update: UserUpdate,
+        idem: Option<Idempotency<(User, Option<String>)>>,
+    ) -> Result<(User, Option<String>)> {
         let current = self.resolve_user(&caller.tenant, user).await?;
         let token = if update.require_face_reenrollment { Some(new_token()?) } else { None };
         let patch = UserPatch {
@@ -207,19 +248,51 @@ impl App {
                 .map(|(_, hash)| TokenGrant { hash: *hash, expires_at: SystemTime::now() + self.settings.token_ttl }),
         };
         let (store, tenant, expected) = (self.store()?, caller.tenant.clone(), update.expected_version);
-        let updated = blocking(move || store.update_user(&tenant, current.id, expected, &patch)).await?;
-        Ok((updated, token.map(|(t, _)| t)))
+        let ttl = self.settings.request_id_ttl;
+        // A recorded response names the user: written under the tenant's lock, so a DeleteUser
+        // erasing the user's records cannot miss one written meanwhile.
+        let writes = match idem {
+            Some(_) => Some(self.writes.lock(&caller.tenant).await),
+            None => None,
+        };
+        let token = token.map(|(t, _)| t);
+        let issued = token.clone();
+        let updated = blocking(move || {
+            let _writes = writes;
+            // The token is kept only as its hash: a replay returns the user without it.
+            let respond = |i: &Idempotency<_>, u: &User| i.recorded(Some(u.id), &(u.clone(), None));
+            stamped(idem.as_ref(), ttl, respond, |stamp| {
+                store.update_user(&tenant, current.id, expected, &patch, stamp)
+            })
+        })
+        .await?;
+        Ok((updated, issued))
     }
 
     /// Erases the user with all faces; returns once the index no longer has them.
-    pub async fn delete_user(&self, caller: &Principal, user: &UserRef, expected_version: Option<u64>) -> Result<()> {
-        let current = self.resolve_user(&caller.tenant, user).await?;
-        let writes = self.writes.lock(&caller.tenant).await;
-        let (store, feed, tenant) = (self.store()?, self.feed.clone(), caller.tenant.clone());
-        blocking(move || {
-            let _writes = writes;
-            let pending = store.delete_user_pending(&tenant, current.id, expected_version)?;
-            feed.finish(store.as_ref(), pending).map(|_| ())
+    pub async fn delete_user(
+        &self,
+        caller: &Principal,
+        user: &UserRef,
+        expected_version: Option<u64>,
+        idem: Option<Idempotency<()>>,
+    ) -> Result<Written<()>> {
+        self.idempotent(&caller.tenant, idem.as_ref(), || async {
+            let current = self.resolve_user(&caller.tenant, user).await?;
+            let writes = self.writes.lock(&caller.tenant).await;
+            let (store, feed, tenant) = (self.store()?, self.feed.clone(), caller.tenant.clone());
+            let (ttl, idem) = (self.settings.request_id_ttl, idem.clone());
+            blocking(move || {
+                let _writes = writes;
+                let pending = stamped(
+                    idem.as_ref(),
+                    ttl,
+                    |i, _: &Vec<_>| i.recorded(None, &()),
+                    |stamp| store.delete_user_pending(&tenant, current.id, expected_version, stamp),
+                )?;
+                feed.finish(store.as_ref(), pending).map(|_| ())
+            })
+            .await
         })
         .await
     }

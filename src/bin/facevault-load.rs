@@ -132,7 +132,7 @@ async fn one(
         Rpc::Upload => {
             let id = format!("load-{run}-{seq}");
             let user = User { external_id: id.clone(), ..User::default() };
-            users.create_user(CreateUserRequest { user: Some(user) }).await?;
+            users.create_user(CreateUserRequest { user: Some(user), ..Default::default() }).await?;
             let request = UploadFaceRequest { user: external(&id), image, ..UploadFaceRequest::default() };
             let t = Instant::now();
             faces.upload_face(request).await?;

@@ -34,6 +34,8 @@ const SCOPES: &[(&str, Scope)] = &[
     ("/facevault.v1.FaceService/GetFaceImage", Scope::FacesRead),
     ("/facevault.v1.FaceService/SearchFaces", Scope::FacesSearch),
     ("/facevault.v1.FaceService/VerifyFace", Scope::FacesSearch),
+    // And users:write, checked by the handler.
+    ("/facevault.v1.FaceService/ImportFaces", Scope::FacesWrite),
     ("/facevault.v1.UserService/CreateUser", Scope::UsersWrite),
     ("/facevault.v1.UserService/GetUser", Scope::UsersRead),
     ("/facevault.v1.UserService/UpdateUser", Scope::UsersWrite),
@@ -221,6 +223,17 @@ pub(super) fn caller<T>(request: &Request<T>, scope: Scope) -> Result<Principal,
         Credential::Key(principal) => {
             require(principal, scope)?;
             Ok(principal.as_ref().clone())
+        }
+        Credential::Token(_) => Err(Error::bug("a re-enrollment token reached an rpc other than UpdateFace").into()),
+    }
+}
+
+/// As [`caller`], the principal shared with the key ring (its rate limit).
+pub(super) fn caller_key<T>(request: &Request<T>, scope: Scope) -> Result<Arc<Principal>, Status> {
+    match credential(request)? {
+        Credential::Key(principal) => {
+            require(principal, scope)?;
+            Ok(principal.clone())
         }
         Credential::Token(_) => Err(Error::bug("a re-enrollment token reached an rpc other than UpdateFace").into()),
     }

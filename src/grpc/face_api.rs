@@ -3,28 +3,65 @@
 use tonic::{Request, Response, Status};
 
 use super::AppSlot;
-use super::auth::{caller, update_credential};
+use super::auth::{caller, caller_key, update_credential};
 use super::convert;
+use super::idempotent::{idempotency, replayed};
 use super::pb;
 use super::pb::face_service_server::FaceService;
 use super::{call_deadline, observed};
-use crate::app::FaceUpload;
+use crate::app::{EnrollOutcome, FaceUpload, UpdateCredential, Written};
 use crate::domain::Scope;
+
+/// UploadFace's response to an enrollment (the thumbnail empty in a recorded one).
+fn upload_response(out: &EnrollOutcome) -> pb::UploadFaceResponse {
+    pb::UploadFaceResponse {
+        face: Some(out.face.clone().into()),
+        duplicates: out.duplicates.iter().cloned().map(Into::into).collect(),
+        thumbnail: out.thumbnail.clone().into(),
+        warnings: out.warnings.clone(),
+    }
+}
+
+/// UpdateFace's response to an enrollment (the thumbnail empty in a recorded one).
+fn update_response(out: &EnrollOutcome) -> pb::UpdateFaceResponse {
+    pb::UpdateFaceResponse {
+        enrollment_status: pb::EnrollmentStatus::from(out.user.enrollment) as i32,
+        face: Some(out.face.clone().into()),
+        replaced_face_id: out.replaced.map(|f| f.to_string()).unwrap_or_default(),
+        duplicates: out.duplicates.iter().cloned().map(Into::into).collect(),
+        thumbnail: out.thumbnail.clone().into(),
+        warnings: out.warnings.clone(),
+    }
+}
 
 /// The FaceService implementation.
 #[derive(Debug, Clone)]
 pub struct FaceApi {
     app: AppSlot,
+    /// Per-item rate limiting of ImportFaces.
+    keys: crate::app::KeyRing,
 }
 
 impl FaceApi {
-    pub fn new(app: AppSlot) -> Self {
-        FaceApi { app }
+    pub fn new(app: AppSlot, keys: crate::app::KeyRing) -> Self {
+        FaceApi { app, keys }
     }
 }
 
 #[tonic::async_trait]
 impl FaceService for FaceApi {
+    type ImportFacesStream = super::import_api::ResultStream;
+
+    async fn import_faces(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportFacesRequest>>,
+    ) -> Result<Response<Self::ImportFacesStream>, Status> {
+        caller_key(&request, Scope::UsersWrite)?;
+        let who = caller_key(&request, Scope::FacesWrite)?;
+        let inbound = request.into_inner();
+        Ok(Response::new(super::import_api::start(self.app.clone(), self.keys.clone(), who, inbound)))
+    }
+
     async fn detect_faces(
         &self,
         request: Request<pb::DetectFacesRequest>,
@@ -49,8 +86,11 @@ impl FaceService for FaceApi {
     ) -> Result<Response<pb::UploadFaceResponse>, Status> {
         observed("UploadFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesWrite)?;
-            let pb::UploadFaceRequest { user, image, comment, duplicate_policy, multiple_faces_policy } =
-                request.into_inner();
+            let mut request = request.into_inner();
+            let request_id = std::mem::take(&mut request.request_id);
+            let idem = idempotency("UploadFace", request_id, &request, upload_response)?;
+            let pb::UploadFaceRequest { user, image, comment, duplicate_policy, multiple_faces_policy, request_id: _ } =
+                request;
             let upload = FaceUpload {
                 user: convert::user_ref(user, "user")?,
                 image,
@@ -58,12 +98,15 @@ impl FaceService for FaceApi {
                 reject_duplicates: convert::reject_duplicates(duplicate_policy)?,
                 multiple_faces: convert::multiple_faces(multiple_faces_policy)?,
             };
-            let out = self.app.get()?.upload_face(&who, upload).await?;
-            Ok(Response::new(pb::UploadFaceResponse {
-                face: Some(out.face.into()),
-                duplicates: out.duplicates.into_iter().map(Into::into).collect(),
-                thumbnail: out.thumbnail.into(),
-                warnings: out.warnings,
+            let app = self.app.get()?;
+            Ok(Response::new(match app.upload_face(&who, upload, idem).await? {
+                Written::Done(out) => upload_response(&out),
+                Written::Replayed(bytes) => {
+                    let mut response: pb::UploadFaceResponse = replayed(&bytes)?;
+                    let face = response.face.as_ref().map(|f| f.face_id.as_str()).unwrap_or_default();
+                    response.thumbnail = app.stored_thumbnail(&who.tenant, face).await?.into();
+                    response
+                }
             }))
         })
         .await
@@ -75,8 +118,22 @@ impl FaceService for FaceApi {
     ) -> Result<Response<pb::UpdateFaceResponse>, Status> {
         observed("UpdateFace", call_deadline(&request), async move {
             let credential = update_credential(&request)?;
-            let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy, multiple_faces_policy } =
-                request.into_inner();
+            let tenant = match &credential {
+                UpdateCredential::Key(caller) => caller.tenant.clone(),
+                UpdateCredential::Token(holder) => holder.tenant.clone(),
+            };
+            let mut request = request.into_inner();
+            let request_id = std::mem::take(&mut request.request_id);
+            let idem = idempotency("UpdateFace", request_id, &request, update_response)?;
+            let pb::UpdateFaceRequest {
+                user,
+                face_id,
+                image,
+                comment,
+                duplicate_policy,
+                multiple_faces_policy,
+                request_id: _,
+            } = request;
             if !face_id.is_empty() {
                 convert::face_id(&face_id, "face_id")?;
             }
@@ -87,14 +144,15 @@ impl FaceService for FaceApi {
                 reject_duplicates: convert::reject_duplicates(duplicate_policy)?,
                 multiple_faces: convert::multiple_faces(multiple_faces_policy)?,
             };
-            let out = self.app.get()?.update_face(credential, upload, Some(&face_id)).await?;
-            Ok(Response::new(pb::UpdateFaceResponse {
-                enrollment_status: pb::EnrollmentStatus::from(out.user.enrollment) as i32,
-                face: Some(out.face.into()),
-                replaced_face_id: out.replaced.map(|f| f.to_string()).unwrap_or_default(),
-                duplicates: out.duplicates.into_iter().map(Into::into).collect(),
-                thumbnail: out.thumbnail.into(),
-                warnings: out.warnings,
+            let app = self.app.get()?;
+            Ok(Response::new(match app.update_face(credential, upload, Some(&face_id), idem).await? {
+                Written::Done(out) => update_response(&out),
+                Written::Replayed(bytes) => {
+                    let mut response: pb::UpdateFaceResponse = replayed(&bytes)?;
+                    let face = response.face.as_ref().map(|f| f.face_id.as_str()).unwrap_or_default();
+                    response.thumbnail = app.stored_thumbnail(&tenant, face).await?.into();
+                    response
+                }
             }))
         })
         .await
@@ -129,9 +187,12 @@ impl FaceService for FaceApi {
     ) -> Result<Response<pb::DeleteFaceResponse>, Status> {
         observed("DeleteFace", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesWrite)?;
-            let pb::DeleteFaceRequest { face_id } = request.into_inner();
+            let mut request = request.into_inner();
+            let request_id = std::mem::take(&mut request.request_id);
+            let idem = idempotency("DeleteFace", request_id, &request, |_: &()| pb::DeleteFaceResponse {})?;
+            let pb::DeleteFaceRequest { face_id, request_id: _ } = request;
             convert::face_id(&face_id, "face_id")?;
-            self.app.get()?.delete_face(&who, &face_id).await?;
+            self.app.get()?.delete_face(&who, &face_id, idem).await?;
             Ok(Response::new(pb::DeleteFaceResponse {}))
         })
         .await

@@ -5,6 +5,8 @@ mod admin_api;
 mod auth;
 mod convert;
 mod face_api;
+mod idempotent;
+mod import_api;
 mod redact;
 pub mod status;
 mod user_api;
@@ -60,8 +62,8 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
 
     let limit = config.max_message_bytes();
     // Credentials, scopes and per-key limits are checked before a request body is decoded.
-    let auth = auth::Auth::new(keys, app.clone(), std::time::Duration::from_secs(config.request_timeout));
-    let face = pb::face_service_server::FaceServiceServer::new(FaceApi::new(app.clone()))
+    let auth = auth::Auth::new(keys.clone(), app.clone(), std::time::Duration::from_secs(config.request_timeout));
+    let face = pb::face_service_server::FaceServiceServer::new(FaceApi::new(app.clone(), keys.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
     let user =

@@ -31,8 +31,25 @@ impl fmt::Debug for pb::DetectFacesRequest {
 
 impl fmt::Debug for pb::UploadFaceRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pb::UploadFaceRequest { user, image, comment, duplicate_policy, multiple_faces_policy } = self;
+        let pb::UploadFaceRequest { user, image, comment, duplicate_policy, multiple_faces_policy, request_id } = self;
         f.debug_struct("UploadFaceRequest")
+            .field("user", user)
+            .field("image", &bytes(image))
+            .field("comment", comment)
+            .field("duplicate_policy", duplicate_policy)
+            .field("multiple_faces_policy", multiple_faces_policy)
+            .field("request_id", request_id)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::ImportItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pb::ImportItem { item_id, request_id, user, image, comment, duplicate_policy, multiple_faces_policy } =
+            self;
+        f.debug_struct("ImportItem")
+            .field("item_id", item_id)
+            .field("request_id", request_id)
             .field("user", user)
             .field("image", &bytes(image))
             .field("comment", comment)
@@ -44,7 +61,15 @@ impl fmt::Debug for pb::UploadFaceRequest {
 
 impl fmt::Debug for pb::UpdateFaceRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pb::UpdateFaceRequest { user, face_id, image, comment, duplicate_policy, multiple_faces_policy } = self;
+        let pb::UpdateFaceRequest {
+            user,
+            face_id,
+            image,
+            comment,
+            duplicate_policy,
+            multiple_faces_policy,
+            request_id,
+        } = self;
         f.debug_struct("UpdateFaceRequest")
             .field("user", user)
             .field("face_id", face_id)
@@ -52,6 +77,7 @@ impl fmt::Debug for pb::UpdateFaceRequest {
             .field("comment", comment)
             .field("duplicate_policy", duplicate_policy)
             .field("multiple_faces_policy", multiple_faces_policy)
+            .field("request_id", request_id)
             .finish()
     }
 }
@@ -163,6 +189,7 @@ mod tests {
             format!("{:?}", pb::DetectFacesRequest { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::UploadFaceRequest { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::UpdateFaceRequest { image: PHOTO.into(), ..Default::default() }),
+            format!("{:?}", pb::ImportItem { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::SearchFacesRequest { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::VerifyFaceRequest { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::UpdateUserResponse { reenrollment_token: TOKEN.into(), ..Default::default() }),

@@ -5,11 +5,17 @@ use tonic::{Request, Response, Status};
 use super::AppSlot;
 use super::auth::caller;
 use super::convert;
+use super::idempotent::{idempotency, replayed};
 use super::pb;
 use super::pb::user_service_server::UserService;
 use super::{call_deadline, observed};
-use crate::app::parse_etag;
-use crate::domain::Scope;
+use crate::app::{Written, parse_etag};
+use crate::domain::{Scope, User};
+
+/// UpdateUser's response (a replay's has no token: the server keeps only its hash).
+fn update_response((user, token): &(User, Option<String>)) -> pb::UpdateUserResponse {
+    pb::UpdateUserResponse { user: Some(user.clone().into()), reenrollment_token: token.clone().unwrap_or_default() }
+}
 
 /// The UserService implementation.
 #[derive(Debug, Clone)]
@@ -28,9 +34,14 @@ impl UserService for UserApi {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
         observed("CreateUser", call_deadline(&request), async move {
             let who = caller(&request, Scope::UsersWrite)?;
-            let pb::CreateUserRequest { user } = request.into_inner();
-            let user = self.app.get()?.create_user(&who, convert::new_user(user)).await?;
-            Ok(Response::new(user.into()))
+            let mut request = request.into_inner();
+            let request_id = std::mem::take(&mut request.request_id);
+            let idem = idempotency("CreateUser", request_id, &request, |u: &User| pb::User::from(u.clone()))?;
+            let pb::CreateUserRequest { user, request_id: _ } = request;
+            Ok(Response::new(match self.app.get()?.create_user(&who, convert::new_user(user), idem).await? {
+                Written::Done(user) => user.into(),
+                Written::Replayed(bytes) => replayed(&bytes)?,
+            }))
         })
         .await
     }
@@ -51,15 +62,23 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
         observed("UpdateUser", call_deadline(&request), async move {
             let who = caller(&request, Scope::UsersWrite)?;
-            let pb::UpdateUserRequest { user, user_update, update_mask, etag, require_face_reenrollment } =
-                request.into_inner();
+            let mut request = request.into_inner();
+            let request_id = std::mem::take(&mut request.request_id);
+            let idem = idempotency("UpdateUser", request_id, &request, update_response)?;
+            let pb::UpdateUserRequest {
+                user,
+                user_update,
+                update_mask,
+                etag,
+                require_face_reenrollment,
+                request_id: _,
+            } = request;
             let target = convert::user_ref(user, "user")?;
             let mut update = convert::user_update(user_update, update_mask, require_face_reenrollment)?;
             update.expected_version = parse_etag(&etag)?;
-            let (user, token) = self.app.get()?.update_user(&who, &target, update).await?;
-            Ok(Response::new(pb::UpdateUserResponse {
-                user: Some(user.into()),
-                reenrollment_token: token.unwrap_or_default(),
+            Ok(Response::new(match self.app.get()?.update_user(&who, &target, update, idem).await? {
+                Written::Done(done) => update_response(&done),
+                Written::Replayed(bytes) => replayed(&bytes)?,
             }))
         })
         .await
@@ -71,9 +90,12 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         observed("DeleteUser", call_deadline(&request), async move {
             let who = caller(&request, Scope::UsersWrite)?;
-            let pb::DeleteUserRequest { user, etag } = request.into_inner();
+            let mut request = request.into_inner();
+            let request_id = std::mem::take(&mut request.request_id);
+            let idem = idempotency("DeleteUser", request_id, &request, |_: &()| pb::DeleteUserResponse {})?;
+            let pb::DeleteUserRequest { user, etag, request_id: _ } = request;
             let target = convert::user_ref(user, "user")?;
-            self.app.get()?.delete_user(&who, &target, parse_etag(&etag)?).await?;
+            self.app.get()?.delete_user(&who, &target, parse_etag(&etag)?, idem).await?;
             Ok(Response::new(pb::DeleteUserResponse {}))
         })
         .await

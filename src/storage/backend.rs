@@ -17,8 +17,8 @@
 use std::time::SystemTime;
 
 use super::{
-    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, Pending, Replace, Store,
-    StoredEmbedding, UserKey, UserPatch,
+    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, Pending, Replace,
+    RequestStamp, SeenRequest, Store, StoredEmbedding, UserKey, UserPatch,
 };
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::Result;
@@ -47,8 +47,11 @@ impl std::fmt::Debug for TenantGuard {
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     // ---- users
 
+    // Every write takes the request id of an idempotent call (storage/requests.rs), recorded in
+    // its transaction; REQUEST_ID_IN_FLIGHT when an unexpired record of it exists.
+
     /// Stores a new user under a fresh random id; its external id must be free in the tenant.
-    fn create_user(&self, tenant: &Tenant, user: User) -> Result<User>;
+    fn create_user(&self, tenant: &Tenant, user: User, request: Option<&RequestStamp<'_, User>>) -> Result<User>;
     fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>>;
     /// The user `key` names, from one consistent state.
     fn find_user(&self, tenant: &Tenant, key: UserKey<'_>) -> Result<Option<User>>;
@@ -59,13 +62,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         id: UserId,
         expected_version: Option<u64>,
         patch: &UserPatch,
+        request: Option<&RequestStamp<'_, User>>,
     ) -> Result<User>;
-    /// Erases the user with every face, image and token of it; returns the erased faces.
+    /// Erases the user with every face, image, token and request record of it; returns the
+    /// erased faces.
     fn delete_user_pending(
         &self,
         tenant: &Tenant,
         id: UserId,
         expected_version: Option<u64>,
+        request: Option<&RequestStamp<'_, Vec<FaceId>>>,
     ) -> Result<Pending<Vec<FaceId>>>;
     fn count_users(&self, tenant: &Tenant) -> Result<usize>;
     /// Up to `limit` users with ids above `after`, in id order.
@@ -82,9 +88,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         replace: Replace,
         max_faces: usize,
         token: Option<[u8; 32]>,
+        request: Option<&RequestStamp<'_, (User, Option<FaceId>)>>,
     ) -> Result<Pending<(User, Option<FaceId>)>>;
     /// Deletes one face and everything stored with it; returns the user afterwards.
-    fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>>;
+    fn delete_face_pending(
+        &self,
+        tenant: &Tenant,
+        id: FaceId,
+        request: Option<&RequestStamp<'_, User>>,
+    ) -> Result<Pending<User>>;
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>>;
     /// A face's embedding by `model` (MODELS_CHANGED when the store keeps none of it).
     fn face_embedding(&self, tenant: &Tenant, id: FaceId, model: &str) -> Result<Option<Embedding>>;
@@ -118,6 +130,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn use_token_attempt(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>>;
     /// Removes the tokens expired by `now`; how many went.
     fn purge_expired_tokens(&self, now: SystemTime) -> Result<usize>;
+
+    // ---- request ids (storage/requests.rs)
+
+    /// The record of request id `id` in `tenant`, expired or not.
+    fn request(&self, tenant: &Tenant, id: &str) -> Result<Option<SeenRequest>>;
+    /// Removes the records created before `before`; how many went.
+    fn purge_requests(&self, before: SystemTime) -> Result<usize>;
 
     // ---- the change log
 
@@ -204,8 +223,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 }
 
 impl Storage for Store {
-    fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
-        self.write(|| Store::create_user(self, tenant, user))
+    fn create_user(&self, tenant: &Tenant, user: User, request: Option<&RequestStamp<'_, User>>) -> Result<User> {
+        self.write(|| Store::create_user(self, tenant, user, request))
     }
     fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>> {
         self.watch(Store::get_user(self, tenant, id))
@@ -219,16 +238,18 @@ impl Storage for Store {
         id: UserId,
         expected_version: Option<u64>,
         patch: &UserPatch,
+        request: Option<&RequestStamp<'_, User>>,
     ) -> Result<User> {
-        self.write(|| Store::update_user(self, tenant, id, expected_version, patch))
+        self.write(|| Store::update_user(self, tenant, id, expected_version, patch, request))
     }
     fn delete_user_pending(
         &self,
         tenant: &Tenant,
         id: UserId,
         expected_version: Option<u64>,
+        request: Option<&RequestStamp<'_, Vec<FaceId>>>,
     ) -> Result<Pending<Vec<FaceId>>> {
-        self.write(|| Store::delete_user_pending(self, tenant, id, expected_version))
+        self.write(|| Store::delete_user_pending(self, tenant, id, expected_version, request))
     }
     fn count_users(&self, tenant: &Tenant) -> Result<usize> {
         self.watch(Store::count_users(self, tenant))
@@ -243,11 +264,17 @@ impl Storage for Store {
         replace: Replace,
         max_faces: usize,
         token: Option<[u8; 32]>,
+        request: Option<&RequestStamp<'_, (User, Option<FaceId>)>>,
     ) -> Result<Pending<(User, Option<FaceId>)>> {
-        self.write(|| Store::put_face_pending(self, tenant, new, replace, max_faces, token))
+        self.write(|| Store::put_face_pending(self, tenant, new, replace, max_faces, token, request))
     }
-    fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
-        self.write(|| Store::delete_face_pending(self, tenant, id))
+    fn delete_face_pending(
+        &self,
+        tenant: &Tenant,
+        id: FaceId,
+        request: Option<&RequestStamp<'_, User>>,
+    ) -> Result<Pending<User>> {
+        self.write(|| Store::delete_face_pending(self, tenant, id, request))
     }
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
         self.watch(Store::get_face(self, tenant, id))
@@ -294,6 +321,12 @@ impl Storage for Store {
     }
     fn purge_expired_tokens(&self, now: SystemTime) -> Result<usize> {
         self.write(|| Store::purge_expired_tokens(self, now))
+    }
+    fn request(&self, tenant: &Tenant, id: &str) -> Result<Option<SeenRequest>> {
+        self.watch(Store::request(self, tenant, id))
+    }
+    fn purge_requests(&self, before: SystemTime) -> Result<usize> {
+        self.write(|| Store::purge_requests(self, before))
     }
     fn log_bounds(&self) -> Result<LogBounds> {
         self.watch(Store::log_bounds(self))

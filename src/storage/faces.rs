@@ -11,6 +11,7 @@ use sled::Transactional;
 use super::files::FileKind;
 use super::models::{ModelEmbedding, ModelState};
 use super::records::{self, pb};
+use super::requests::RequestStamp;
 use super::users::{abort, tx_decode, tx_error, tx_user};
 use super::{Pending, Store, db_error, decode, keys, log};
 use crate::domain::{EMBEDDING_DIM, Embedding, EnrollmentStatus, Face, FaceId, Tenant, User, UserId};
@@ -205,7 +206,7 @@ impl Store {
         max_faces: usize,
         token: Option<[u8; 32]>,
     ) -> Result<(User, Option<FaceId>)> {
-        self.put_face_pending(tenant, new, replace, max_faces, token)?.durable()
+        self.put_face_pending(tenant, new, replace, max_faces, token, None)?.durable()
     }
 
     /// [`Store::put_face`], committed but not yet durable (see [`Pending`]).
@@ -216,6 +217,7 @@ impl Store {
         replace: Replace,
         max_faces: usize,
         token: Option<[u8; 32]>,
+        request: Option<&RequestStamp<'_, (User, Option<FaceId>)>>,
     ) -> Result<Pending<(User, Option<FaceId>)>> {
         let user_id = new.face.user_id;
         // Sealed outside the transaction: a retried closure reuses them, and no crypto runs
@@ -232,9 +234,17 @@ impl Store {
         // Durable before the transaction that names them (and removed again if it fails).
         self.files.put_pair(&key, &original, &thumbnail)?;
         let embedder = self.embedder()?;
-        let trees =
-            (&self.users, &self.faces, &self.embeddings, &self.embeddings_1, &self.tokens, &self.log, &self.meta);
-        let result = trees.transaction(|(users, faces, embeddings, embeddings_1, tokens, log, meta)| {
+        let trees = (
+            &self.users,
+            &self.faces,
+            &self.embeddings,
+            &self.embeddings_1,
+            &self.tokens,
+            &self.log,
+            &self.meta,
+            &self.requests,
+        );
+        let result = trees.transaction(|(users, faces, embeddings, embeddings_1, tokens, log, meta, requests)| {
             let now =
                 match super::reindex::state_from(meta.get(super::models::MODELS_KEY)?.as_deref(), embedder.clone()) {
                     Ok(now) => now,
@@ -276,6 +286,9 @@ impl Store {
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
             let record = log::put_record(tenant, new.face.id, user_id, &active, other.as_deref(), removed);
             let seq = log::tx_append(log, &record)?;
+            let user = (user, removed);
+            super::requests::tx_record(requests, tenant, request, &user)?;
+            let (user, removed) = user;
             Ok((user, removed, seq))
         });
         let out = match result.map_err(tx_error) {
@@ -318,13 +331,18 @@ impl Store {
 
     /// Deletes one face and everything stored with it; returns the updated user, once durable.
     pub fn delete_face(&self, tenant: &Tenant, id: FaceId) -> Result<User> {
-        self.delete_face_pending(tenant, id)?.durable()
+        self.delete_face_pending(tenant, id, None)?.durable()
     }
 
     /// [`Store::delete_face`], committed but not yet durable (see [`Pending`]).
-    pub fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
-        let trees = (&self.users, &self.faces, &self.embeddings, &self.embeddings_1, &self.log);
-        let result = trees.transaction(|(users, faces, embeddings, embeddings_1, log)| {
+    pub fn delete_face_pending(
+        &self,
+        tenant: &Tenant,
+        id: FaceId,
+        request: Option<&RequestStamp<'_, User>>,
+    ) -> Result<Pending<User>> {
+        let trees = (&self.users, &self.faces, &self.embeddings, &self.embeddings_1, &self.log, &self.requests);
+        let result = trees.transaction(|(users, faces, embeddings, embeddings_1, log, requests)| {
             let key = keys::face_key(tenant, id);
             let Some(bytes) = faces.get(key.as_slice())? else { return abort(Error::face_not_found()) };
             let face: pb::FaceRecord = tx_decode(&bytes, "decoding a face record")?;
@@ -341,6 +359,7 @@ impl Store {
             users
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
             let seq = log::tx_append(log, &log::removed_record(tenant, &[id]))?;
+            super::requests::tx_record(requests, tenant, request, &user)?;
             Ok((user, seq))
         });
         let (user, seq) = result.map_err(tx_error)?;

@@ -16,6 +16,8 @@ pub(crate) const THUMBNAILS: &str = "thumbnails";
 pub(crate) const TOKENS: &str = "reenrollment_tokens";
 /// The ordered change log the search index is derived from (log.rs).
 pub(crate) const CHANGE_LOG: &str = "change_log";
+/// Request ids of idempotent writes (requests.rs).
+pub(crate) const REQUESTS: &str = "requests";
 
 /// Every tree that holds tenant data (for scans that check nothing is left behind).
 pub const TENANT_TREES: [&str; 7] = [USERS, EXTERNAL_IDS, FACES, EMBEDDINGS, EMBEDDINGS_1, IMAGES, THUMBNAILS];

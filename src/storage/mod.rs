@@ -18,6 +18,7 @@ pub mod postgres;
 mod reads;
 mod records;
 pub(crate) mod reindex;
+pub mod requests;
 mod seal;
 mod users;
 mod verify;
@@ -39,6 +40,7 @@ pub use log::{Change, LogBounds, LogEntry};
 pub use models::{ModelEmbedding, ModelState, ReindexState};
 pub use pending::Pending;
 pub use reads::{FaceEmbeddings, UserKey};
+pub use requests::{Recorded, RequestStamp, SeenRequest};
 pub use seal::EncryptionKey;
 /// A face with a distinct embedding per seed (unit tests outside the storage module).
 #[cfg(test)]
@@ -72,6 +74,8 @@ pub struct Store {
     /// Store-wide records (schema version, key check, models).
     meta: sled::Tree,
     tokens: sled::Tree,
+    /// Request ids of idempotent writes (requests.rs).
+    requests: sled::Tree,
     /// The change log (log.rs).
     log: sled::Tree,
     /// Originals and thumbnails.
@@ -178,6 +182,7 @@ impl Store {
             embeddings_1: tree(keys::EMBEDDINGS_1)?,
             meta: meta.clone(),
             tokens: tree(keys::TOKENS)?,
+            requests: tree(keys::REQUESTS)?,
             log: tree(keys::CHANGE_LOG)?,
             files: if durable_writes { face_files } else { face_files.unsynced() },
             sync: std::sync::Arc::new(durable::GroupSync::new(path.clone())),
@@ -396,6 +401,7 @@ impl Store {
             (keys::IMAGES, self.file_count(files::FileKind::Original)),
             (keys::THUMBNAILS, self.file_count(files::FileKind::Thumbnail)),
             (keys::TOKENS, self.tokens.len()),
+            (keys::REQUESTS, self.requests.len()),
             (keys::CHANGE_LOG, self.log.len()),
         ]
     }
@@ -482,7 +488,7 @@ mod tests {
         let tenant = Tenant::new("t").unwrap();
         let face = {
             let store = Store::open(dir.path()).unwrap();
-            let user = store.create_user(&tenant, User::unenrolled("u", std::time::SystemTime::now())).unwrap();
+            let user = store.create_user(&tenant, User::unenrolled("u", std::time::SystemTime::now()), None).unwrap();
             let new = seal::tests::new_face(user.id, 7, 0.3);
             store.put_face(&tenant, &new, Replace::Nothing, 5, None).unwrap();
             // Turn it into what version 1 wrote: images in sled trees, schema version 1.
@@ -523,7 +529,7 @@ mod tests {
         let marker = dir.path().join(STORE_DIR).join(CLEAN_CLOSE);
         {
             let store = Store::open(dir.path()).unwrap();
-            let user = store.create_user(&tenant, User::unenrolled("u", std::time::SystemTime::now())).unwrap();
+            let user = store.create_user(&tenant, User::unenrolled("u", std::time::SystemTime::now()), None).unwrap();
             store.put_face(&tenant, &seal::tests::new_face(user.id, 7, 0.3), Replace::Nothing, 5, None).unwrap();
             // What a crash between an image write and its transaction leaves.
             store.files.put(&orphan, files::FileKind::Original, b"orphan").unwrap();

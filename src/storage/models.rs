@@ -266,11 +266,12 @@ pub(crate) fn exercise_reindex_storage(store: &dyn super::Storage) {
     let faces = 1100u64;
     let mut ids = Vec::new();
     for n in 0..faces / 5 {
-        let user = store.create_user(&t, User::unenrolled(format!("u{n}"), std::time::SystemTime::now())).unwrap();
+        let user =
+            store.create_user(&t, User::unenrolled(format!("u{n}"), std::time::SystemTime::now()), None).unwrap();
         for i in 0..5 {
             let id = n * 5 + i + 1;
             let new = super::test_face(user.id, id, id as f32 * 0.001);
-            store.put_face_pending(&t, &new, Replace::Nothing, 5, None).unwrap().durable().unwrap();
+            store.put_face_pending(&t, &new, Replace::Nothing, 5, None, None).unwrap().durable().unwrap();
             ids.push((user.id, FaceId(id)));
         }
     }
@@ -286,10 +287,10 @@ pub(crate) fn exercise_reindex_storage(store: &dyn super::Storage) {
     // A write now needs both models.
     let (user, _) = ids[0];
     let mut lone: NewFace = super::test_face(user, 9_000, 0.5);
-    let error = store.put_face_pending(&t, &lone, Replace::Face(ids[0].1), 5, None).unwrap_err();
+    let error = store.put_face_pending(&t, &lone, Replace::Face(ids[0].1), 5, None, None).unwrap_err();
     assert!(is_models_changed(&error), "{error}");
     lone.other = Some(ModelEmbedding { model: "next".into(), embedding: lone.embedding.clone() });
-    store.put_face_pending(&t, &lone, Replace::Face(ids[0].1), 5, None).unwrap().durable().unwrap();
+    store.put_face_pending(&t, &lone, Replace::Face(ids[0].1), 5, None, None).unwrap().durable().unwrap();
     ids[0].1 = FaceId(9_000);
     // The worker's writes, fenced by its id.
     let one = Embedding::from_raw(vec![1.0; crate::domain::EMBEDDING_DIM]).unwrap();

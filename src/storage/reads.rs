@@ -166,8 +166,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let t = Tenant::new("t").unwrap();
-        let a = store.create_user(&t, user("a")).unwrap();
-        let b = store.create_user(&t, user("b")).unwrap();
+        let a = store.create_user(&t, user("a"), None).unwrap();
+        let b = store.create_user(&t, user("b"), None).unwrap();
         let (f1, f2) = (face(a.id, 11), face(a.id, 12));
         store.put_face(&t, &f1, Replace::Nothing, 5, None).unwrap();
         store.put_face(&t, &f2, Replace::Nothing, 5, None).unwrap();

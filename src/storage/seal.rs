@@ -302,7 +302,7 @@ pub(super) mod tests {
         let tenant = Tenant::new("acme").unwrap();
         let now = std::time::SystemTime::now();
         let user = User::unenrolled("u", now);
-        let user = store.create_user(&tenant, user).unwrap();
+        let user = store.create_user(&tenant, user, None).unwrap();
         let (a, b) = (new_face(user.id, 1, 0.1), new_face(user.id, 2, 0.2));
         for face in [&a, &b] {
             store.put_face(&tenant, face, Replace::Nothing, 5, None).unwrap();

@@ -8,6 +8,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::records::{self, pb};
+use super::requests::{self, RequestStamp};
 use super::{Store, db_error, decode, keys, random_id};
 use crate::domain::{EnrollmentStatus, FaceId, Tenant, User, UserId};
 use crate::error::{Error, Reason, Result};
@@ -112,8 +113,8 @@ pub(super) fn taken(external_id: &str) -> Error {
 
 impl Store {
     /// Stores a new user under a fresh random id; the external id must be free.
-    pub fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
-        let result = (&self.users, &self.external_ids).transaction(|(users, external)| {
+    pub fn create_user(&self, tenant: &Tenant, user: User, request: Option<&RequestStamp<'_, User>>) -> Result<User> {
+        let result = (&self.users, &self.external_ids, &self.requests).transaction(|(users, external, requests)| {
             let ext_key = keys::external_key(tenant, &user.external_id);
             if external.get(&ext_key)?.is_some() {
                 return abort(taken(&user.external_id));
@@ -125,6 +126,7 @@ impl Store {
             let user = User { id, ..user.clone() };
             users.insert(keys::user_key(tenant, id), records::user_to_record(&user, Vec::new()).encode_to_vec())?;
             external.insert(ext_key, &id.0.to_be_bytes())?;
+            requests::tx_record(requests, tenant, request, &user)?;
             Ok(user)
         });
         let user = result.map_err(tx_error)?;
@@ -151,8 +153,10 @@ impl Store {
         id: UserId,
         expected_version: Option<u64>,
         patch: &UserPatch,
+        request: Option<&RequestStamp<'_, User>>,
     ) -> Result<User> {
-        let result = (&self.users, &self.external_ids, &self.tokens).transaction(|(users, external, tokens)| {
+        let trees = (&self.users, &self.external_ids, &self.tokens, &self.requests);
+        let result = trees.transaction(|(users, external, tokens, requests)| {
             let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
             check_version(&record, expected_version)?;
             let mut token_hash = record.reenrollment_token_hash.clone();
@@ -177,6 +181,7 @@ impl Store {
             }
             apply_patch(&mut user, patch);
             users.insert(keys::user_key(tenant, id), records::user_to_record(&user, token_hash).encode_to_vec())?;
+            requests::tx_record(requests, tenant, request, &user)?;
             Ok(user)
         });
         let user = result.map_err(tx_error)?;
@@ -187,7 +192,7 @@ impl Store {
     /// Erases the user and every face, embedding, original, thumbnail and token of it, in one
     /// transaction. Returns the erased face ids (for the search index).
     pub fn delete_user(&self, tenant: &Tenant, id: UserId, expected_version: Option<u64>) -> Result<Vec<FaceId>> {
-        self.delete_user_pending(tenant, id, expected_version)?.durable()
+        self.delete_user_pending(tenant, id, expected_version, None)?.durable()
     }
 
     /// [`Store::delete_user`], committed but not yet durable (see [`super::Pending`]).
@@ -196,6 +201,7 @@ impl Store {
         tenant: &Tenant,
         id: UserId,
         expected_version: Option<u64>,
+        request: Option<&RequestStamp<'_, Vec<FaceId>>>,
     ) -> Result<super::Pending<Vec<FaceId>>> {
         let trees = (
             &self.users,
@@ -205,8 +211,9 @@ impl Store {
             &self.embeddings_1,
             &self.tokens,
             &self.log,
+            &self.requests,
         );
-        let result = trees.transaction(|(users, external, faces, embeddings, embeddings_1, tokens, log)| {
+        let result = trees.transaction(|(users, external, faces, embeddings, embeddings_1, tokens, log, requests)| {
             let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
             check_version(&record, expected_version)?;
             users.remove(keys::user_key(tenant, id))?;
@@ -221,6 +228,10 @@ impl Store {
                 }
             }
             let removed = record.face_ids.iter().copied().map(FaceId).collect::<Vec<_>>();
+            // Read inside the closure: a conflict that runs it again reads them again.
+            let owned = self.owned_requests(tenant, id).map_err(ConflictableTransactionError::Abort)?;
+            requests::tx_erase(requests, tenant, id, &owned)?;
+            requests::tx_record(requests, tenant, request, &removed)?;
             // A user without faces changes no face: no entry, nothing for the index to apply.
             let seq = if removed.is_empty() {
                 0

@@ -72,7 +72,7 @@ async fn churn(server: &TestServer, seen: Arc<Mutex<Seen>>, done: watch::Sender<
         };
         let second = record(faces.update_face(request).await.expect("UpdateFace").into_inner().face);
         if cycles % 2 == 1 {
-            faces.delete_face(DeleteFaceRequest { face_id: second }).await.expect("DeleteFace");
+            faces.delete_face(DeleteFaceRequest { face_id: second, ..Default::default() }).await.expect("DeleteFace");
         }
         let request = DeleteUserRequest { user: by_id(&user.user_id), ..DeleteUserRequest::default() };
         users.delete_user(request).await.expect("DeleteUser");

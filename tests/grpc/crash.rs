@@ -42,7 +42,8 @@ async fn sigkill_during_writes_loses_no_acknowledged_write_and_leaves_no_half_wr
     let mut models = Vec::new();
     for u in 0..USERS {
         let user = User { external_id: format!("crash-{u}"), display_name: "initial".into(), ..User::default() };
-        let created = users.create_user(facevault::grpc::pb::CreateUserRequest { user: Some(user) }).await;
+        let created =
+            users.create_user(facevault::grpc::pb::CreateUserRequest { user: Some(user), ..Default::default() }).await;
         ids.push(created.expect("CreateUser").into_inner().user_id);
         models.push(Model::initial());
     }

@@ -62,7 +62,10 @@ async fn malformed_ids_and_unknown_enum_values_are_invalid_argument() {
         invalid(&err, "USER_REF_INVALID", &what);
         let violations = err.get_error_details().bad_request().cloned().expect("BadRequest").field_violations;
         assert_eq!(violations[0].field, "user.user_id", "{what}");
-        let err = users.delete_user(DeleteUserRequest { user: by_id(bad), etag: String::new() }).await.unwrap_err();
+        let err = users
+            .delete_user(DeleteUserRequest { user: by_id(bad), etag: String::new(), ..Default::default() })
+            .await
+            .unwrap_err();
         invalid(&err, "USER_REF_INVALID", &what);
         let update =
             UpdateUserRequest { user: by_id(bad), require_face_reenrollment: true, ..UpdateUserRequest::default() };
@@ -88,7 +91,7 @@ async fn malformed_ids_and_unknown_enum_values_are_invalid_argument() {
         let violations = err.get_error_details().bad_request().cloned().expect("BadRequest").field_violations;
         assert_eq!(violations[0].field, "face_id", "{what}");
         invalid(
-            &faces.delete_face(DeleteFaceRequest { face_id: bad.into() }).await.unwrap_err(),
+            &faces.delete_face(DeleteFaceRequest { face_id: bad.into(), ..Default::default() }).await.unwrap_err(),
             "FACE_ID_INVALID",
             &what,
         );

@@ -105,7 +105,7 @@ fn older_store(dir: &std::path::Path, model: &str) {
     let tenant = Tenant::new("alpha").expect("tenant");
     let now = std::time::SystemTime::now();
     let user = User::unenrolled("old", now);
-    let user = store.create_user(&tenant, user).expect("user");
+    let user = store.create_user(&tenant, user, None).expect("user");
     let raw = (0..facevault::domain::EMBEDDING_DIM).map(|i| (i as f32).sin()).collect();
     let face = Face {
         id: FaceId(7),

@@ -96,10 +96,11 @@ async fn upload_read_and_delete_a_face() {
     let mut other = server.faces_as(ADMIN_B).await;
     let err = other.get_face(GetFaceRequest { face_id: face.face_id.clone() }).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::NotFound, "FACE_NOT_FOUND"));
-    let err = other.delete_face(DeleteFaceRequest { face_id: face.face_id.clone() }).await.unwrap_err();
+    let err =
+        other.delete_face(DeleteFaceRequest { face_id: face.face_id.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(reason(&err), "FACE_NOT_FOUND");
 
-    faces.delete_face(DeleteFaceRequest { face_id: face.face_id.clone() }).await.expect("delete");
+    faces.delete_face(DeleteFaceRequest { face_id: face.face_id.clone(), ..Default::default() }).await.expect("delete");
     let err = faces.get_face(GetFaceRequest { face_id: face.face_id }).await.unwrap_err();
     assert_eq!(reason(&err), "FACE_NOT_FOUND");
     let now = users.get_user(GetUserRequest { user: by_id(&user.user_id) }).await.expect("get").into_inner();
@@ -340,7 +341,10 @@ async fn delete_user_leaves_no_trace() {
         })
         .await
         .expect("token");
-    users.delete_user(DeleteUserRequest { user: by_id(&gone.user_id), etag: String::new() }).await.expect("delete");
+    users
+        .delete_user(DeleteUserRequest { user: by_id(&gone.user_id), etag: String::new(), ..Default::default() })
+        .await
+        .expect("delete");
 
     let app = server.app();
     let uid = UserId::parse(&gone.user_id).expect("id").0.to_be_bytes();
@@ -371,7 +375,7 @@ async fn remaining_reason_codes_of_the_face_and_user_rpcs() {
     let user = create(&mut users, "codes").await;
     upload(&mut faces, "codes", fixture_bytes("yaoming.jpg")).await.expect("upload");
 
-    let stale = DeleteUserRequest { user: by_id(&user.user_id), etag: user.etag.clone() };
+    let stale = DeleteUserRequest { user: by_id(&user.user_id), etag: user.etag.clone(), ..Default::default() };
     let err = users.delete_user(stale).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::Aborted, "ETAG_MISMATCH"), "the upload moved the etag");
     let missing = UpdateUserRequest {

@@ -54,7 +54,10 @@ async fn tenant_quotas_cap_users_and_faces() {
         crate::users::create(&mut users, &format!("q-{i}")).await;
     }
     let user = facevault::grpc::pb::User { external_id: "q-3".into(), ..Default::default() };
-    let err = users.create_user(facevault::grpc::pb::CreateUserRequest { user: Some(user) }).await.unwrap_err();
+    let err = users
+        .create_user(facevault::grpc::pb::CreateUserRequest { user: Some(user), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "QUOTA_EXCEEDED"));
     let info = err.get_error_details().error_info().cloned().expect("ErrorInfo");
     assert_eq!((info.metadata["quota"].as_str(), info.metadata["limit"].as_str()), ("users", "3"));
@@ -74,7 +77,10 @@ async fn tenant_quotas_cap_users_and_faces() {
     };
     let replaced = faces.update_face(replace).await.expect("replace within the quota").into_inner();
     faces
-        .delete_face(facevault::grpc::pb::DeleteFaceRequest { face_id: replaced.face.expect("face").face_id })
+        .delete_face(facevault::grpc::pb::DeleteFaceRequest {
+            face_id: replaced.face.expect("face").face_id,
+            ..Default::default()
+        })
         .await
         .expect("delete");
     crate::enroll::upload(&mut faces, "q-2", people[2].clone()).await.expect("room again");

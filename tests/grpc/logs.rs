@@ -62,7 +62,11 @@ async fn logs_hold_no_keys_tokens_personal_fields_embeddings_or_image_bytes() {
         metadata: [("crm".to_owned(), personal[5].to_owned())].into(),
         ..User::default()
     };
-    let created = users.create_user(CreateUserRequest { user: Some(person) }).await.expect("create").into_inner();
+    let created = users
+        .create_user(CreateUserRequest { user: Some(person), ..Default::default() })
+        .await
+        .expect("create")
+        .into_inner();
     let photo = people()[0].clone();
     let other = people()[1].clone();
     let upload = |image: Vec<u8>| UploadFaceRequest {
@@ -116,7 +120,10 @@ async fn logs_hold_no_keys_tokens_personal_fields_embeddings_or_image_bytes() {
     let mut wrong = users_client(channel.clone(), Some("not-a-real-key-4471"));
     wrong.create_user(CreateUserRequest::default()).await.expect_err("bad key");
     let bad_email = User { external_id: "x2".into(), email: "broken-email-9932@".into(), ..User::default() };
-    users.create_user(CreateUserRequest { user: Some(bad_email) }).await.expect_err("invalid email");
+    users
+        .create_user(CreateUserRequest { user: Some(bad_email), ..Default::default() })
+        .await
+        .expect_err("invalid email");
     faces.upload_face(upload(b"garbage-bytes-8810".to_vec())).await.expect_err("bad image");
     assert!(server.terminate(std::time::Duration::from_secs(60)).await.success(), "graceful stop");
 

@@ -31,7 +31,10 @@ async fn clients(node: &ChildServer) -> (Faces, Users) {
 
 async fn create(users: &mut Users, external_id: &str) -> Result<String, tonic::Status> {
     let user = User { external_id: external_id.into(), ..User::default() };
-    users.create_user(CreateUserRequest { user: Some(user) }).await.map(|r| r.into_inner().user_id)
+    users
+        .create_user(CreateUserRequest { user: Some(user), ..Default::default() })
+        .await
+        .map(|r| r.into_inner().user_id)
 }
 
 fn upload(user: &str, image: &[u8], policy: DuplicatePolicy) -> UploadFaceRequest {

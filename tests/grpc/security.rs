@@ -24,7 +24,11 @@ async fn a_key_of_another_tenant_never_reads_lists_matches_changes_or_collides()
     let (mut users_b, mut faces_b) = (server.users_as(ADMIN_B).await, server.faces_as(ADMIN_B).await);
     let photo = people()[0].clone();
     let user = User { external_id: "shared-ext".into(), display_name: "Alpha Person".into(), ..User::default() };
-    let alpha = users_a.create_user(CreateUserRequest { user: Some(user) }).await.expect("create").into_inner();
+    let alpha = users_a
+        .create_user(CreateUserRequest { user: Some(user), ..Default::default() })
+        .await
+        .expect("create")
+        .into_inner();
     let upload = UploadFaceRequest { user: by_id(&alpha.user_id), image: photo.clone().into(), ..Default::default() };
     let face = faces_a.upload_face(upload).await.expect("upload").into_inner().face.expect("face");
     let before = users_a.get_user(GetUserRequest { user: by_id(&alpha.user_id) }).await.expect("get").into_inner();
@@ -43,7 +47,7 @@ async fn a_key_of_another_tenant_never_reads_lists_matches_changes_or_collides()
             ..Default::default()
         };
         not_found(users_b.update_user(update).await.map(drop), "UpdateUser", "USER_NOT_FOUND");
-        let delete = DeleteUserRequest { user: user.clone(), etag: String::new() };
+        let delete = DeleteUserRequest { user: user.clone(), etag: String::new(), ..Default::default() };
         not_found(users_b.delete_user(delete).await.map(drop), "DeleteUser", "USER_NOT_FOUND");
         // FaceService calls that name a user.
         let upload = UploadFaceRequest { user: user.clone(), image: photo.clone().into(), ..Default::default() };
@@ -70,7 +74,7 @@ async fn a_key_of_another_tenant_never_reads_lists_matches_changes_or_collides()
         let request = GetFaceImageRequest { face_id: face.face_id.clone(), kind: kind as i32 };
         not_found(faces_b.get_face_image(request).await.map(drop), "GetFaceImage", "FACE_NOT_FOUND");
     }
-    let delete = DeleteFaceRequest { face_id: face.face_id.clone() };
+    let delete = DeleteFaceRequest { face_id: face.face_id.clone(), ..Default::default() };
     not_found(faces_b.delete_face(delete).await.map(drop), "DeleteFace", "FACE_NOT_FOUND");
     // Matching: the same photo finds nothing in beta.
     let search = SearchFacesRequest { image: photo.clone().into(), min_similarity: -1.0, ..Default::default() };
@@ -81,8 +85,11 @@ async fn a_key_of_another_tenant_never_reads_lists_matches_changes_or_collides()
     // No collision: beta may use alpha's external id; its user and face are its own, and
     // enrolling the same face in beta reports no duplicate from alpha.
     let user = User { external_id: "shared-ext".into(), ..User::default() };
-    let beta =
-        users_b.create_user(CreateUserRequest { user: Some(user) }).await.expect("same external id").into_inner();
+    let beta = users_b
+        .create_user(CreateUserRequest { user: Some(user), ..Default::default() })
+        .await
+        .expect("same external id")
+        .into_inner();
     assert_ne!(beta.user_id, alpha.user_id);
     let upload = UploadFaceRequest { user: by_id(&beta.user_id), image: photo.clone().into(), ..Default::default() };
     let reply = faces_b.upload_face(upload).await.expect("beta's own face").into_inner();
@@ -113,7 +120,10 @@ async fn every_rpc_requires_its_scope() {
             "CreateUser",
             "users:write",
             users
-                .create_user(CreateUserRequest { user: Some(User { external_id: "x".into(), ..User::default() }) })
+                .create_user(CreateUserRequest {
+                    user: Some(User { external_id: "x".into(), ..User::default() }),
+                    ..Default::default()
+                })
                 .await
                 .map(drop),
         ),
@@ -134,7 +144,10 @@ async fn every_rpc_requires_its_scope() {
         (
             "DeleteUser",
             "users:write",
-            users.delete_user(DeleteUserRequest { user: user.clone(), etag: String::new() }).await.map(drop),
+            users
+                .delete_user(DeleteUserRequest { user: user.clone(), etag: String::new(), ..Default::default() })
+                .await
+                .map(drop),
         ),
         ("ListUsers", "users:read", users.list_users(ListUsersRequest::default()).await.map(drop)),
         (
@@ -178,7 +191,10 @@ async fn every_rpc_requires_its_scope() {
         (
             "DeleteFace",
             "faces:write",
-            faces.delete_face(DeleteFaceRequest { face_id: "fce_0000000000000001".into() }).await.map(drop),
+            faces
+                .delete_face(DeleteFaceRequest { face_id: "fce_0000000000000001".into(), ..Default::default() })
+                .await
+                .map(drop),
         ),
         (
             "GetFaceImage",

@@ -112,7 +112,7 @@ async fn after_a_kill_the_snapshot_and_the_log_tail_give_the_index_and_verify_ag
     // no snapshot at stop.
     create(&mut users, "p4").await;
     upload(&mut faces, "p4", people[4].clone()).await.expect("upload");
-    faces.delete_face(DeleteFaceRequest { face_id: ids[0].clone() }).await.expect("DeleteFace");
+    faces.delete_face(DeleteFaceRequest { face_id: ids[0].clone(), ..Default::default() }).await.expect("DeleteFace");
     server.kill();
 
     let mut server = ChildServer::spawn(dir.path(), &["--index-snapshot-every", "4"]).await;

@@ -53,7 +53,7 @@ async fn tls_channel(server: &TestServer, ca: &str, identity: Option<(String, St
 async fn create_user(channel: Channel, external_id: &str) -> Result<(), String> {
     let user = User { external_id: external_id.into(), ..User::default() };
     users_client(channel, ADMIN_A)
-        .create_user(CreateUserRequest { user: Some(user) })
+        .create_user(CreateUserRequest { user: Some(user), ..Default::default() })
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())

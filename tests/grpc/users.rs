@@ -19,7 +19,11 @@ pub(crate) fn by_external(id: &str) -> Option<UserRef> {
 
 pub(crate) async fn create(users: &mut Users, external_id: &str) -> User {
     let user = User { external_id: external_id.into(), display_name: "Test Person".into(), ..User::default() };
-    users.create_user(CreateUserRequest { user: Some(user) }).await.expect("CreateUser").into_inner()
+    users
+        .create_user(CreateUserRequest { user: Some(user), ..Default::default() })
+        .await
+        .expect("CreateUser")
+        .into_inner()
 }
 
 pub(crate) fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -39,7 +43,11 @@ async fn create_get_update_list_delete() {
         metadata: [("tier".to_owned(), "gold".to_owned())].into(),
         ..User::default()
     };
-    let created = users.create_user(CreateUserRequest { user: Some(user) }).await.expect("create").into_inner();
+    let created = users
+        .create_user(CreateUserRequest { user: Some(user), ..Default::default() })
+        .await
+        .expect("create")
+        .into_inner();
     assert!(created.user_id.starts_with("usr_"));
     assert_eq!(created.enrollment_status, 1, "NOT_ENROLLED");
     assert_eq!(created.face_count, 0);
@@ -57,6 +65,7 @@ async fn create_get_update_list_delete() {
         update_mask: mask(&["email"]),
         etag: created.etag.clone(),
         require_face_reenrollment: false,
+        ..Default::default()
     };
     let updated = users.update_user(update.clone()).await.expect("update").into_inner().user.expect("user");
     assert_eq!(updated.email, "new@example.com");
@@ -99,11 +108,16 @@ async fn create_get_update_list_delete() {
     seen.sort();
     assert_eq!(seen, ["cust-001b", "page-0", "page-1", "page-2", "page-3"]);
 
-    users.delete_user(DeleteUserRequest { user: by_id(&created.user_id), etag: String::new() }).await.expect("delete");
+    users
+        .delete_user(DeleteUserRequest { user: by_id(&created.user_id), etag: String::new(), ..Default::default() })
+        .await
+        .expect("delete");
     let err = users.get_user(GetUserRequest { user: by_id(&created.user_id) }).await.unwrap_err();
     assert_eq!(reason(&err), "USER_NOT_FOUND");
-    let err =
-        users.delete_user(DeleteUserRequest { user: by_id(&created.user_id), etag: String::new() }).await.unwrap_err();
+    let err = users
+        .delete_user(DeleteUserRequest { user: by_id(&created.user_id), etag: String::new(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::NotFound, "USER_NOT_FOUND"));
 }
 
@@ -126,7 +140,7 @@ async fn validation_codes_name_the_field() {
         ),
     ];
     for (user, want, field) in cases {
-        let err = users.create_user(CreateUserRequest { user: Some(user) }).await.unwrap_err();
+        let err = users.create_user(CreateUserRequest { user: Some(user), ..Default::default() }).await.unwrap_err();
         assert_eq!((err.code(), reason(&err).as_str()), (Code::InvalidArgument, want));
         let details = err.get_error_details();
         let violation = &details.bad_request().expect("BadRequest").field_violations[0];
@@ -136,7 +150,10 @@ async fn validation_codes_name_the_field() {
     create(&mut users, "taken").await;
     let other = create(&mut users, "other").await;
     let err = users
-        .create_user(CreateUserRequest { user: Some(User { external_id: "taken".into(), ..User::default() }) })
+        .create_user(CreateUserRequest {
+            user: Some(User { external_id: "taken".into(), ..User::default() }),
+            ..Default::default()
+        })
         .await;
     let err = err.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::AlreadyExists, "EXTERNAL_ID_TAKEN"));
@@ -216,8 +233,12 @@ async fn keys_and_scopes_are_enforced() {
 
     let mut reader = server.users_as(READER_A).await;
     reader.list_users(ListUsersRequest::default()).await.expect("users:read is enough to list");
-    let err =
-        reader.create_user(CreateUserRequest { user: Some(User { external_id: "x".into(), ..User::default() }) }).await;
+    let err = reader
+        .create_user(CreateUserRequest {
+            user: Some(User { external_id: "x".into(), ..User::default() }),
+            ..Default::default()
+        })
+        .await;
     let err = err.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::PermissionDenied, "SCOPE_MISSING"));
     let info = err.get_error_details().error_info().cloned().expect("ErrorInfo");
@@ -237,7 +258,10 @@ async fn tenants_do_not_see_or_collide_with_each_other() {
     assert_ne!(ua.user_id, ub.user_id, "the same external id lives in both tenants");
     let err = b.get_user(GetUserRequest { user: by_id(&ua.user_id) }).await.unwrap_err();
     assert_eq!(reason(&err), "USER_NOT_FOUND");
-    let err = b.delete_user(DeleteUserRequest { user: by_id(&ua.user_id), etag: String::new() }).await.unwrap_err();
+    let err = b
+        .delete_user(DeleteUserRequest { user: by_id(&ua.user_id), etag: String::new(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(reason(&err), "USER_NOT_FOUND");
     let listed = b.list_users(ListUsersRequest::default()).await.expect("list").into_inner().users;
     assert_eq!(listed.len(), 1);

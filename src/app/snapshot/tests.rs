@@ -130,7 +130,8 @@ fn fill(store: &Store, from: u64, n: u64) -> Vec<FaceId> {
     let t = Tenant::new("t").unwrap();
     (from..from + n)
         .map(|i| {
-            let user = store.create_user(&t, User::unenrolled(format!("u{i}"), std::time::SystemTime::now())).unwrap();
+            let user =
+                store.create_user(&t, User::unenrolled(format!("u{i}"), std::time::SystemTime::now()), None).unwrap();
             let face = crate::storage::test_face(user.id, i, i as f32 * 0.013 + 0.1);
             store.put_face(&t, &face, Replace::Nothing, 5, None).unwrap();
             face.face.id

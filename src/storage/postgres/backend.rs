@@ -9,13 +9,13 @@ use super::pool::run;
 use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
 use crate::error::Result;
 use crate::storage::{
-    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, Pending, Replace, Storage,
-    StoredEmbedding, TenantGuard, UserKey, UserPatch,
+    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, Pending, Replace,
+    RequestStamp, SeenRequest, Storage, StoredEmbedding, TenantGuard, UserKey, UserPatch,
 };
 
 impl Storage for PgStore {
-    fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
-        self.write(|| PgStore::create_user(self, tenant, user))
+    fn create_user(&self, tenant: &Tenant, user: User, request: Option<&RequestStamp<'_, User>>) -> Result<User> {
+        self.write(|| PgStore::create_user(self, tenant, user, request))
     }
     fn get_user(&self, tenant: &Tenant, id: UserId) -> Result<Option<User>> {
         self.exec(|| PgStore::get_user(self, tenant, id))
@@ -29,16 +29,18 @@ impl Storage for PgStore {
         id: UserId,
         expected_version: Option<u64>,
         patch: &UserPatch,
+        request: Option<&RequestStamp<'_, User>>,
     ) -> Result<User> {
-        self.write(|| PgStore::update_user(self, tenant, id, expected_version, patch))
+        self.write(|| PgStore::update_user(self, tenant, id, expected_version, patch, request))
     }
     fn delete_user_pending(
         &self,
         tenant: &Tenant,
         id: UserId,
         expected_version: Option<u64>,
+        request: Option<&RequestStamp<'_, Vec<FaceId>>>,
     ) -> Result<Pending<Vec<FaceId>>> {
-        self.write(|| PgStore::delete_user(self, tenant, id, expected_version))
+        self.write(|| PgStore::delete_user(self, tenant, id, expected_version, request))
     }
     fn count_users(&self, tenant: &Tenant) -> Result<usize> {
         self.exec(|| PgStore::count_users(self, tenant))
@@ -53,11 +55,17 @@ impl Storage for PgStore {
         replace: Replace,
         max_faces: usize,
         token: Option<[u8; 32]>,
+        request: Option<&RequestStamp<'_, (User, Option<FaceId>)>>,
     ) -> Result<Pending<(User, Option<FaceId>)>> {
-        self.write(|| PgStore::put_face(self, tenant, new, replace, max_faces, token))
+        self.write(|| PgStore::put_face(self, tenant, new, replace, max_faces, token, request))
     }
-    fn delete_face_pending(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
-        self.write(|| PgStore::delete_face(self, tenant, id))
+    fn delete_face_pending(
+        &self,
+        tenant: &Tenant,
+        id: FaceId,
+        request: Option<&RequestStamp<'_, User>>,
+    ) -> Result<Pending<User>> {
+        self.write(|| PgStore::delete_face(self, tenant, id, request))
     }
     fn get_face(&self, tenant: &Tenant, id: FaceId) -> Result<Option<Face>> {
         self.exec(|| PgStore::get_face(self, tenant, id))
@@ -90,6 +98,12 @@ impl Storage for PgStore {
     }
     fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
         self.exec(|| PgStore::token_user(self, hash, max_attempts))
+    }
+    fn request(&self, tenant: &Tenant, id: &str) -> Result<Option<SeenRequest>> {
+        self.exec(|| PgStore::request(self, tenant, id))
+    }
+    fn purge_requests(&self, before: SystemTime) -> Result<usize> {
+        self.write(|| PgStore::purge_requests(self, before))
     }
     fn use_token_attempt(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
         self.write(|| PgStore::use_token_attempt(self, hash, max_attempts))

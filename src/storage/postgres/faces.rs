@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::storage::faces::{face_removed, plan_put, sealed_slots, token_matches};
 use crate::storage::records::{self, pb};
 use crate::storage::seal::{seal_with, unseal_with};
-use crate::storage::{FaceEmbeddings, NewFace, Pending, Replace, UserKey, keys, log};
+use crate::storage::{FaceEmbeddings, NewFace, Pending, Replace, RequestStamp, UserKey, keys, log};
 
 impl PgStore {
     pub(super) async fn put_face(
@@ -21,6 +21,7 @@ impl PgStore {
         replace: Replace,
         max_faces: usize,
         token: Option<[u8; 32]>,
+        request: Option<&RequestStamp<'_, (User, Option<FaceId>)>>,
     ) -> Result<Pending<(User, Option<FaceId>)>> {
         let user_id = new.face.user_id;
         let key = keys::face_key(tenant, new.face.id);
@@ -93,11 +94,18 @@ impl PgStore {
         save_user(&tx, tenant, &user, token_hash).await?;
         let record = log::put_record(tenant, new.face.id, user_id, &active, other, removed);
         let seq = super::log::append(&tx, tenant, &record).await?;
+        let user = (user, removed);
+        super::requests::record(&tx, tenant, request, &user).await?;
         tx.commit().await.map_err(pg_error)?;
-        Ok(Pending::new((user, removed), seq, || Ok(())))
+        Ok(Pending::new(user, seq, || Ok(())))
     }
 
-    pub(super) async fn delete_face(&self, tenant: &Tenant, id: FaceId) -> Result<Pending<User>> {
+    pub(super) async fn delete_face(
+        &self,
+        tenant: &Tenant,
+        id: FaceId,
+        request: Option<&RequestStamp<'_, User>>,
+    ) -> Result<Pending<User>> {
         let t = tenant.as_str();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_error)?;
@@ -128,6 +136,7 @@ impl PgStore {
         face_removed(&mut user, id);
         save_user(&tx, tenant, &user, token_hash).await?;
         let seq = super::log::append(&tx, tenant, &log::removed_record(tenant, &[id])).await?;
+        super::requests::record(&tx, tenant, request, &user).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(Pending::new(user, seq, || Ok(())))
     }

@@ -24,6 +24,7 @@ mod import;
 mod log;
 mod models;
 mod pool;
+mod requests;
 mod schema;
 mod users;
 mod verify;

@@ -37,6 +37,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE nodes (id text PRIMARY KEY, applied bigint NOT NULL, seen_at timestamptz NOT NULL);",
     // 2: the second embedding slot (storage/models.rs); empty: none.
     "ALTER TABLE faces ADD COLUMN embedding_1 bytea NOT NULL DEFAULT ''::bytea;",
+    // 3: request ids of idempotent writes (storage/requests.rs); owner: the user whose data the
+    // response holds (erased with the user).
+    "CREATE TABLE requests (
+         tenant text NOT NULL, id text NOT NULL, created_ns bigint NOT NULL, owner bigint,
+         record bytea NOT NULL, PRIMARY KEY (tenant, id));
+     CREATE INDEX requests_created ON requests (created_ns);
+     CREATE INDEX requests_owner ON requests (tenant, owner) WHERE owner IS NOT NULL;",
 ];
 
 /// The advisory lock of migrations (namespace, 0).

@@ -80,7 +80,7 @@ fn face(user: UserId, id: u64) -> NewFace {
 }
 
 fn user(store: &dyn Storage, t: &Tenant, external_id: &str) -> User {
-    store.create_user(t, User::unenrolled(external_id, SystemTime::now())).unwrap()
+    store.create_user(t, User::unenrolled(external_id, SystemTime::now()), None).unwrap()
 }
 
 #[test]
@@ -90,18 +90,18 @@ fn records_faces_tokens_and_the_log_behave_as_on_sled() {
     let store: &dyn Storage = &store;
     let t = tenant("t");
     let a = user(store, &t, "a");
-    let err = store.create_user(&t, User::unenrolled("a", SystemTime::now())).unwrap_err();
+    let err = store.create_user(&t, User::unenrolled("a", SystemTime::now()), None).unwrap_err();
     assert_eq!(err.reason(), crate::error::Reason::ExternalIdTaken, "external ids are unique per tenant");
     user(store, &tenant("other"), "a"); // but not across tenants
-    let p1 = store.put_face_pending(&t, &face(a.id, 1), Replace::Nothing, 2, None).unwrap();
-    let p2 = store.put_face_pending(&t, &face(a.id, 2), Replace::Nothing, 2, None).unwrap();
+    let p1 = store.put_face_pending(&t, &face(a.id, 1), Replace::Nothing, 2, None, None).unwrap();
+    let p2 = store.put_face_pending(&t, &face(a.id, 2), Replace::Nothing, 2, None, None).unwrap();
     assert_eq!((p1.seq(), p2.seq()), (1, 2), "one entry per face write, in commit order");
     p1.durable().unwrap();
     p2.durable().unwrap();
-    let full = store.put_face_pending(&t, &face(a.id, 3), Replace::Nothing, 2, None).unwrap_err();
+    let full = store.put_face_pending(&t, &face(a.id, 3), Replace::Nothing, 2, None, None).unwrap_err();
     assert_eq!(full.reason(), crate::error::Reason::FaceLimitReached);
     let (u, replaced) =
-        store.put_face_pending(&t, &face(a.id, 3), Replace::Oldest, 2, None).unwrap().durable().unwrap();
+        store.put_face_pending(&t, &face(a.id, 3), Replace::Oldest, 2, None, None).unwrap().durable().unwrap();
     assert_eq!((replaced, u.face_ids.clone()), (Some(FaceId(1)), vec![FaceId(2), FaceId(3)]));
     let entries = store.read_log(0, 10).unwrap();
     assert_eq!(entries.len(), 3);
@@ -131,26 +131,28 @@ fn records_faces_tokens_and_the_log_behave_as_on_sled() {
     // A token: attempts counted, spent by the update it allows, expired ones purged.
     let grant = crate::storage::TokenGrant { hash: [7; 32], expires_at: SystemTime::now() + Duration::from_secs(60) };
     let patch = UserPatch { reenrollment: Some(grant), email: Some("x@example.org".into()), ..UserPatch::default() };
-    let updated = store.update_user(&t, a.id, Some(a.version + 3), &patch).unwrap();
+    let updated = store.update_user(&t, a.id, Some(a.version + 3), &patch, None).unwrap();
     assert_eq!(updated.email, "x@example.org");
-    let stale = store.update_user(&t, a.id, Some(1), &patch).unwrap_err();
+    let stale = store.update_user(&t, a.id, Some(1), &patch, None).unwrap_err();
     assert_eq!(stale.reason(), crate::error::Reason::EtagMismatch);
     assert_eq!(store.use_token_attempt(&[7; 32], 1).unwrap(), Some((t.clone(), a.id)));
     assert_eq!(store.use_token_attempt(&[7; 32], 1).unwrap(), None, "one attempt only");
-    let p = store.put_face_pending(&t, &face(a.id, 4), Replace::Face(FaceId(2)), 2, Some([7; 32])).unwrap();
+    let p = store.put_face_pending(&t, &face(a.id, 4), Replace::Face(FaceId(2)), 2, Some([7; 32]), None).unwrap();
     p.durable().unwrap();
     assert_eq!(store.token_user(&[7; 32], 9).unwrap(), None, "spent by the update");
     let short = crate::storage::TokenGrant { hash: [8; 32], expires_at: SystemTime::now() };
-    store.update_user(&t, more[0].id, None, &UserPatch { reenrollment: Some(short), ..Default::default() }).unwrap();
+    store
+        .update_user(&t, more[0].id, None, &UserPatch { reenrollment: Some(short), ..Default::default() }, None)
+        .unwrap();
     assert_eq!(store.purge_expired_tokens(SystemTime::now() + Duration::from_secs(1)).unwrap(), 1);
 
     // Deletes write entries; compaction by this (only) node's position; a reader behind is refused.
-    store.delete_face_pending(&t, FaceId(3)).unwrap().durable().unwrap();
-    let removed = store.delete_user_pending(&t, a.id, None).unwrap();
+    store.delete_face_pending(&t, FaceId(3), None).unwrap().durable().unwrap();
+    let removed = store.delete_user_pending(&t, a.id, None, None).unwrap();
     assert_eq!(removed.value(), &vec![FaceId(4)]);
     let head = removed.seq();
     removed.durable().unwrap();
-    assert_eq!(store.delete_user_pending(&t, more[1].id, None).unwrap().seq(), 0, "no faces, no entry");
+    assert_eq!(store.delete_user_pending(&t, more[1].id, None, None).unwrap().seq(), 0, "no faces, no entry");
     assert_eq!(store.log_bounds().unwrap(), LogBounds { head, compacted: 0 });
     assert_eq!(store.compact_log(head - 1).unwrap() as u64, head - 1);
     assert!(store.read_log(0, 10).is_err(), "compacted entries are refused, never skipped");
@@ -173,7 +175,7 @@ fn racing_writers_keep_the_face_limit_and_a_gapless_ordered_log() {
             let (store, t) = (store.clone(), t.clone());
             let owner = if i % 4 == 0 { b.id } else { a.id };
             std::thread::spawn(move || {
-                store.put_face_pending(&t, &face(owner, 100 + i), Replace::Nothing, 5, None).map(|p| p.seq())
+                store.put_face_pending(&t, &face(owner, 100 + i), Replace::Nothing, 5, None, None).map(|p| p.seq())
             })
         })
         .collect();
@@ -242,14 +244,14 @@ fn a_tenant_lock_excludes_other_nodes_and_fences_a_holder_that_lost_it() {
     });
     let (waited, b_lock) = waiter.join().unwrap();
     assert!(waited >= Duration::from_millis(250), "B waited for A ({waited:?})");
-    let refused = node_a.put_face_pending(&t, &face(u.id, 1), Replace::Nothing, 5, None).unwrap_err();
+    let refused = node_a.put_face_pending(&t, &face(u.id, 1), Replace::Nothing, 5, None, None).unwrap_err();
     assert!(matches!(refused, Error::Unavailable { .. }), "{refused:?}");
     drop(held);
-    node_b.put_face_pending(&t, &face(u.id, 1), Replace::Nothing, 5, None).unwrap().durable().unwrap();
+    node_b.put_face_pending(&t, &face(u.id, 1), Replace::Nothing, 5, None, None).unwrap().durable().unwrap();
     drop(b_lock);
     // Released on drop: A takes it again at once and writes.
     let again = Storage::lock_tenant(&node_a, &t).unwrap();
-    node_a.put_face_pending(&t, &face(u.id, 2), Replace::Nothing, 5, None).unwrap().durable().unwrap();
+    node_a.put_face_pending(&t, &face(u.id, 2), Replace::Nothing, 5, None, None).unwrap().durable().unwrap();
     drop(again);
 }
 
@@ -270,7 +272,7 @@ fn the_store_refuses_a_newer_schema_another_key_and_another_embedder() {
     assert!(Storage::check_embedder(&store, &other).is_err());
     let t = tenant("t");
     let u = user(&store, &t, "u");
-    store.put_face_pending(&t, &face(u.id, 1), Replace::Nothing, 5, None).unwrap().durable().unwrap();
+    store.put_face_pending(&t, &face(u.id, 1), Replace::Nothing, 5, None, None).unwrap().durable().unwrap();
     // Sealed at rest: the thumbnail's bytes are not in the table.
     let raw = Storage::raw_entries(&store, crate::storage::keys::THUMBNAILS).unwrap();
     let plain = face(u.id, 1).thumbnail;
@@ -304,7 +306,7 @@ fn lost_connections_fail_the_store_until_a_probe_and_lose_no_acknowledged_write(
                         break;
                     }
                     let id = 1000 * (w as u64 + 1) + i;
-                    match store.put_face_pending(&t, &face(owner, id), Replace::Oldest, 5, None) {
+                    match store.put_face_pending(&t, &face(owner, id), Replace::Oldest, 5, None, None) {
                         Ok(p) => {
                             p.durable().unwrap();
                             acked.push(FaceId(id));

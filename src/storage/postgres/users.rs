@@ -11,7 +11,7 @@ use crate::domain::{FaceId, Tenant, User, UserId};
 use crate::error::{Error, Result};
 use crate::storage::records::{self, pb};
 use crate::storage::users::{apply_patch, taken, token_record, usable_token, version_matches};
-use crate::storage::{Pending, UserKey, UserPatch, random_id};
+use crate::storage::{Pending, RequestStamp, UserKey, UserPatch, random_id};
 
 pub(super) fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M> {
     M::decode(bytes).map_err(|e| Error::internal(what, e))
@@ -73,7 +73,12 @@ pub(super) async fn save_user(tx: &Transaction<'_>, tenant: &Tenant, user: &User
 }
 
 impl PgStore {
-    pub(super) async fn create_user(&self, tenant: &Tenant, user: User) -> Result<User> {
+    pub(super) async fn create_user(
+        &self,
+        tenant: &Tenant,
+        user: User,
+        request: Option<&RequestStamp<'_, User>>,
+    ) -> Result<User> {
         let mut conn = self.conn().await?;
         loop {
             // In a transaction with the fence: a create under the tenant's lock (a quota check)
@@ -91,6 +96,7 @@ impl PgStore {
                 .await
                 .map_err(|e| if external_id_taken(&e) { taken(&user.external_id) } else { pg_error(e) })?;
             if inserted == 1 {
+                super::requests::record(&tx, tenant, request, &user).await?;
                 tx.commit().await.map_err(pg_error)?;
                 return Ok(user);
             }
@@ -118,6 +124,7 @@ impl PgStore {
         id: UserId,
         expected_version: Option<u64>,
         patch: &UserPatch,
+        request: Option<&RequestStamp<'_, User>>,
     ) -> Result<User> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_error)?;
@@ -144,6 +151,7 @@ impl PgStore {
         }
         apply_patch(&mut user, patch);
         save_user(&tx, tenant, &user, token_hash).await?;
+        super::requests::record(&tx, tenant, request, &user).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(user)
     }
@@ -153,6 +161,7 @@ impl PgStore {
         tenant: &Tenant,
         id: UserId,
         expected_version: Option<u64>,
+        request: Option<&RequestStamp<'_, Vec<FaceId>>>,
     ) -> Result<Pending<Vec<FaceId>>> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_error)?;
@@ -177,6 +186,8 @@ impl PgStore {
                 .map_err(pg_error)?;
             super::log::append(&tx, tenant, &crate::storage::log::removed_record(tenant, &removed)).await?
         };
+        super::requests::erase(&tx, tenant, id).await?;
+        super::requests::record(&tx, tenant, request, &removed).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(Pending::new(removed, seq, || Ok(())))
     }

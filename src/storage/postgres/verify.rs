@@ -84,7 +84,7 @@ impl PgStore {
             .query_one(
                 "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM faces), \
                  (SELECT count(*) FROM face_images), (SELECT count(*) FROM tokens), \
-                 (SELECT count(*) FROM change_log)",
+                 (SELECT count(*) FROM change_log), (SELECT count(*) FROM requests)",
                 &[],
             )
             .await
@@ -98,6 +98,7 @@ impl PgStore {
             (keys::IMAGES, n(2)),
             (keys::THUMBNAILS, n(2)),
             (keys::TOKENS, n(3)),
+            (keys::REQUESTS, n(5)),
             (keys::CHANGE_LOG, n(4)),
         ])
     }

@@ -386,7 +386,7 @@ impl Client {
                 Ok(Some(reply.face.expect("face").face_id))
             }
             Op::Delete(face) => {
-                self.faces.delete_face(DeleteFaceRequest { face_id: face.clone() }).await?;
+                self.faces.delete_face(DeleteFaceRequest { face_id: face.clone(), ..Default::default() }).await?;
                 Ok(None)
             }
             Op::Rename(name, metadata) => {
