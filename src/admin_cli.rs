@@ -104,8 +104,9 @@ fn failure(message: impl Into<String>) -> Failure {
 }
 
 async fn connect(args: &AdminArgs) -> Result<Client, Failure> {
-    let (channel, key) =
-        crate::cli_client::connect(&args.server, args.api_key.as_deref(), args.ca_cert.as_deref()).await.map_err(failure)?;
+    let (channel, key) = crate::cli_client::connect(&args.server, args.api_key.as_deref(), args.ca_cert.as_deref())
+        .await
+        .map_err(failure)?;
     Ok(AdminServiceClient::with_interceptor(channel, key))
 }
 

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod imaging;
+pub mod import_cli;
 pub mod inference;
 pub mod metrics;
 pub mod migrate;

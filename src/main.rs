@@ -1,5 +1,5 @@
 //! Process start: parse the config, set up logging, run the server; or `facevault verify`,
-//! `facevault migrate`, `facevault admin`.
+//! `facevault migrate`, `facevault admin`, `facevault import`.
 
 use std::process::ExitCode;
 
@@ -16,6 +16,9 @@ async fn main() -> ExitCode {
     }
     if std::env::args().nth(1).as_deref() == Some("admin") {
         return facevault::admin_cli::main(std::env::args().skip(2)).await;
+    }
+    if std::env::args().nth(1).as_deref() == Some("import") {
+        return facevault::import_cli::main(std::env::args().skip(2)).await;
     }
     let config = Config::parse();
     facevault::telemetry::init(&config.log_format);

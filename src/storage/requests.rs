@@ -132,8 +132,7 @@ pub(crate) fn tx_record<T>(
 }
 
 /// In DeleteUser's transaction: removes every record `user` owns (`ids`, listed before the
-/// transaction by [`Store::owned_requests`]; a write that adds one meanwhile conflicts with the
-/// delete on the user's record, and the delete runs again with a fresh list).
+/// transaction by [`Store::owned_requests`], under the app's tenant lock).
 pub(crate) fn tx_erase(requests: &TransactionalTree, tenant: &Tenant, user: UserId, ids: &[String]) -> TxResult<()> {
     for id in ids {
         requests.remove(owner_key(tenant, user, id))?;

@@ -203,6 +203,10 @@ impl Store {
         expected_version: Option<u64>,
         request: Option<&RequestStamp<'_, Vec<FaceId>>>,
     ) -> Result<super::Pending<Vec<FaceId>>> {
+        // Listed before the transaction (a read of a tree the transaction holds would wait for
+        // it): the app writes a user's recorded requests under the tenant's lock, which the
+        // delete holds, so none is added meanwhile.
+        let owned = self.owned_requests(tenant, id)?;
         let trees = (
             &self.users,
             &self.external_ids,
@@ -228,8 +232,6 @@ impl Store {
                 }
             }
             let removed = record.face_ids.iter().copied().map(FaceId).collect::<Vec<_>>();
-            // Read inside the closure: a conflict that runs it again reads them again.
-            let owned = self.owned_requests(tenant, id).map_err(ConflictableTransactionError::Abort)?;
             requests::tx_erase(requests, tenant, id, &owned)?;
             requests::tx_record(requests, tenant, request, &removed)?;
             // A user without faces changes no face: no entry, nothing for the index to apply.
