@@ -93,7 +93,7 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
     for (identity, files) in &mut by_identity {
         files.sort();
         let user = User { external_id: identity.clone(), ..User::default() };
-        users.create_user(CreateUserRequest { user: Some(user) }).await.expect("create");
+        users.create_user(CreateUserRequest { user: Some(user), ..Default::default() }).await.expect("create");
         for file in files.iter() {
             let request =
                 UploadFaceRequest { user: by_external(identity), image: read(file).into(), ..Default::default() };
@@ -213,7 +213,7 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
         for (n, file) in files.iter().enumerate() {
             let external = format!("photo-{n}-{}", &identity[..identity.len().min(50)]);
             let user = User { external_id: external.clone(), ..User::default() };
-            users_b.create_user(CreateUserRequest { user: Some(user) }).await.expect("create");
+            users_b.create_user(CreateUserRequest { user: Some(user), ..Default::default() }).await.expect("create");
             let upload = |policy: MultipleFacesPolicy| UploadFaceRequest {
                 user: by_external(&external),
                 image: read(file).into(),

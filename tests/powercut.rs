@@ -435,7 +435,8 @@ async fn create_users(server: &Server, cycle: usize) -> (Vec<String>, Vec<Model>
     for u in 0..USERS {
         let user =
             User { external_id: format!("power-{cycle}-{u}"), display_name: "initial".into(), ..User::default() };
-        let created = users.create_user(CreateUserRequest { user: Some(user) }).await.expect("CreateUser");
+        let created =
+            users.create_user(CreateUserRequest { user: Some(user), ..Default::default() }).await.expect("CreateUser");
         ids.push(created.into_inner().user_id);
         models.push(Model::initial());
     }
@@ -583,8 +584,12 @@ async fn a_disk_that_fails_under_a_running_server_stops_acknowledgements_and_los
     let channel = server.channel().await;
     let (mut faces, mut users) = (faces_client(channel.clone(), ADMIN_A, None), users_client(channel.clone(), ADMIN_A));
     let user = User { external_id: "disk-fault".into(), ..User::default() };
-    let user_id =
-        users.create_user(CreateUserRequest { user: Some(user) }).await.expect("CreateUser").into_inner().user_id;
+    let user_id = users
+        .create_user(CreateUserRequest { user: Some(user), ..Default::default() })
+        .await
+        .expect("CreateUser")
+        .into_inner()
+        .user_id;
     let mut kept = Vec::new();
     for person in &people[..2] {
         let upload = UploadFaceRequest { user: by_id(&user_id), image: person.clone().into(), ..Default::default() };
@@ -595,7 +600,8 @@ async fn a_disk_that_fails_under_a_running_server_stops_acknowledgements_and_los
 
     fs.cut();
     // A delete commits in memory, then its sync fails: not acknowledged.
-    let err = faces.delete_face(DeleteFaceRequest { face_id: kept[0].clone() }).await.unwrap_err();
+    let err =
+        faces.delete_face(DeleteFaceRequest { face_id: kept[0].clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "the write that met the failure: {err:?}");
     assert!(tonic_types::StatusExt::get_error_details(&err).retry_info().is_some(), "RetryInfo attached");
     // Nothing later is acknowledged either, whatever the disk does next.
@@ -918,7 +924,8 @@ async fn fault_round(fault: Fault, seed: u64, people: &[Vec<u8>], dir: &Path) ->
     let mut ids = Vec::new();
     for u in 0..=USERS {
         let user = User { external_id: format!("fault-{u}"), display_name: "initial".into(), ..User::default() };
-        let created = users.create_user(CreateUserRequest { user: Some(user) }).await.expect("CreateUser");
+        let created =
+            users.create_user(CreateUserRequest { user: Some(user), ..Default::default() }).await.expect("CreateUser");
         ids.push(created.into_inner().user_id);
     }
     let probe_id = ids[USERS].clone();

@@ -189,7 +189,6 @@ mod tests {
             format!("{:?}", pb::DetectFacesRequest { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::UploadFaceRequest { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::UpdateFaceRequest { image: PHOTO.into(), ..Default::default() }),
-            format!("{:?}", pb::ImportItem { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::SearchFacesRequest { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::VerifyFaceRequest { image: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::UpdateUserResponse { reenrollment_token: TOKEN.into(), ..Default::default() }),
@@ -198,6 +197,7 @@ mod tests {
             format!("{:?}", pb::UpdateFaceResponse { thumbnail: PHOTO.into(), ..Default::default() }),
             format!("{:?}", pb::DetectFacesResponse { faces: vec![face.clone()], ..Default::default() }),
             format!("{face:?}"),
+            format!("{:?}", pb::ImportItem { image: PHOTO.into(), ..Default::default() }),
         ];
         for text in &texts {
             let text = text.replace("0.654321", "score"); // the score is not secret

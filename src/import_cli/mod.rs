@@ -320,30 +320,25 @@ async fn stream(
         .map_err(|e| (2, e))?;
     let mut client = pb::face_service_client::FaceServiceClient::with_interceptor(channel, key)
         .max_encoding_message_size(usize::MAX);
-    // Images are read as the stream takes them: a few ahead, never the whole folder.
-    let (items, outbound) = mpsc::channel(4);
-    let producer_rows: Vec<(usize, Row)> = indexes.iter().map(|&i| (i, rows[i].clone())).collect();
     let (duplicate_policy, multiple_faces) = (args.duplicate_policy, args.multiple_faces_policy);
-    let producer = tokio::spawn(async move {
-        for (i, row) in producer_rows {
-            let path = row.image.clone();
-            let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
-            let item = match read.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
-                Ok(image) => item_of(i, &row, image, duplicate_policy, multiple_faces),
-                // Read since the check (removed meanwhile): an item the server fails.
-                Err(_) => item_of(i, &row, Vec::new(), duplicate_policy, multiple_faces),
-            };
-            if items.send(pb::ImportFacesRequest { item: Some(item) }).await.is_err() {
-                return;
+    let mut attempt = 0;
+    let (mut results, producer) = loop {
+        // Images are read as the stream takes them: a few ahead, never the whole folder.
+        let (items, outbound) = mpsc::channel(4);
+        let producer_rows: Vec<(usize, Row)> = indexes.iter().map(|&i| (i, rows[i].clone())).collect();
+        let producer = tokio::spawn(produce(producer_rows, items, duplicate_policy, multiple_faces));
+        match client.import_faces(tokio_stream::wrappers::ReceiverStream::new(outbound)).await {
+            Ok(response) => break (response.into_inner(), producer),
+            Err(status) => {
+                producer.abort();
+                // A busy or rate-limited server refuses the call before it reads an item:
+                // open it again after the wait it asks for.
+                attempt += 1;
+                match retry_after(&status) {
+                    Some(wait) if attempt < 10 => tokio::time::sleep(wait).await,
+                    _ => return Err(refusal(&status)),
+                }
             }
-        }
-    });
-    let response = client.import_faces(tokio_stream::wrappers::ReceiverStream::new(outbound)).await;
-    let mut results = match response {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            producer.abort();
-            return Err(refusal(&status));
         }
     };
     loop {
@@ -364,6 +359,33 @@ async fn stream(
         }
     }
     Ok(())
+}
+
+/// Sends the items of `rows` into `items`, reading each image when the stream takes it.
+async fn produce(
+    rows: Vec<(usize, Row)>,
+    items: mpsc::Sender<pb::ImportFacesRequest>,
+    duplicate_policy: DuplicatePolicy,
+    multiple_faces: MultipleFaces,
+) {
+    for (i, row) in rows {
+        let path = row.image.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
+        // A file removed since the check: an empty image, which the server fails.
+        let image = read.unwrap_or_else(|e| Err(std::io::Error::other(e))).unwrap_or_default();
+        let item = item_of(i, &row, image, duplicate_policy, multiple_faces);
+        if items.send(pb::ImportFacesRequest { item: Some(item) }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long to wait before opening the stream again, for a refusal worth retrying.
+fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    let retryable = matches!(status.code(), tonic::Code::ResourceExhausted | tonic::Code::Unavailable);
+    retryable
+        .then(|| status.get_error_details().retry_info().and_then(|r| r.retry_delay).unwrap_or(Duration::from_secs(1)))
 }
 
 /// The exit code and message of a status that ended the stream.
