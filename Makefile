@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (set up, build, serve on 127.0.0.1:50051) and
 # `make test` (set up, run every test). Everything else is for development.
-.PHONY: setup run test eval calibrate lint bench reference crash powercut fuzz quantize reindex-bench
+.PHONY: setup run test eval calibrate lint bench reference crash powercut fuzz quantize reindex-bench import-bench
 
 setup:
 	bash scripts/setup.sh
@@ -41,6 +41,10 @@ reference:
 # model"). Uses devfaces (FACEVAULT_DEVFACES); COPIES, SECONDS_EACH as in the script.
 reindex-bench: setup
 	bash scripts/reindex-bench.sh
+
+# ImportFaces against UploadFace calls on the devfaces photos, side by side (README numbers).
+import-bench: setup
+	bash scripts/import-bench.sh
 
 # The crash-consistency harness with many kills (CI runs 3). FACEVAULT_CRASH_SEED replays a run.
 crash: setup

@@ -291,3 +291,96 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
     assert!(wrong.is_empty(), "DOMINANT enrolled another person's face: {wrong:?}");
     assert!(still_refused <= 3, "{still_refused} photos refused under DOMINANT");
 }
+
+/// A line of a report CSV (quoted fields may hold commas).
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut field, mut quoted, mut chars) = (Vec::new(), String::new(), false, line.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => fields.push(std::mem::take(&mut field)),
+            (_, c) => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+/// `facevault import` of every devfaces photo (REJECT for photos with several faces), with the
+/// first photo of ten people also under a second external id: every outcome appears, the
+/// copies are reported as duplicates across users, and a second run replays everything it
+/// imported and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devfaces_import_through_the_cli() {
+    let dir = devfaces();
+    let server = TestServer::start_keyed().await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut manifest = String::from("external_id,image,comment\n");
+    let mut aliases = BTreeMap::new();
+    for row in rows(dir.join("labels.csv")) {
+        let path = dir.join("images").join(&row[0]);
+        manifest.push_str(&format!("{},{},devfaces\n", row[1], path.display()));
+        if aliases.len() < 10 && !aliases.contains_key(&row[1]) {
+            aliases.insert(row[1].clone(), path);
+        }
+    }
+    for (identity, path) in &aliases {
+        manifest.push_str(&format!("alias-{identity},{},a second account\n", path.display()));
+    }
+    let manifest_path = work.path().join("manifest.csv");
+    std::fs::write(&manifest_path, manifest).expect("manifest");
+    let report_path = work.path().join("report.csv");
+    let run = |server_url: String| {
+        let (manifest_path, report_path) = (manifest_path.clone(), report_path.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_facevault"))
+                .args(["import", manifest_path.to_str().expect("path"), "--server", &server_url])
+                .args(["--api-key", ADMIN_A.expect("key"), "--multiple-faces-policy", "reject"])
+                .args(["--report", report_path.to_str().expect("path")])
+                .output()
+                .expect("facevault import")
+        })
+    };
+    let first = run(server.url()).await.expect("join");
+    println!("{}", String::from_utf8_lossy(&first.stdout));
+    assert_eq!(first.status.code(), Some(1), "some rows fail: {}", String::from_utf8_lossy(&first.stderr));
+    let report = || -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(&report_path).expect("report");
+        text.lines().skip(1).map(csv_fields).collect()
+    };
+    let rows = report();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &rows {
+        let key = if row[3] == "FAILED" { format!("FAILED {}", row[6]) } else { row[3].clone() };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    println!("outcomes: {outcomes:?}");
+    let count = |key: &str| outcomes.get(key).copied().unwrap_or(0);
+    assert_eq!(rows.len(), 333 + aliases.len());
+    assert!(count("CREATED") >= 90, "{outcomes:?}");
+    assert!(count("ADDED") > 100, "{outcomes:?}");
+    assert!(count("FAILED MULTIPLE_FACES_DETECTED") > 0, "{outcomes:?}");
+    assert!(count("FAILED FACE_LIMIT_REACHED") > 0, "{outcomes:?}");
+    // The aliases (or, where an alias came first, the originals) name the other account.
+    let reported: usize = rows
+        .iter()
+        .filter(|r| r[1].starts_with("alias-") || aliases.contains_key(&r[1]))
+        .filter(|r| r[8].parse::<usize>().unwrap_or(0) > 0)
+        .count();
+    assert!(reported >= aliases.len(), "{reported} rows report a duplicate across users");
+
+    // Again: what was imported is replayed, nothing is written.
+    let faces_before = server.app().store().expect("store").count_faces().expect("count");
+    let second = run(server.url()).await.expect("join");
+    assert_eq!(second.status.code(), Some(1));
+    let again = report();
+    let imported = count("CREATED") + count("ADDED");
+    assert_eq!(again.iter().filter(|r| r[3] == "REPLAYED").count(), imported);
+    assert_eq!(server.app().store().expect("store").count_faces().expect("count"), faces_before);
+    assert_eq!(faces_before as usize, imported);
+}

@@ -34,7 +34,18 @@ impl App {
     ) -> Result<Written<EnrollOutcome>> {
         validate_new_user("item.user", &user)?;
         validate::comment(&upload.comment, "item.comment")?;
-        self.idempotent(&caller.tenant, idem.as_ref(), || self.import_once(caller, user, upload, idem.as_ref())).await
+        self.idempotent(&caller.tenant, idem.as_ref(), || async {
+            // Another item of the same new external id may remove the user it created (its own
+            // face failed) between this item finding the user and adding the face: once more.
+            for _ in 0..2 {
+                match self.import_once(caller, user.clone(), upload.clone(), idem.as_ref()).await {
+                    Err(e) if e.reason() == Reason::UserNotFound => continue,
+                    done => return done,
+                }
+            }
+            self.import_once(caller, user, upload, idem.as_ref()).await
+        })
+        .await
     }
 
     async fn import_once(
