@@ -20,7 +20,10 @@ DATA="$(mktemp -d)"
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DATA"' EXIT
 load() { ./target/release/facevault-load --addr "$ADDR" --images "$DEVFACES/images" "$@"; }
-for _ in $(seq 60); do load --rpc detect --requests 1 --warmup 0 --concurrency 1 > /dev/null 2>&1 && break; sleep 1; done
+for _ in $(seq 120); do
+  third_party/grpcurl/grpcurl -plaintext "127.0.0.1:$PORT" grpc.health.v1.Health/Check 2> /dev/null | grep -q '"SERVING"' && break
+  sleep 1
+done
 echo "## CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
   "flags: $(grep -o -w -E 'avx2|avx512f|avx512_bf16|avx512_vnni|amx_tile' /proc/cpuinfo | sort -u | xargs)"
 n=$(ls "$DEVFACES/images" | wc -l)

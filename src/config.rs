@@ -308,9 +308,10 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_REQUEST_ID_TTL", default_value_t = 86_400)]
     pub request_id_ttl: u64,
 
-    /// ImportFaces items one stream works on at once (1 to 1024); 0: four per inference worker.
+    /// ImportFaces items one stream works on at once (1 to 1024); 0: two per inference worker.
     /// The server reads no further items meanwhile, so a faster sender is slowed by HTTP/2 flow
-    /// control.
+    /// control. A stream counts as one call of its key (--max-concurrent-per-key) for its whole
+    /// life and may wait --request-timeout for its next item.
     #[arg(long, env = "FACEVAULT_IMPORT_MAX_IN_FLIGHT", default_value_t = 0)]
     pub import_max_in_flight: usize,
 

@@ -229,7 +229,12 @@ impl App {
         validate::comment(&upload.comment, "comment")?;
         let tenant = match &credential {
             UpdateCredential::Key(caller) => caller.tenant.clone(),
-            UpdateCredential::Token(holder) => holder.tenant.clone(),
+            UpdateCredential::Token(holder) => {
+                // The token decides the user before anything else, a replay included: a token
+                // holder learns nothing of the tenant's request ids through another user.
+                self.token_user(holder, &upload.user).await?;
+                holder.tenant.clone()
+            }
         };
         self.idempotent(&tenant, idem.as_ref(), || self.update_face_once(credential, upload, face_id, idem.as_ref()))
             .await
@@ -248,13 +253,7 @@ impl App {
         };
         let user = match &token {
             None => self.resolve_user(&tenant, &upload.user).await?,
-            // The token decides the user: naming another one, or none that exists, is the same
-            // refusal as a bad token, decided before any image work.
-            Some(holder) => match self.resolve_user(&tenant, &upload.user).await {
-                Ok(user) if user.id == holder.user_id => user,
-                Err(e @ (Error::Internal { .. } | Error::Unavailable { .. })) => return Err(e),
-                Ok(_) | Err(_) => return Err(invalid_token()),
-            },
+            Some(holder) => self.token_user(holder, &upload.user).await?,
         };
         let replace = match face_id {
             None | Some("") => Replace::Oldest,
@@ -268,6 +267,16 @@ impl App {
         };
         let request = Request { idem, token: token.map(|holder| holder.hash), created_user: false };
         self.enroll(&tenant, &uploaded_by, user.id, upload, replace, request).await
+    }
+
+    /// The user a token's UpdateFace names, which must be the token's own: naming another one,
+    /// or none that exists, is the same refusal as a bad token, decided before any image work.
+    async fn token_user(&self, holder: &TokenHolder, user: &UserRef) -> Result<User> {
+        match self.resolve_user(&holder.tenant, user).await {
+            Ok(user) if user.id == holder.user_id => Ok(user),
+            Err(e @ (Error::Internal { .. } | Error::Unavailable { .. })) => Err(e),
+            Ok(_) | Err(_) => Err(invalid_token()),
+        }
     }
 
     /// Enrolls with the models of now; once more when they changed before the write committed
@@ -519,6 +528,13 @@ impl App {
             .await
         })
         .await
+    }
+
+    /// For each (user, face) a replayed response names, the user's external id while the face
+    /// still exists and is that user's: a replay names no one deleted since.
+    pub async fn current_owners(&self, tenant: &Tenant, pairs: Vec<(UserId, FaceId)>) -> Result<Vec<Option<String>>> {
+        let (store, tenant) = (self.store()?, tenant.clone());
+        blocking(move || store.hit_owners(&tenant, &pairs)).await
     }
 
     /// The stored thumbnail of a face, empty when it is gone (a replayed enrollment's).

@@ -48,8 +48,10 @@ pub struct Settings {
     pub token_ttl: Duration,
     /// `--request-id-ttl`.
     pub request_id_ttl: Duration,
-    /// `--import-max-in-flight`, resolved (0: four per inference worker).
+    /// `--import-max-in-flight`, resolved (0: two per inference worker).
     pub import_max_in_flight: usize,
+    /// How long an ImportFaces stream may wait for its next item (`--request-timeout`).
+    pub import_idle: Duration,
     /// UpdateFace calls one re-enrollment token admits over its whole life.
     pub token_max_attempts: u32,
     pub thumbnail_size: u32,
@@ -238,9 +240,10 @@ impl App {
             token_ttl: Duration::from_secs(config.reenrollment_token_ttl),
             request_id_ttl: Duration::from_secs(config.request_id_ttl),
             import_max_in_flight: match config.import_max_in_flight {
-                0 => 4 * pool.workers().max(1),
+                0 => 2 * pool.workers().max(1),
                 n => n,
             },
+            import_idle: Duration::from_secs(config.request_timeout),
             token_max_attempts: config.token_max_attempts,
             thumbnail_size: config.thumbnail_size,
             reindex_share: config.reindex_share,

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::AppSlot;
 use super::auth::{caller, caller_key, update_credential};
 use super::convert;
-use super::idempotent::{idempotency, replayed};
+use super::idempotent::{current_duplicates, idempotency, recorded_duplicates, replayed};
 use super::pb;
 use super::pb::face_service_server::FaceService;
 use super::{call_deadline, observed};
@@ -59,7 +59,7 @@ impl FaceService for FaceApi {
         caller_key(&request, Scope::UsersWrite)?;
         let who = caller_key(&request, Scope::FacesWrite)?;
         let inbound = request.into_inner();
-        Ok(Response::new(super::import_api::start(self.app.clone(), self.keys.clone(), who, inbound)))
+        Ok(Response::new(super::import_api::start(self.app.clone(), self.keys.clone(), who, inbound)?))
     }
 
     async fn detect_faces(
@@ -88,7 +88,11 @@ impl FaceService for FaceApi {
             let who = caller(&request, Scope::FacesWrite)?;
             let mut request = request.into_inner();
             let request_id = std::mem::take(&mut request.request_id);
-            let idem = idempotency("UploadFace", request_id, &request, upload_response)?;
+            let idem = idempotency("UploadFace", request_id, &request, |out: &EnrollOutcome| {
+                let mut response = upload_response(out);
+                recorded_duplicates(&mut response.duplicates);
+                response
+            })?;
             let pb::UploadFaceRequest { user, image, comment, duplicate_policy, multiple_faces_policy, request_id: _ } =
                 request;
             let upload = FaceUpload {
@@ -105,6 +109,7 @@ impl FaceService for FaceApi {
                     let mut response: pb::UploadFaceResponse = replayed(&bytes)?;
                     let face = response.face.as_ref().map(|f| f.face_id.as_str()).unwrap_or_default();
                     response.thumbnail = app.stored_thumbnail(&who.tenant, face).await?.into();
+                    current_duplicates(app, &who.tenant, &mut response.duplicates).await?;
                     response
                 }
             }))
@@ -118,13 +123,21 @@ impl FaceService for FaceApi {
     ) -> Result<Response<pb::UpdateFaceResponse>, Status> {
         observed("UpdateFace", call_deadline(&request), async move {
             let credential = update_credential(&request)?;
-            let tenant = match &credential {
-                UpdateCredential::Key(caller) => caller.tenant.clone(),
-                UpdateCredential::Token(holder) => holder.tenant.clone(),
+            // A token's call is another request than a key's with the same body (its response
+            // holds no duplicates).
+            let (tenant, rpc) = match &credential {
+                UpdateCredential::Key(caller) => (caller.tenant.clone(), "UpdateFace".to_owned()),
+                UpdateCredential::Token(holder) => {
+                    (holder.tenant.clone(), format!("UpdateFace by the token of {}", holder.user_id))
+                }
             };
             let mut request = request.into_inner();
             let request_id = std::mem::take(&mut request.request_id);
-            let idem = idempotency("UpdateFace", request_id, &request, update_response)?;
+            let idem = idempotency(&rpc, request_id, &request, |out: &EnrollOutcome| {
+                let mut response = update_response(out);
+                recorded_duplicates(&mut response.duplicates);
+                response
+            })?;
             let pb::UpdateFaceRequest {
                 user,
                 face_id,
@@ -151,6 +164,7 @@ impl FaceService for FaceApi {
                     let mut response: pb::UpdateFaceResponse = replayed(&bytes)?;
                     let face = response.face.as_ref().map(|f| f.face_id.as_str()).unwrap_or_default();
                     response.thumbnail = app.stored_thumbnail(&tenant, face).await?.into();
+                    current_duplicates(app, &tenant, &mut response.duplicates).await?;
                     response
                 }
             }))

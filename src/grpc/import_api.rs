@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
-use super::idempotent::{idempotency, replayed};
+use super::idempotent::{current_duplicates, idempotency, recorded_duplicates, replayed};
 use super::{AppSlot, convert, pb};
 use crate::app::{App, EnrollOutcome, FaceUpload, KeyRing, UserRef, Written, validate_item_id};
 use crate::domain::Principal;
@@ -47,17 +47,31 @@ fn failed(status: Status) -> pb::ImportResult {
     pb::ImportResult { outcome: Outcome::Failed as i32, error: Some(error), ..Default::default() }
 }
 
+/// How a stream runs: its bound, its idle limit, and the key's call slot it holds.
+struct Limits {
+    in_flight: usize,
+    idle: std::time::Duration,
+    /// The stream counts as one call of its key for its whole life (the auth layer's slot ends
+    /// when the handler returns the stream).
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// Starts the import of `inbound` for `who` (checked for users:write and faces:write).
 pub(super) fn start(
     app: AppSlot,
     keys: KeyRing,
     who: Arc<Principal>,
     inbound: Streaming<pb::ImportFacesRequest>,
-) -> ResultStream {
-    let in_flight = app.get().map(|a| a.settings().import_max_in_flight).unwrap_or(1).max(1);
-    let (results, rx) = mpsc::channel(in_flight);
-    tokio::spawn(run(app, keys, who, inbound, results, in_flight));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+) -> Result<ResultStream, Status> {
+    let settings = app.get()?.settings();
+    let limits = Limits {
+        in_flight: settings.import_max_in_flight.max(1),
+        idle: settings.import_idle,
+        _slot: keys.concurrency_permit(&who)?,
+    };
+    let (results, rx) = mpsc::channel(limits.in_flight);
+    tokio::spawn(run(app, keys, who, inbound, results, limits));
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
 async fn run(
@@ -66,14 +80,21 @@ async fn run(
     who: Arc<Principal>,
     mut inbound: Streaming<pb::ImportFacesRequest>,
     results: mpsc::Sender<Result<pb::ImportFacesResponse, Status>>,
-    in_flight: usize,
+    limits: Limits,
 ) {
+    let in_flight = limits.in_flight;
     let started = std::time::Instant::now();
     let slots = Arc::new(Semaphore::new(in_flight));
     let mut code = "OK";
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let item = match inbound.message().await {
+        let next = tokio::time::timeout(limits.idle, inbound.message()).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "no item came for {} s (the server's request timeout)",
+                limits.idle.as_secs()
+            )))
+        });
+        let item = match next {
             Ok(Some(request)) => request.item.unwrap_or_default(),
             Ok(None) => break,
             Err(status) => {
@@ -106,12 +127,23 @@ async fn run(
     crate::metrics::record_rpc("ImportFaces", code, started.elapsed());
 }
 
+/// How often an item the inference queue had no room for is tried again (100 ms apart):
+/// other traffic may fill the queue, and an import waits rather than failing its items.
+const OVERLOAD_RETRIES: usize = 100;
+
 /// One item: its result, FAILED with the error UploadFace would have given when it fails.
 async fn import_one(app: &App, who: &Principal, mut item: pb::ImportItem) -> pb::ImportResult {
     let item_id = std::mem::take(&mut item.item_id);
-    let mut result = match import_item(app, who, &item_id, item).await {
-        Ok(result) => result,
-        Err(status) => failed(status),
+    let mut tries = 0;
+    let mut result = loop {
+        match import_item(app, who, &item_id, item.clone()).await {
+            Ok(result) => break result,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted && tries < OVERLOAD_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(status) => break failed(status),
+        }
     };
     result.item_id = item_id;
     result
@@ -125,7 +157,11 @@ async fn import_item(
 ) -> Result<pb::ImportResult, Status> {
     validate_item_id(item_id)?;
     let request_id = std::mem::take(&mut item.request_id);
-    let idem = idempotency("ImportFaces", request_id, &item, item_result)?;
+    let idem = idempotency("ImportFaces", request_id, &item, |out: &EnrollOutcome| {
+        let mut result = item_result(out);
+        recorded_duplicates(&mut result.duplicates);
+        result
+    })?;
     let pb::ImportItem { item_id: _, request_id: _, user, image, comment, duplicate_policy, multiple_faces_policy } =
         item;
     let user = convert::new_user(user);
@@ -140,6 +176,7 @@ async fn import_item(
         Written::Done(out) => item_result(&out),
         Written::Replayed(bytes) => {
             let mut result: pb::ImportResult = replayed(&bytes)?;
+            current_duplicates(app, &who.tenant, &mut result.duplicates).await?;
             result.replayed_outcome = result.outcome;
             result.outcome = Outcome::Replayed as i32;
             result

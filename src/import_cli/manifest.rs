@@ -21,11 +21,13 @@ pub(super) struct Row {
 }
 
 impl Row {
-    /// The request id of this row with this image: the same row and photo always get the same
-    /// id, so a second run replays what the first one imported.
-    pub(super) fn request_id(&self, image: &[u8]) -> String {
+    /// The request id of this row's photo under `policies` (the import's flags): the same
+    /// person and photo always get the same id, so a second run replays what the first one
+    /// imported. A row whose other fields (an e-mail, the comment) changed in between is then
+    /// refused REQUEST_ID_REUSED instead of adding the photo a second time.
+    pub(super) fn request_id(&self, image: &[u8], policies: &str) -> String {
         let mut hash = Sha256::new();
-        for field in [&self.external_id, &self.display_name, &self.email, &self.phone, &self.comment] {
+        for field in [self.external_id.as_str(), policies] {
             hash.update(field.as_bytes());
             hash.update([0]);
         }
@@ -83,6 +85,8 @@ fn read_folder(dir: &Path) -> Result<Vec<Row>, String> {
 
 /// A CSV manifest with a header; image paths relative to `base`.
 pub(super) fn read_csv(text: &str, base: &Path) -> Result<Vec<Row>, String> {
+    // A byte-order mark (spreadsheet exports) is not part of the first column's name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut records = parse_csv(text)?.into_iter();
     let header = records.next().ok_or("the manifest is empty (it needs a header: external_id,image,...)")?;
     let column = |names: &[&str]| header.iter().position(|h| names.contains(&h.trim().to_ascii_lowercase().as_str()));
@@ -250,11 +254,14 @@ mod tests {
         assert_eq!((rows[0].item_id.as_str(), rows[0].email.as_str()), ("row 2", "a@example.com"));
         assert_eq!(rows[1].image, PathBuf::from("/abs/b.png"));
         assert!(read_csv("external_id\nx\n", Path::new(".")).is_err());
-        // The same row and image: the same id; another image or field: another id.
-        let id = rows[0].request_id(b"image");
-        assert_eq!(id, rows[0].request_id(b"image"));
-        assert_ne!(id, rows[0].request_id(b"other image"));
-        assert_ne!(id, Row { comment: "x".into(), ..rows[0].clone() }.request_id(b"image"));
+        // The same person and image: the same id, whatever other field changed; another image,
+        // person or policy: another id.
+        let id = rows[0].request_id(b"image", "p");
+        assert_eq!(id, Row { comment: "fixed".into(), ..rows[0].clone() }.request_id(b"image", "p"));
+        assert_ne!(id, rows[0].request_id(b"other image", "p"));
+        assert_ne!(id, rows[1].request_id(b"image", "p"));
+        assert_ne!(id, rows[0].request_id(b"image", "q"));
+        assert_eq!(read_csv("\u{feff}external_id,image\nx,y.jpg\n", Path::new(".")).unwrap().len(), 1);
         assert!(crate::app::validate_request_id(&id, "request_id").is_ok());
     }
 }

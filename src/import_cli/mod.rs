@@ -404,7 +404,7 @@ fn item_of(
 ) -> pb::ImportItem {
     pb::ImportItem {
         item_id: index.to_string(),
-        request_id: row.request_id(&image),
+        request_id: row.request_id(&image, &format!("{duplicate_policy:?} {multiple_faces:?}")),
         user: Some(pb::User {
             external_id: row.external_id.clone(),
             display_name: row.display_name.clone(),

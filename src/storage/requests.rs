@@ -136,7 +136,14 @@ pub(crate) fn tx_record<T>(
 pub(crate) fn tx_erase(requests: &TransactionalTree, tenant: &Tenant, user: UserId, ids: &[String]) -> TxResult<()> {
     for id in ids {
         requests.remove(owner_key(tenant, user, id))?;
-        requests.remove(record_key(tenant, id))?;
+        // Only while it is still this user's: an expired id may have been recorded anew.
+        let key = record_key(tenant, id);
+        if let Some(bytes) = requests.get(&key)? {
+            let record: pb::RequestRecord = tx_decode(&bytes, "decoding a request record")?;
+            if record.owner == user.0 {
+                requests.remove(key)?;
+            }
+        }
     }
     Ok(())
 }

@@ -43,9 +43,12 @@ async fn the_readme_cookbook_works_as_written() {
         "Message: email is not a valid e-mail address",
         "\"reason\":\"EMAIL_INVALID\"",
         "\"field\":\"user.email\"",
+        "\"itemId\": \"row-1\"",
     ] {
         assert!(text.contains(expected), "cookbook output lacks {expected:?}:\n{text}");
     }
+    // The retried CreateUser answered twice, the same user.
+    assert_eq!(text.matches("\"externalId\": \"carol-001\"").count(), 2, "{text}");
     // Only the last call, the error example, fails.
     assert_eq!(text.matches("ERROR:").count(), 1, "{text}");
     assert!(!text.contains("Error invoking method"), "{text}");

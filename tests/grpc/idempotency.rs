@@ -237,3 +237,45 @@ async fn retries_after_dropped_connections_never_write_twice() {
     }
     assert_index_equals_store(&server, "alpha");
 }
+
+#[tokio::test]
+async fn a_replay_names_no_one_deleted_since_and_tokens_stay_in_their_lane() {
+    let server = TestServer::start_keyed().await;
+    let (mut users, mut faces) = (server.users_as(ADMIN_A).await, server.faces_as(ADMIN_A).await);
+    let photos = people();
+    for name in ["dup-p", "dup-q", "dup-r"] {
+        users.create_user(new_user(name, "")).await.expect("create");
+    }
+    faces.upload_face(upload("dup-p", photos[0].clone(), "")).await.expect("p");
+    let first = faces.upload_face(upload("dup-q", photos[0].clone(), "dup-1")).await.expect("q").into_inner();
+    assert!(first.duplicates.iter().any(|d| d.external_id == "dup-p"), "{:?}", first.duplicates);
+    users
+        .delete_user(DeleteUserRequest { user: by_external("dup-p"), ..DeleteUserRequest::default() })
+        .await
+        .expect("delete p");
+    let replay = faces.upload_face(upload("dup-q", photos[0].clone(), "dup-1")).await.expect("replay").into_inner();
+    assert_eq!(replay.face, first.face);
+    assert!(replay.duplicates.is_empty(), "a deleted user is still named: {:?}", replay.duplicates);
+
+    // A token of dup-r naming dup-q with dup-q's request id: the token's refusal, not a word
+    // about the id.
+    let token = users
+        .update_user(UpdateUserRequest {
+            user: by_external("dup-r"),
+            require_face_reenrollment: true,
+            ..UpdateUserRequest::default()
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .reenrollment_token;
+    let mut holder = faces_client(server.channel().await, None, Some(&token));
+    let request = UpdateFaceRequest {
+        user: by_external("dup-q"),
+        image: photos[0].clone().into(),
+        request_id: "dup-1".into(),
+        ..UpdateFaceRequest::default()
+    };
+    let err = holder.update_face(request).await.unwrap_err();
+    assert_eq!(reason(&err), "REENROLLMENT_TOKEN_INVALID");
+}

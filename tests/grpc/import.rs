@@ -125,6 +125,17 @@ async fn an_import_needs_both_write_scopes() {
     let mut reader = server.faces_as(READER_A).await;
     let err = import(&mut reader, vec![item("1", "x", people()[0].clone())]).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::PermissionDenied, "SCOPE_MISSING"));
+    server.stop().await;
+    // A key with faces:write but not users:write: refused by the handler, before any item.
+    let server = TestServer::start_keyed_json(|file| {
+        let faces_only = key_entry("faces-only", "alpha", &["faces:write", "faces:read"], "secret-faces-only");
+        file["keys"].as_array_mut().expect("keys").push(faces_only);
+    })
+    .await;
+    let mut faces_only = server.faces_as(Some("secret-faces-only")).await;
+    let err = import(&mut faces_only, vec![item("1", "x", people()[0].clone())]).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::PermissionDenied, "SCOPE_MISSING"));
+    assert!(err.message().contains("users:write"), "{}", err.message());
     let mut nobody = server.faces_as(None).await;
     let err = import(&mut nobody, vec![item("1", "x", people()[0].clone())]).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
