@@ -256,6 +256,10 @@ async fn a_replay_names_no_one_deleted_since_and_tokens_stay_in_their_lane() {
     let replay = faces.upload_face(upload("dup-q", photos[0].clone(), "dup-1")).await.expect("replay").into_inner();
     assert_eq!(replay.face, first.face);
     assert!(replay.duplicates.is_empty(), "a deleted user is still named: {:?}", replay.duplicates);
+    // Nor does any stored record.
+    let records = server.app().store().expect("store").raw_entries("requests").expect("scan");
+    assert!(!records.is_empty());
+    assert!(records.iter().all(|(_, value)| !value.windows(5).any(|w| w == b"dup-p")), "a record names dup-p");
 
     // A token of dup-r naming dup-q with dup-q's request id: the token's refusal, not a word
     // about the id.

@@ -28,6 +28,7 @@ const TREES: &[(&str, &str)] = &[
     (keys::TOKENS, "SELECT hash, record FROM tokens ORDER BY hash"),
     (keys::CHANGE_LOG, "SELECT seq, record FROM change_log ORDER BY seq"),
     (keys::META, "SELECT key, value FROM meta ORDER BY key"),
+    (keys::REQUESTS, "SELECT tenant, id, record FROM requests ORDER BY tenant, id"),
 ];
 
 /// Calls `each` with every row of `sql`, fetched a batch at a time (a table of millions of
@@ -68,6 +69,7 @@ impl PgStore {
                 keys::TOKENS => (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)),
                 keys::META => (row.get::<_, String>(0).into_bytes(), row.get(1)),
                 keys::CHANGE_LOG => ((row.get::<_, i64>(0) as u64).to_be_bytes().to_vec(), row.get(1)),
+                keys::REQUESTS => (crate::storage::requests::record_key(&tenant(row)?, row.get(1)), row.get(2)),
                 keys::EXTERNAL_IDS => {
                     (keys::external_key(&tenant(row)?, row.get(1)), from_db(row.get(2)).to_be_bytes().to_vec())
                 }
