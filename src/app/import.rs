@@ -11,7 +11,7 @@ use crate::domain::Principal;
 use crate::error::{Error, Reason, Result};
 
 /// Longest ImportItem.item_id.
-pub const MAX_ITEM_ID_LEN: usize = 200;
+pub(super) const MAX_ITEM_ID_LEN: usize = 200;
 
 /// ITEM_ID_INVALID for an item_id over [`MAX_ITEM_ID_LEN`] bytes.
 pub fn validate_item_id(item_id: &str) -> Result<()> {

@@ -34,9 +34,9 @@ use compute::ComputePool;
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
 pub use feed::IndexFeed;
 pub use identify::{SearchOutcome, VerifyOutcome};
-pub use import::{MAX_ITEM_ID_LEN, validate_item_id};
+pub use import::validate_item_id;
 pub use keys::{CallerLimits, KeyRing};
-pub use requests::{Idempotency, MAX_REQUEST_ID_LEN, Written, validate_request_id};
+pub use requests::{Idempotency, Written, validate_request_id};
 pub use tokens::TokenHolder;
 pub use users::{NewUser, UserRef, UserUpdate, parse_etag};
 

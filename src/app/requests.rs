@@ -13,7 +13,7 @@ use crate::error::{Error, Reason, Result};
 use crate::storage::{Recorded, RequestStamp};
 
 /// Longest request_id (API-2.md).
-pub const MAX_REQUEST_ID_LEN: usize = 64;
+pub(super) const MAX_REQUEST_ID_LEN: usize = 64;
 
 /// A call's request id, its fingerprint and how to encode the response of its result `R`
 /// (what a retry gets back). Cheap to clone.
