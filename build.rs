@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// facevault.v1 messages whose Debug src/grpc/redact.rs writes by hand.
-const REDACTED: [&str; 11] = [
+const REDACTED: [&str; 12] = [
     "DetectFacesRequest",
     "UploadFaceRequest",
     "UpdateFaceRequest",
@@ -16,6 +16,7 @@ const REDACTED: [&str; 11] = [
     "UpdateFaceResponse",
     "DetectedFace",
     "ImportItem",
+    "AddListEntryRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/facevault/v1/user_service.proto",
         "proto/facevault/v1/face_service.proto",
         "proto/facevault/v1/admin_service.proto",
+        "proto/facevault/v1/list_service.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -297,6 +297,15 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_MAX_FACES_PER_USER", default_value_t = 5)]
     pub max_faces_per_user: usize,
 
+    /// Most face lists a tenant may have (QUOTA_EXCEEDED beyond).
+    #[arg(long, env = "FACEVAULT_MAX_LISTS_PER_TENANT", default_value_t = 100)]
+    pub max_lists_per_tenant: usize,
+
+    /// Most entries a face list may hold (QUOTA_EXCEEDED beyond). Every entry is held in memory
+    /// (about 1 KiB) and compared with every enrolled face and search query of its tenant.
+    #[arg(long, env = "FACEVAULT_MAX_LIST_ENTRIES", default_value_t = 10_000)]
+    pub max_list_entries: usize,
+
     /// Lifetime of a re-enrollment token, seconds (1 to 31622400, 366 days). Expired tokens are
     /// purged from the store within a lifetime, and at least every minute.
     #[arg(long, env = "FACEVAULT_REENROLLMENT_TOKEN_TTL", default_value_t = 86_400)]
@@ -536,6 +545,8 @@ impl Config {
         count("intra-threads", self.intra_threads as u64, 1, 256)?;
         count("queue-capacity", self.queue_capacity as u64, 0, 1 << 20)?;
         count("max-faces-per-user", self.max_faces_per_user as u64, 1, 10_000)?;
+        count("max-lists-per-tenant", self.max_lists_per_tenant as u64, 1, 100_000)?;
+        count("max-list-entries", self.max_list_entries as u64, 1, 1_000_000)?;
         count("compute-threads", self.compute_threads as u64, 0, 1024)?;
         count("index-snapshot-every", self.index_snapshot_every, 0, 1_000_000_000)?;
         count("postgres-pool-size", self.postgres_pool_size as u64, 2, 1000)?;

@@ -243,6 +243,80 @@ macro_rules! id_type {
 
 id_type!(UserId, "usr_", "Server-assigned user id: random, rendered `usr_` + 16 hex digits.");
 id_type!(FaceId, "fce_", "Server-assigned face id: random, rendered `fce_` + 16 hex digits.");
+id_type!(ListId, "lst_", "Server-assigned face list id: random, rendered `lst_` + 16 hex digits.");
+id_type!(EntryId, "ent_", "Server-assigned list entry id: random, rendered `ent_` + 16 hex digits.");
+
+/// What a face list does to an enrollment whose face matches one of its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    /// Refused: FAILED_PRECONDITION FACE_IN_BLOCKLIST, nothing stored.
+    Block,
+    /// Stored and reported.
+    Watch,
+    /// Stored, and DUPLICATE_FACE rejection is waived.
+    Allow,
+}
+
+impl ListKind {
+    /// The stored and wire number (facevault.v1.ListKind).
+    pub fn number(self) -> i32 {
+        match self {
+            ListKind::Block => 0,
+            ListKind::Watch => 1,
+            ListKind::Allow => 2,
+        }
+    }
+
+    pub fn from_number(n: i32) -> Option<Self> {
+        match n {
+            0 => Some(ListKind::Block),
+            1 => Some(ListKind::Watch),
+            2 => Some(ListKind::Allow),
+            _ => None,
+        }
+    }
+}
+
+/// A face list of a tenant (the entries are stored apart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceList {
+    pub id: ListId,
+    pub name: String,
+    pub kind: ListKind,
+    /// `None`: the match threshold of the active model.
+    pub threshold: Option<f32>,
+    /// Entries the list holds (filled by reads; ignored by writes).
+    pub entry_count: u64,
+    pub create_time: std::time::SystemTime,
+}
+
+/// One face of a list: where it was found, and who added it. Its embedding and thumbnail are
+/// stored beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListEntry {
+    pub id: EntryId,
+    pub list_id: ListId,
+    pub detection: Detection,
+    pub quality: FaceQuality,
+    pub comment: String,
+    /// Name of the API key that added it.
+    pub added_by: String,
+    /// The stored face it was copied from, if any.
+    pub source_face: Option<FaceId>,
+    /// Embedder id.
+    pub model: String,
+    pub create_time: std::time::SystemTime,
+}
+
+/// A list entry close enough to a face (at or above its list's threshold).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListMatch {
+    pub list_id: ListId,
+    pub list_name: String,
+    pub kind: ListKind,
+    pub entry_id: EntryId,
+    pub similarity: f32,
+}
 
 /// Where a user stands with face enrollment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,13 +415,25 @@ pub enum Scope {
     FacesRead,
     FacesWrite,
     FacesSearch,
+    /// ListService reads (GetFaceList, ListFaceLists, ListListEntries).
+    ListsRead,
+    /// ListService writes (CreateFaceList, DeleteFaceList, AddListEntry, DeleteListEntry).
+    ListsWrite,
     /// AdminService: the service as a whole, every tenant.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] =
-        [Scope::UsersRead, Scope::UsersWrite, Scope::FacesRead, Scope::FacesWrite, Scope::FacesSearch, Scope::Admin];
+    pub const ALL: [Scope; 8] = [
+        Scope::UsersRead,
+        Scope::UsersWrite,
+        Scope::FacesRead,
+        Scope::FacesWrite,
+        Scope::FacesSearch,
+        Scope::ListsRead,
+        Scope::ListsWrite,
+        Scope::Admin,
+    ];
 
     /// The keys-file spelling, e.g. `faces:write`.
     pub fn as_str(self) -> &'static str {
@@ -357,6 +443,8 @@ impl Scope {
             Scope::FacesRead => "faces:read",
             Scope::FacesWrite => "faces:write",
             Scope::FacesSearch => "faces:search",
+            Scope::ListsRead => "lists:read",
+            Scope::ListsWrite => "lists:write",
             Scope::Admin => "admin",
         }
     }

@@ -63,6 +63,13 @@ pub enum Reason {
     RequestIdReused,
     RequestIdInFlight,
     ItemIdInvalid,
+    ListNotFound,
+    EntryNotFound,
+    ListNameInvalid,
+    ThresholdInvalid,
+    ListKindInvalid,
+    FaceInBlocklist,
+    QueryInvalid,
 }
 
 impl Reason {
@@ -119,6 +126,13 @@ impl Reason {
             Reason::RequestIdReused => "REQUEST_ID_REUSED",
             Reason::RequestIdInFlight => "REQUEST_ID_IN_FLIGHT",
             Reason::ItemIdInvalid => "ITEM_ID_INVALID",
+            Reason::ListNotFound => "LIST_NOT_FOUND",
+            Reason::EntryNotFound => "ENTRY_NOT_FOUND",
+            Reason::ListNameInvalid => "LIST_NAME_INVALID",
+            Reason::ThresholdInvalid => "THRESHOLD_INVALID",
+            Reason::ListKindInvalid => "LIST_KIND_INVALID",
+            Reason::FaceInBlocklist => "FACE_IN_BLOCKLIST",
+            Reason::QueryInvalid => "QUERY_INVALID",
         }
     }
 }

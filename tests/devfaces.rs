@@ -122,7 +122,8 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
         let Some(enrolled_file) = enrolled.get(identity) else { continue };
         for file in files.iter().filter(|f| *f != enrolled_file) {
             queries += 1;
-            let request = SearchFacesRequest { image: read(file).into(), top_k: 5, min_similarity: -1.0 };
+            let request =
+                SearchFacesRequest { image: read(file).into(), top_k: 5, min_similarity: -1.0, ..Default::default() };
             let reply = faces.search_faces(request).await.expect("search").into_inner();
             let top = reply.matches.first().map(|m| m.external_id.clone()).unwrap_or_default();
             if top == *identity {
@@ -153,7 +154,8 @@ async fn devfaces_enroll_search_and_verify_through_the_api() {
             for file in files.iter().filter(|f| *f != enrolled_file).take(per_person) {
                 queries += 1;
                 let image = alter(image::load_from_memory(&read(file)).expect("decode").to_rgb8());
-                let request = SearchFacesRequest { image: image.into(), top_k: 1, min_similarity: -1.0 };
+                let request =
+                    SearchFacesRequest { image: image.into(), top_k: 1, min_similarity: -1.0, ..Default::default() };
                 match faces.search_faces(request).await {
                     Ok(reply) => {
                         if reply.into_inner().matches.first().is_some_and(|m| m.external_id == *identity) {

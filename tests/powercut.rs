@@ -763,7 +763,8 @@ async fn index_against_store(
             Err(status) => return Err(format!("reading user {id}: {}", short(&status))),
         };
         listed_total += listed.len();
-        let search = SearchFacesRequest { image: image.clone().into(), top_k: 100, min_similarity: 0.9 };
+        let search =
+            SearchFacesRequest { image: image.clone().into(), top_k: 100, min_similarity: 0.9, ..Default::default() };
         let matches = match faces.search_faces(search).await {
             Ok(reply) => reply.into_inner().matches,
             Err(status) => return Err(format!("SearchFaces: {}", short(&status))),

@@ -48,6 +48,8 @@ pub struct EnrollOutcome {
     pub warnings: Vec<String>,
     /// The enrollment created its user (an ImportFaces item of a new external id).
     pub created_user: bool,
+    /// The tenant's lists the face matched (WATCH, ALLOW), best first; none for a token caller.
+    pub list_matches: Vec<crate::domain::ListMatch>,
 }
 
 /// What an enrollment records and spends besides the face: the request id, the re-enrollment
@@ -165,7 +167,7 @@ fn issue_name(issue: QualityIssue) -> &'static str {
 impl App {
     /// Runs the enrollment analysis: faces down to the minimum enrollable size, embedding and
     /// thumbnail of the face to enroll. Returns it and whether other faces were ignored.
-    async fn analyze_for_enrollment(
+    pub(super) async fn analyze_for_enrollment(
         &self,
         image: Bytes,
         policy: MultipleFaces,
@@ -339,11 +341,20 @@ impl App {
             return Err(crate::storage::models::models_changed());
         }
         let thresholds = models.thresholds;
+        // The tenant's lists first: a BLOCK match refuses the face whatever else holds.
+        let lists = self.list_matches(tenant, &embedding, thresholds.matched);
+        if let Some(hit) = lists.blocked() {
+            let error = super::lists::blocked_error(hit);
+            // A token holder learns only the reason: no list, entry or similarity.
+            return Err(if token.is_some() { error.without_meta() } else { error });
+        }
         // Duplicates among the other users of the tenant, best first.
         let hits = self.search_index(tenant, &embedding, 20, thresholds.possible, Some(user_id)).await?;
         let duplicates = self.describe_hits(tenant, &hits, thresholds).await?;
         let first_match = duplicates.iter().find(|d| d.decision == Some(crate::domain::MatchDecision::Match));
+        // An ALLOW match waives the rejection (the duplicates are still reported).
         if upload.reject_duplicates
+            && !lists.allowed()
             && let Some(first) = first_match
         {
             let error = Error::already_exists(Reason::DuplicateFace, "the face matches another user's face");
@@ -357,8 +368,9 @@ impl App {
                     .with_meta("similarity", format!("{:.4}", first.similarity)),
             });
         }
-        // Other users' faces are reported to API-key callers only.
+        // Other users' faces, and list matches, are reported to API-key callers only.
         let duplicates = if token.is_some() { Vec::new() } else { duplicates };
+        let list_matches = if token.is_some() { Vec::new() } else { lists.matches };
         // The user's own other faces (those that stay).
         let store = self.store()?;
         let (tenant_c, uid) = (tenant.clone(), user_id);
@@ -431,6 +443,7 @@ impl App {
             thumbnail,
             warnings: warnings.clone(),
             created_user,
+            list_matches: list_matches.clone(),
         };
         let (idem, ttl) = (request.idem.cloned(), self.settings.request_id_ttl);
         // The write, the wait for the feed to apply it (read-your-writes) and the sync are one

@@ -56,11 +56,29 @@ pub(crate) fn apply(index: &FaceIndex, active: &str, entry: &LogEntry) {
                 }
             }
         }
-        Change::Removed { faces } => {
+        Change::Removed { faces, user } => {
             for face in faces {
                 index.remove(&entry.tenant, *face);
             }
+            if let Some(user) = user {
+                index.tags().set(&entry.tenant, *user, Default::default());
+            }
         }
+        Change::ListSet { list, name, kind, threshold } => {
+            let info = crate::search::ListInfo { name: name.clone(), kind: *kind, threshold: *threshold };
+            index.lists().set_list(&entry.tenant, *list, info);
+        }
+        Change::ListDropped { list, entries } => index.lists().drop_list(&entry.tenant, *list, entries),
+        // An entry of another model than the index's cannot be compared with its queries.
+        Change::EntryPut { entry: id, list, model, embedding } => {
+            if model == active || active.is_empty() {
+                index.lists().insert(&entry.tenant, *id, *list, embedding);
+            } else {
+                index.lists().remove(&entry.tenant, *id);
+            }
+        }
+        Change::EntryRemoved { entry: id } => index.lists().remove(&entry.tenant, *id),
+        Change::UserTags { user, metadata } => index.tags().set(&entry.tenant, *user, metadata.clone()),
         Change::Models { .. } => {}
     }
 }

@@ -6,7 +6,9 @@ use bytes::Bytes;
 
 use super::models::ModelUse;
 use super::{App, UserRef, blocking};
-use crate::domain::{AnalyzedFace, Embedding, FaceId, FaceMatch, Principal, Tenant, UserId};
+use std::collections::HashSet;
+
+use crate::domain::{AnalyzedFace, Embedding, FaceId, FaceMatch, ListMatch, Principal, Tenant, UserId};
 use crate::error::{Error, Reason, Result};
 use crate::inference::{AnalyzeOptions, Coverage, EmbedWith, FaceSelection};
 use crate::search::Hit;
@@ -20,9 +22,52 @@ pub(super) const DEFAULT_TOP_K: i32 = 5;
 /// What SearchFaces found.
 #[derive(Debug, Clone)]
 pub struct SearchOutcome {
+    /// The largest face searched (the stored face of a search by face_id).
     pub query: AnalyzedFace,
     pub matches: Vec<FaceMatch>,
+    pub list_matches: Vec<ListMatch>,
+    /// Faces of the image not searched.
     pub other_faces: usize,
+    /// all_faces: every face searched, largest first (the first is `query`); empty otherwise.
+    pub results: Vec<FaceResult>,
+}
+
+/// One searched face of an all_faces search.
+#[derive(Debug, Clone)]
+pub struct FaceResult {
+    pub query: AnalyzedFace,
+    pub matches: Vec<FaceMatch>,
+    pub list_matches: Vec<ListMatch>,
+}
+
+/// What a SearchFaces searches with.
+#[derive(Clone)]
+pub enum SearchQuery {
+    /// The largest face of the image, or with `all_faces` every face.
+    Image { image: Bytes, all_faces: bool },
+    /// A stored face of the tenant, by its embedding.
+    Face(String),
+}
+
+impl std::fmt::Debug for SearchQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SearchQuery::Image { image, all_faces } => {
+                write!(f, "Image {{ image: <{} bytes>, all_faces: {all_faces} }}", image.len())
+            }
+            SearchQuery::Face(id) => f.debug_tuple("Face").field(id).finish(),
+        }
+    }
+}
+
+/// A SearchFaces request after conversion.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub query: SearchQuery,
+    pub top_k: i32,
+    pub min_similarity: f32,
+    /// Only users whose metadata holds every pair (empty: every user).
+    pub metadata_filter: std::collections::BTreeMap<String, String>,
 }
 
 /// What VerifyFace found.
@@ -53,13 +98,43 @@ impl App {
         Ok((faces.swap_remove(0), others))
     }
 
-    pub async fn search_faces(
-        &self,
-        caller: &Principal,
-        image: Bytes,
-        top_k: i32,
-        min_similarity: f32,
-    ) -> Result<SearchOutcome> {
+    /// The faces of the image that an all_faces search takes (every face the detector found
+    /// down to --min-face-size, each embedded), and how many it left out (past the per-image cap).
+    async fn all_faces(&self, image: Bytes, models: &ModelUse) -> Result<(Vec<AnalyzedFace>, usize)> {
+        let options = AnalyzeOptions {
+            coverage: Coverage::MinFace(self.settings.min_face_size),
+            embeddings: FaceSelection::All,
+            thumbnails: FaceSelection::None,
+            models: EmbedWith { main: models.main, other: None },
+        };
+        let analysis = self.pool.analyze(image, options).await?.image;
+        if analysis.faces.is_empty() {
+            return Err(Error::invalid(Reason::NoFaceDetected, "image", "no face was found in the image"));
+        }
+        Ok((analysis.faces, analysis.omitted_faces))
+    }
+
+    /// A stored face of the tenant as a query: its record and its embedding by the model of now.
+    async fn stored_query(&self, tenant: &Tenant, face_id: &str, models: &ModelUse) -> Result<AnalyzedFace> {
+        let id = FaceId::parse(face_id).ok_or_else(|| Error::face_not_found().with_meta("face_id", face_id))?;
+        let (store, tenant, model) = (self.store()?, tenant.clone(), models.main_id.clone());
+        let found = blocking(move || {
+            let Some(face) = store.get_face(&tenant, id)? else { return Ok(None) };
+            Ok(store.face_embedding(&tenant, id, &model)?.map(|e| (face, e)))
+        })
+        .await?;
+        let (face, embedding) = found.ok_or_else(|| Error::face_not_found().with_meta("face_id", id))?;
+        Ok(AnalyzedFace {
+            detection: face.detection,
+            quality: face.quality,
+            embedding: Some(embedding),
+            other_embedding: None,
+            thumbnail: None,
+        })
+    }
+
+    pub async fn search_faces(&self, caller: &Principal, request: SearchRequest) -> Result<SearchOutcome> {
+        let SearchRequest { query, top_k, min_similarity, metadata_filter } = request;
         let k = match top_k {
             0 => DEFAULT_TOP_K,
             1..=MAX_TOP_K => top_k,
@@ -76,21 +151,51 @@ impl App {
             )
             .with_meta("min_similarity", min_similarity));
         }
+        super::validate::metadata(&metadata_filter, "metadata_filter")?;
         // The query is embedded by the model the index holds; when the models change between
         // the two (a cutover), once more with the new one.
         let mut attempts = 0;
         loop {
             let models = self.model_use()?;
             let min = if min_similarity == 0.0 { models.thresholds.possible } else { min_similarity };
-            let (query, other_faces) = self.largest_face(image.clone(), &models).await?;
-            let embedding = query.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
-            let hits = self.search_index(&caller.tenant, embedding, k as usize, min, None).await?;
+            let (faces, other_faces, all) = match &query {
+                SearchQuery::Face(id) => (vec![self.stored_query(&caller.tenant, id, &models).await?], 0, false),
+                SearchQuery::Image { image, all_faces: false } => {
+                    let (face, others) = self.largest_face(image.clone(), &models).await?;
+                    (vec![face], others, false)
+                }
+                SearchQuery::Image { image, all_faces: true } => {
+                    let (faces, omitted) = self.all_faces(image.clone(), &models).await?;
+                    (faces, omitted, true)
+                }
+            };
+            // The filter's users, from the index (never a scan of user records).
+            let only = (!metadata_filter.is_empty())
+                .then(|| std::sync::Arc::new(self.index.tags().matching(&caller.tenant, &metadata_filter)));
+            let mut results = Vec::with_capacity(faces.len());
+            for face in faces {
+                let embedding = face.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
+                let hits = self.search_index_among(&caller.tenant, embedding, k as usize, min, only.clone()).await?;
+                let list_matches = self.list_matches(&caller.tenant, embedding, models.thresholds.matched).matches;
+                results.push((face, hits, list_matches));
+            }
             attempts += 1;
             if self.model_use()?.main_id != models.main_id && attempts < 2 {
                 continue;
             }
-            let matches = self.describe_hits(&caller.tenant, &hits, models.thresholds).await?;
-            return Ok(SearchOutcome { query, matches, other_faces });
+            let mut described = Vec::with_capacity(results.len());
+            for (face, hits, list_matches) in results {
+                let matches = self.describe_hits(&caller.tenant, &hits, models.thresholds).await?;
+                described.push(FaceResult { query: face, matches, list_matches });
+            }
+            let first = described.first().cloned().ok_or_else(|| Error::bug("a search without a query face"))?;
+            return Ok(SearchOutcome {
+                query: first.query,
+                matches: first.matches,
+                list_matches: first.list_matches,
+                other_faces,
+                results: if all { described } else { Vec::new() },
+            });
         }
     }
 
@@ -104,12 +209,36 @@ impl App {
         min: f32,
         exclude: Option<UserId>,
     ) -> Result<Vec<Hit>> {
+        self.scan_index(tenant, query, k, min, exclude, None).await
+    }
+
+    /// `search_index` among the users of `only` (a metadata filter's), when given.
+    async fn search_index_among(
+        &self,
+        tenant: &Tenant,
+        query: &Embedding,
+        k: usize,
+        min: f32,
+        only: Option<std::sync::Arc<HashSet<UserId>>>,
+    ) -> Result<Vec<Hit>> {
+        self.scan_index(tenant, query, k, min, None, only).await
+    }
+
+    async fn scan_index(
+        &self,
+        tenant: &Tenant,
+        query: &Embedding,
+        k: usize,
+        min: f32,
+        exclude: Option<UserId>,
+        only: Option<std::sync::Arc<HashSet<UserId>>>,
+    ) -> Result<Vec<Hit>> {
         let (index, tenant, query) = (self.index.clone(), tenant.clone(), query.clone());
         let (hits, took) = self
             .compute
             .run(move || {
                 let started = std::time::Instant::now();
-                let hits = index.search(&tenant, &query, k, min, exclude);
+                let hits = index.search_among(&tenant, &query, k, min, exclude, only.as_deref());
                 (hits, started.elapsed())
             })
             .await?;

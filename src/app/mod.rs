@@ -9,6 +9,7 @@ mod feed;
 mod identify;
 mod import;
 pub mod keys;
+mod lists;
 pub mod models;
 mod recovery;
 mod redact;
@@ -33,9 +34,10 @@ use compute::ComputePool;
 
 pub use enroll::{EnrollOutcome, FaceUpload, ImageKind, SELF_MISMATCH, StoredImage, UpdateCredential};
 pub use feed::IndexFeed;
-pub use identify::{SearchOutcome, VerifyOutcome};
+pub use identify::{FaceResult, SearchOutcome, SearchQuery, SearchRequest, VerifyOutcome};
 pub use import::validate_item_id;
 pub use keys::{CallerLimits, KeyRing};
+pub use lists::{AddedEntry, EntrySource, NewList};
 pub use requests::{Idempotency, Written, validate_request_id};
 pub use tokens::TokenHolder;
 pub use users::{NewUser, UserRef, UserUpdate, parse_etag};
@@ -44,6 +46,9 @@ pub use users::{NewUser, UserRef, UserUpdate, parse_etag};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_faces_per_user: usize,
+    /// `--max-lists-per-tenant`, `--max-list-entries`.
+    pub max_lists_per_tenant: usize,
+    pub max_list_entries: usize,
     pub min_face_size: f32,
     pub token_ttl: Duration,
     /// `--request-id-ttl`.
@@ -169,7 +174,28 @@ pub fn rebuild_index_of(store: &dyn Storage, exact_max_faces: usize) -> Result<(
         Ok(())
     })?;
     index.shrink_to_fit();
+    load_lists_and_tags(store, &index, &model.id)?;
     Ok((index, head, model))
+}
+
+/// Loads every face list, list entry of `model` and user's metadata into `index`, which is
+/// then brought to the log's end by the feed from an entry at or before the state read here
+/// (the index's snapshot, or the head a rebuild read first): the feed's entries set or remove
+/// each of them, so applying them again over a newer state ends where the log ends.
+pub(crate) fn load_lists_and_tags(store: &dyn Storage, index: &FaceIndex, model: &str) -> Result<()> {
+    for (tenant, list) in store.all_lists()? {
+        let info = crate::search::ListInfo { name: list.name, kind: list.kind, threshold: list.threshold };
+        index.lists().set_list(&tenant, list.id, info);
+    }
+    for entry in store.all_list_entries()? {
+        if entry.model == model || model.is_empty() {
+            index.lists().insert(&entry.tenant, entry.entry_id, entry.list_id, &entry.embedding);
+        }
+    }
+    for (tenant, user, metadata) in store.all_user_tags()? {
+        index.tags().set(&tenant, user, metadata);
+    }
+    Ok(())
 }
 
 impl App {
@@ -236,6 +262,8 @@ impl App {
         let compute = ComputePool::start(config.compute_threads)?;
         let settings = Settings {
             max_faces_per_user: config.max_faces_per_user,
+            max_lists_per_tenant: config.max_lists_per_tenant,
+            max_list_entries: config.max_list_entries,
             min_face_size: config.min_face_size,
             token_ttl: Duration::from_secs(config.reenrollment_token_ttl),
             request_id_ttl: Duration::from_secs(config.request_id_ttl),

@@ -41,7 +41,7 @@ impl fmt::Debug for StoredImage {
 
 impl fmt::Debug for EnrollOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let EnrollOutcome { face, user, replaced, duplicates, thumbnail, warnings, created_user } = self;
+        let EnrollOutcome { face, user, replaced, duplicates, thumbnail, warnings, created_user, list_matches } = self;
         f.debug_struct("EnrollOutcome")
             .field("face", face)
             .field("user", user)
@@ -50,6 +50,7 @@ impl fmt::Debug for EnrollOutcome {
             .field("thumbnail", &Len(thumbnail.len()))
             .field("warnings", warnings)
             .field("created_user", created_user)
+            .field("list_matches", list_matches)
             .finish()
     }
 }

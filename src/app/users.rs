@@ -182,32 +182,47 @@ impl App {
             update_time: now,
             version: 1,
         };
-        self.idempotent(&caller.tenant, idem.as_ref(), || async {
-            let (store, tenant, ttl) = (self.store()?, caller.tenant.clone(), self.settings.request_id_ttl);
-            let max_users = self.quota(&caller.tenant).max_users;
-            // Counted and created under the write lock, so racing creates cannot pass the quota.
-            let writes = match max_users {
-                Some(_) => Some(self.lock_tenant_writes(&caller.tenant).await?),
-                None => None,
-            };
-            let idem = idem.clone();
-            blocking(move || {
-                let _writes = writes;
-                if let Some(max_users) = max_users
-                    && store.count_users(&tenant)? >= max_users
-                {
-                    return Err(Error::quota_exceeded("users", max_users));
-                }
-                stamped(
-                    idem.as_ref(),
-                    ttl,
-                    |i, u: &User| i.recorded(Some(u.id), u),
-                    |stamp| store.create_user(&tenant, user, stamp),
-                )
+        let tagged = !user.metadata.is_empty();
+        let written = self
+            .idempotent(&caller.tenant, idem.as_ref(), || async {
+                let (store, tenant, ttl) = (self.store()?, caller.tenant.clone(), self.settings.request_id_ttl);
+                let max_users = self.quota(&caller.tenant).max_users;
+                // Counted and created under the write lock, so racing creates cannot pass the quota.
+                let writes = match max_users {
+                    Some(_) => Some(self.lock_tenant_writes(&caller.tenant).await?),
+                    None => None,
+                };
+                let idem = idem.clone();
+                blocking(move || {
+                    let _writes = writes;
+                    if let Some(max_users) = max_users
+                        && store.count_users(&tenant)? >= max_users
+                    {
+                        return Err(Error::quota_exceeded("users", max_users));
+                    }
+                    stamped(
+                        idem.as_ref(),
+                        ttl,
+                        |i, u: &User| i.recorded(Some(u.id), u),
+                        |stamp| store.create_user(&tenant, user, stamp),
+                    )
+                })
+                .await
             })
-            .await
-        })
-        .await
+            .await?;
+        if tagged {
+            self.index_metadata().await;
+        }
+        Ok(written)
+    }
+
+    /// Brings the index's copy of users' metadata (SearchFaces' metadata_filter) up to the
+    /// write just made, so the caller's next search sees it. Should that fail, the log follower
+    /// applies it within its period.
+    async fn index_metadata(&self) {
+        if let Err(error) = self.catch_up().await {
+            tracing::warn!(%error, "the index did not follow a change of metadata at once");
+        }
     }
 
     pub async fn get_user(&self, caller: &Principal, user: &UserRef) -> Result<User> {
@@ -257,6 +272,7 @@ impl App {
         };
         let token = token.map(|(t, _)| t);
         let issued = token.clone();
+        let tagged = patch.metadata.is_some();
         let updated = blocking(move || {
             let _writes = writes;
             // The token is kept only as its hash: a replay returns the user without it.
@@ -266,6 +282,9 @@ impl App {
             })
         })
         .await?;
+        if tagged {
+            self.index_metadata().await;
+        }
         Ok((updated, issued))
     }
 

@@ -139,7 +139,7 @@ async fn one(
             Ok((1, t.elapsed()))
         }
         Rpc::Search => {
-            let request = SearchFacesRequest { image, top_k: 5, min_similarity: 0.0 };
+            let request = SearchFacesRequest { image, top_k: 5, min_similarity: 0.0, ..Default::default() };
             let t = Instant::now();
             faces.search_faces(request).await?;
             Ok((1, t.elapsed()))
@@ -153,7 +153,8 @@ async fn visible_after(faces: &mut Faces, image: bytes::Bytes, external_id: &str
     let t = Instant::now();
     loop {
         // Every earlier upload of the same image matches as well: keep the run under 100 uploads.
-        let request = SearchFacesRequest { image: image.clone(), top_k: 100, min_similarity: 0.0 };
+        let request =
+            SearchFacesRequest { image: image.clone(), top_k: 100, min_similarity: 0.0, ..Default::default() };
         let reply = faces.search_faces(request).await?.into_inner();
         if reply.matches.iter().any(|m| m.external_id == external_id) {
             return Ok(t.elapsed());

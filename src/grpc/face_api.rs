@@ -9,8 +9,9 @@ use super::idempotent::{current_duplicates, idempotency, recorded_duplicates, re
 use super::pb;
 use super::pb::face_service_server::FaceService;
 use super::{call_deadline, observed};
-use crate::app::{EnrollOutcome, FaceUpload, UpdateCredential, Written};
+use crate::app::{EnrollOutcome, FaceUpload, SearchQuery, SearchRequest, UpdateCredential, Written};
 use crate::domain::Scope;
+use crate::error::{Error, Reason};
 
 /// UploadFace's response to an enrollment (the thumbnail empty in a recorded one).
 fn upload_response(out: &EnrollOutcome) -> pb::UploadFaceResponse {
@@ -19,6 +20,7 @@ fn upload_response(out: &EnrollOutcome) -> pb::UploadFaceResponse {
         duplicates: out.duplicates.iter().cloned().map(Into::into).collect(),
         thumbnail: out.thumbnail.clone().into(),
         warnings: out.warnings.clone(),
+        list_matches: out.list_matches.iter().cloned().map(Into::into).collect(),
     }
 }
 
@@ -31,6 +33,31 @@ fn update_response(out: &EnrollOutcome) -> pb::UpdateFaceResponse {
         duplicates: out.duplicates.iter().cloned().map(Into::into).collect(),
         thumbnail: out.thumbnail.clone().into(),
         warnings: out.warnings.clone(),
+        list_matches: out.list_matches.iter().cloned().map(Into::into).collect(),
+    }
+}
+
+/// A searched face as the wire reports it (the caller sent the image or named the face: the
+/// vector stays on the server).
+fn search_result(mut query: crate::domain::AnalyzedFace) -> pb::DetectedFace {
+    query.embedding = None;
+    query.into()
+}
+
+/// SearchFacesRequest.face_id and image: exactly one, and all_faces only with an image.
+fn search_query(image: bytes::Bytes, face_id: String, all_faces: bool) -> Result<SearchQuery, Error> {
+    match (image.is_empty(), face_id.is_empty()) {
+        (false, true) => Ok(SearchQuery::Image { image, all_faces }),
+        (true, false) if !all_faces => Ok(SearchQuery::Face(face_id)),
+        (true, false) => Err(Error::invalid(
+            Reason::QueryInvalid,
+            "all_faces",
+            "all_faces searches the faces of an image; a face_id names one face",
+        )),
+        (true, true) => Err(Error::invalid(Reason::QueryInvalid, "image", "give an image or a face_id to search with")),
+        (false, false) => {
+            Err(Error::invalid(Reason::QueryInvalid, "face_id", "give an image or a face_id to search with, not both"))
+        }
     }
 }
 
@@ -232,14 +259,25 @@ impl FaceService for FaceApi {
     ) -> Result<Response<pb::SearchFacesResponse>, Status> {
         observed("SearchFaces", call_deadline(&request), async move {
             let who = caller(&request, Scope::FacesSearch)?;
-            let pb::SearchFacesRequest { image, top_k, min_similarity } = request.into_inner();
-            let out = self.app.get()?.search_faces(&who, image, top_k, min_similarity).await?;
-            let mut query = out.query;
-            query.embedding = None; // the caller sent the image; the vector stays on the server
+            let pb::SearchFacesRequest { image, top_k, min_similarity, face_id, all_faces, metadata_filter } =
+                request.into_inner();
+            let query = search_query(image, face_id, all_faces)?;
+            let search = SearchRequest { query, top_k, min_similarity, metadata_filter };
+            let out = self.app.get()?.search_faces(&who, search).await?;
             Ok(Response::new(pb::SearchFacesResponse {
-                query_face: Some(query.into()),
+                query_face: Some(search_result(out.query)),
                 matches: out.matches.into_iter().map(Into::into).collect(),
                 other_faces: out.other_faces as i32,
+                list_matches: out.list_matches.into_iter().map(Into::into).collect(),
+                results: out
+                    .results
+                    .into_iter()
+                    .map(|r| pb::FaceSearchResult {
+                        query_face: Some(search_result(r.query)),
+                        matches: r.matches.into_iter().map(Into::into).collect(),
+                        list_matches: r.list_matches.into_iter().map(Into::into).collect(),
+                    })
+                    .collect(),
             }))
         })
         .await

@@ -29,6 +29,7 @@ fn item_result(out: &EnrollOutcome) -> pb::ImportResult {
         user_id: out.user.id.to_string(),
         face: Some(out.face.clone().into()),
         duplicates: out.duplicates.iter().cloned().map(Into::into).collect(),
+        list_matches: out.list_matches.iter().cloned().map(Into::into).collect(),
         warnings: out.warnings.clone(),
         ..Default::default()
     }

@@ -7,6 +7,7 @@ mod convert;
 mod face_api;
 mod idempotent;
 mod import_api;
+mod list_api;
 mod redact;
 pub mod status;
 mod user_api;
@@ -50,6 +51,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("face
 
 pub use admin_api::AdminApi;
 pub use face_api::FaceApi;
+pub use list_api::ListApi;
 pub use user_api::UserApi;
 
 /// The facevault services plus health and reflection, with message limits that fit the image
@@ -58,6 +60,7 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<pb::face_service_server::FaceServiceServer<FaceApi>>().await;
     health.set_not_serving::<pb::user_service_server::UserServiceServer<UserApi>>().await;
+    health.set_not_serving::<pb::list_service_server::ListServiceServer<ListApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 
     let limit = config.max_message_bytes();
@@ -68,7 +71,10 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
         .max_encoding_message_size(usize::MAX);
     let user =
         pb::user_service_server::UserServiceServer::new(UserApi::new(app.clone())).max_decoding_message_size(limit);
+    let lists =
+        pb::list_service_server::ListServiceServer::new(ListApi::new(app.clone())).max_decoding_message_size(limit);
     let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(app));
+    let lists = auth.wrap(lists);
     let face = auth.wrap(face);
     let user = auth.wrap(user);
     let admin = auth.wrap(admin);
@@ -89,6 +95,7 @@ pub async fn router(app: AppSlot, keys: crate::app::KeyRing, config: &Config) ->
     let routes = Routes::new(health_service)
         .add_service(face)
         .add_service(user)
+        .add_service(lists)
         .add_service(admin)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -211,6 +218,7 @@ fn code_name(code: tonic::Code) -> &'static str {
 pub async fn set_serving(health: &HealthReporter) {
     health.set_serving::<pb::face_service_server::FaceServiceServer<FaceApi>>().await;
     health.set_serving::<pb::user_service_server::UserServiceServer<UserApi>>().await;
+    health.set_serving::<pb::list_service_server::ListServiceServer<ListApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
 }
 
@@ -218,6 +226,7 @@ pub async fn set_serving(health: &HealthReporter) {
 pub async fn set_not_serving(health: &HealthReporter) {
     health.set_not_serving::<pb::face_service_server::FaceServiceServer<FaceApi>>().await;
     health.set_not_serving::<pb::user_service_server::UserServiceServer<UserApi>>().await;
+    health.set_not_serving::<pb::list_service_server::ListServiceServer<ListApi>>().await;
     health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 }
 

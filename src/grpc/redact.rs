@@ -84,11 +84,31 @@ impl fmt::Debug for pb::UpdateFaceRequest {
 
 impl fmt::Debug for pb::SearchFacesRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pb::SearchFacesRequest { image, top_k, min_similarity } = self;
+        let pb::SearchFacesRequest { image, top_k, min_similarity, face_id, all_faces, metadata_filter } = self;
         f.debug_struct("SearchFacesRequest")
             .field("image", &bytes(image))
             .field("top_k", top_k)
             .field("min_similarity", min_similarity)
+            .field("face_id", face_id)
+            .field("all_faces", all_faces)
+            .field("metadata_filter", &format_args!("<{} pairs>", metadata_filter.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::AddListEntryRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pb::AddListEntryRequest { list_id, source, comment, request_id } = self;
+        let source = match source {
+            Some(pb::add_list_entry_request::Source::Image(image)) => format!("image: {:?}", bytes(image)),
+            Some(pb::add_list_entry_request::Source::FaceId(id)) => format!("face_id: {id}"),
+            None => "none".to_owned(),
+        };
+        f.debug_struct("AddListEntryRequest")
+            .field("list_id", list_id)
+            .field("source", &format_args!("{source}"))
+            .field("comment", &format_args!("<{} chars>", comment.chars().count()))
+            .field("request_id", request_id)
             .finish()
     }
 }
@@ -124,20 +144,28 @@ impl fmt::Debug for pb::FaceImage {
 
 impl fmt::Debug for pb::UploadFaceResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pb::UploadFaceResponse { face, duplicates, thumbnail, warnings } = self;
+        let pb::UploadFaceResponse { face, duplicates, thumbnail, warnings, list_matches } = self;
         f.debug_struct("UploadFaceResponse")
             .field("face", face)
             .field("duplicates", duplicates)
             .field("thumbnail", &bytes(thumbnail))
             .field("warnings", warnings)
+            .field("list_matches", list_matches)
             .finish()
     }
 }
 
 impl fmt::Debug for pb::UpdateFaceResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pb::UpdateFaceResponse { face, replaced_face_id, duplicates, thumbnail, enrollment_status, warnings } =
-            self;
+        let pb::UpdateFaceResponse {
+            face,
+            replaced_face_id,
+            duplicates,
+            thumbnail,
+            enrollment_status,
+            warnings,
+            list_matches,
+        } = self;
         f.debug_struct("UpdateFaceResponse")
             .field("face", face)
             .field("replaced_face_id", replaced_face_id)
@@ -145,6 +173,7 @@ impl fmt::Debug for pb::UpdateFaceResponse {
             .field("thumbnail", &bytes(thumbnail))
             .field("enrollment_status", enrollment_status)
             .field("warnings", warnings)
+            .field("list_matches", list_matches)
             .finish()
     }
 }
@@ -198,6 +227,13 @@ mod tests {
             format!("{:?}", pb::DetectFacesResponse { faces: vec![face.clone()], ..Default::default() }),
             format!("{face:?}"),
             format!("{:?}", pb::ImportItem { image: PHOTO.into(), ..Default::default() }),
+            format!(
+                "{:?}",
+                pb::AddListEntryRequest {
+                    source: Some(pb::add_list_entry_request::Source::Image(PHOTO.into())),
+                    ..Default::default()
+                }
+            ),
         ];
         for text in &texts {
             let text = text.replace("0.654321", "score"); // the score is not secret

@@ -13,12 +13,13 @@
 //! only when its sketch lies within the Hamming bound of the query's similarity floor. A floor
 //! too low to filter (below about 0.2) falls back to the exact scan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use crate::domain::{EMBEDDING_DIM, Embedding, FaceId, Tenant, UserId};
 use crate::search::similarity::{dot_f16, to_f16_bits};
 use crate::search::sketch::{self, WORDS};
+use crate::search::{ListIndex, Tags};
 
 /// Tenants with at most this many faces are always scanned exactly (about 9 ms at 100k on one
 /// core); larger ones use the sketch prefilter.
@@ -75,13 +76,25 @@ impl TenantIndex {
         true
     }
 
-    /// Rows with similarity >= `min` to `q`, not owned by `exclude`: every row when `filtered` is
-    /// false, else only rows whose sketch passes the prefilter.
-    fn scan(&self, q: &[f32], min: f32, exclude: Option<UserId>, filtered: bool) -> Vec<(f32, u32)> {
+    /// Rows with similarity >= `min` to `q`, not owned by `exclude` and (when given) owned by one
+    /// of `only`: every row when `filtered` is false, else only rows whose sketch passes the
+    /// prefilter.
+    fn scan(
+        &self,
+        q: &[f32],
+        min: f32,
+        exclude: Option<UserId>,
+        only: Option<&HashSet<UserId>>,
+        filtered: bool,
+    ) -> Vec<(f32, u32)> {
         let mut scored = Vec::new();
         let mut keep = |row: usize, chunk: &[u16]| {
+            let owner = self.owners[row].1;
+            if exclude == Some(owner) || only.is_some_and(|only| !only.contains(&owner)) {
+                return;
+            }
             let similarity = dot_f16(q, chunk);
-            if similarity >= min && exclude != Some(self.owners[row].1) {
+            if similarity >= min {
                 scored.push((similarity, row as u32));
             }
         };
@@ -147,6 +160,10 @@ type Shared = Arc<RwLock<TenantIndex>>;
 pub struct FaceIndex {
     tenants: Arc<RwLock<HashMap<Tenant, Shared>>>,
     exact_max_faces: usize,
+    /// The entries of the face lists, apart from the users' faces.
+    lists: ListIndex,
+    /// The users' metadata (SearchFaces' metadata_filter).
+    tags: Tags,
 }
 
 impl Default for FaceIndex {
@@ -163,7 +180,17 @@ impl FaceIndex {
     /// An index that scans tenants of up to `exact_max_faces` faces exactly and prefilters
     /// larger ones (`usize::MAX`: always exact).
     pub fn with_exact_max_faces(exact_max_faces: usize) -> Self {
-        Self { tenants: Arc::default(), exact_max_faces }
+        Self { tenants: Arc::default(), exact_max_faces, lists: ListIndex::default(), tags: Tags::default() }
+    }
+
+    /// The entries of the face lists.
+    pub fn lists(&self) -> &ListIndex {
+        &self.lists
+    }
+
+    /// The users' metadata.
+    pub fn tags(&self) -> &Tags {
+        &self.tags
     }
 
     /// Tenants above this many faces are searched with the sketch prefilter.
@@ -176,6 +203,8 @@ impl FaceIndex {
     pub fn replace_contents(&self, other: FaceIndex) {
         let tenants = std::mem::take(&mut *other.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner));
         *self.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tenants;
+        self.lists.replace_contents(&other.lists);
+        self.tags.replace_contents(&other.tags);
     }
 
     fn all(&self) -> Vec<Shared> {
@@ -228,13 +257,26 @@ impl FaceIndex {
     /// of them are ordered (select, then sort), users are deduplicated, and `m` grows only if a
     /// few users own all of the best faces.
     pub fn search(&self, tenant: &Tenant, query: &Embedding, k: usize, min: f32, exclude: Option<UserId>) -> Vec<Hit> {
-        if k == 0 {
+        self.search_among(tenant, query, k, min, exclude, None)
+    }
+
+    /// As `search`, among the users of `only` when given (a metadata filter's users).
+    pub fn search_among(
+        &self,
+        tenant: &Tenant,
+        query: &Embedding,
+        k: usize,
+        min: f32,
+        exclude: Option<UserId>,
+        only: Option<&HashSet<UserId>>,
+    ) -> Vec<Hit> {
+        if k == 0 || only.is_some_and(HashSet::is_empty) {
             return Vec::new();
         }
         let Some(shared) = self.tenant(tenant) else { return Vec::new() };
         let index = read(&shared);
         let filtered = index.owners.len() > self.exact_max_faces;
-        let mut scored = index.scan(query.as_slice(), min, exclude, filtered);
+        let mut scored = index.scan(query.as_slice(), min, exclude, only, filtered);
         let by_score = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         let mut m = (k * 8).max(32);
         loop {

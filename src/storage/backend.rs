@@ -17,10 +17,10 @@
 use std::time::SystemTime;
 
 use super::{
-    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, Pending, Replace,
-    RequestStamp, SeenRequest, Store, StoredEmbedding, UserKey, UserPatch,
+    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, NewListEntry, Pending,
+    Replace, RequestStamp, SeenRequest, Store, StoredEmbedding, StoredListEntry, UserKey, UserPatch,
 };
-use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
+use crate::domain::{Embedding, EntryId, Face, FaceId, FaceList, ListEntry, ListId, Tenant, User, UserId};
 use crate::error::Result;
 
 /// A tenant's write lock of the backend, held until dropped (may be dropped on any thread).
@@ -121,6 +121,44 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
         &self,
         each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
     ) -> Result<(u64, EmbedderRecord)>;
+
+    // ---- face lists (storage/lists.rs): each write appends its change-log entry
+
+    /// Stores a new list under a fresh random id (`list.id` and `entry_count` are ignored).
+    fn create_list(&self, tenant: &Tenant, list: &FaceList) -> Result<Pending<FaceList>>;
+    /// A list with its entry count.
+    fn get_list(&self, tenant: &Tenant, id: ListId) -> Result<Option<FaceList>>;
+    /// Up to `limit` lists with ids above `after`, in id order, with their entry counts.
+    fn list_lists(&self, tenant: &Tenant, after: Option<ListId>, limit: usize) -> Result<Vec<FaceList>>;
+    /// Deletes a list and every entry of it (LIST_NOT_FOUND).
+    fn delete_list_pending(&self, tenant: &Tenant, id: ListId) -> Result<Pending<()>>;
+    /// Stores an entry in its list (LIST_NOT_FOUND when the list is gone).
+    fn put_list_entry_pending(
+        &self,
+        tenant: &Tenant,
+        new: &NewListEntry,
+        request: Option<&RequestStamp<'_, ListEntry>>,
+    ) -> Result<Pending<ListEntry>>;
+    /// An entry with its thumbnail.
+    fn get_list_entry(&self, tenant: &Tenant, id: EntryId) -> Result<Option<(ListEntry, Vec<u8>)>>;
+    /// Up to `limit` entries of a list with ids above `after`, in id order, each with its
+    /// thumbnail (LIST_NOT_FOUND when there is no such list).
+    fn list_entries(
+        &self,
+        tenant: &Tenant,
+        list: ListId,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<(ListEntry, Vec<u8>)>>;
+    /// Deletes one entry (ENTRY_NOT_FOUND).
+    fn delete_list_entry_pending(&self, tenant: &Tenant, id: EntryId) -> Result<Pending<()>>;
+    /// Every list of every tenant, entry counts left 0 (loading the index; call it after the
+    /// change-log head the index is loaded to was read).
+    fn all_lists(&self) -> Result<Vec<(Tenant, FaceList)>>;
+    /// Every list entry's embedding of every tenant (loading the index, as `all_lists`).
+    fn all_list_entries(&self) -> Result<Vec<StoredListEntry>>;
+    /// Every user with metadata, of every tenant (loading the index, as `all_lists`).
+    fn all_user_tags(&self) -> Result<crate::storage::UserTags>;
 
     // ---- re-enrollment tokens
 
@@ -312,6 +350,50 @@ impl Storage for Store {
         let model = state.active_or_unnamed();
         self.watch(self.embeddings(state.active).try_for_each(|e| each(e?)))?;
         Ok((head, model))
+    }
+    fn create_list(&self, tenant: &Tenant, list: &FaceList) -> Result<Pending<FaceList>> {
+        self.write(|| Store::create_list(self, tenant, list))
+    }
+    fn get_list(&self, tenant: &Tenant, id: ListId) -> Result<Option<FaceList>> {
+        self.watch(Store::get_list(self, tenant, id))
+    }
+    fn list_lists(&self, tenant: &Tenant, after: Option<ListId>, limit: usize) -> Result<Vec<FaceList>> {
+        self.watch(Store::list_lists(self, tenant, after, limit))
+    }
+    fn delete_list_pending(&self, tenant: &Tenant, id: ListId) -> Result<Pending<()>> {
+        self.write(|| Store::delete_list_pending(self, tenant, id))
+    }
+    fn put_list_entry_pending(
+        &self,
+        tenant: &Tenant,
+        new: &NewListEntry,
+        request: Option<&RequestStamp<'_, ListEntry>>,
+    ) -> Result<Pending<ListEntry>> {
+        self.write(|| Store::put_list_entry_pending(self, tenant, new, request))
+    }
+    fn get_list_entry(&self, tenant: &Tenant, id: EntryId) -> Result<Option<(ListEntry, Vec<u8>)>> {
+        self.watch(Store::get_list_entry(self, tenant, id))
+    }
+    fn list_entries(
+        &self,
+        tenant: &Tenant,
+        list: ListId,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<(ListEntry, Vec<u8>)>> {
+        self.watch(Store::list_entries(self, tenant, list, after, limit))
+    }
+    fn delete_list_entry_pending(&self, tenant: &Tenant, id: EntryId) -> Result<Pending<()>> {
+        self.write(|| Store::delete_list_entry_pending(self, tenant, id))
+    }
+    fn all_lists(&self) -> Result<Vec<(Tenant, FaceList)>> {
+        self.watch(Store::all_lists(self))
+    }
+    fn all_list_entries(&self) -> Result<Vec<StoredListEntry>> {
+        self.watch(Store::all_list_entries(self))
+    }
+    fn all_user_tags(&self) -> Result<crate::storage::UserTags> {
+        self.watch(Store::all_user_tags(self))
     }
     fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
         self.watch(Store::token_user(self, hash, max_attempts))

@@ -358,7 +358,7 @@ impl Store {
             face_removed(&mut user, id);
             users
                 .insert(keys::user_key(tenant, user_id), records::user_to_record(&user, token_hash).encode_to_vec())?;
-            let seq = log::tx_append(log, &log::removed_record(tenant, &[id]))?;
+            let seq = log::tx_append(log, &log::removed_record(tenant, &[id], None))?;
             super::requests::tx_record(requests, tenant, request, &user)?;
             Ok((user, seq))
         });

@@ -18,9 +18,16 @@ pub(crate) const TOKENS: &str = "reenrollment_tokens";
 pub(crate) const CHANGE_LOG: &str = "change_log";
 /// Request ids of idempotent writes (requests.rs).
 pub(crate) const REQUESTS: &str = "requests";
+/// Face lists, their entries, and each list's entries in order (lists.rs).
+pub(crate) const FACE_LISTS: &str = "face_lists";
+pub(crate) const LIST_ENTRIES: &str = "list_entries";
+pub(crate) const LIST_MEMBERS: &str = "list_members";
+/// The associated data of a list entry's sealed thumbnail (kept in its record).
+pub(crate) const LIST_THUMBNAILS: &str = "list_thumbnails";
 
 /// Every tree that holds tenant data (for scans that check nothing is left behind).
-pub const TENANT_TREES: [&str; 7] = [USERS, EXTERNAL_IDS, FACES, EMBEDDINGS, EMBEDDINGS_1, IMAGES, THUMBNAILS];
+pub const TENANT_TREES: [&str; 10] =
+    [USERS, EXTERNAL_IDS, FACES, EMBEDDINGS, EMBEDDINGS_1, IMAGES, THUMBNAILS, FACE_LISTS, LIST_ENTRIES, LIST_MEMBERS];
 
 pub(crate) const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 /// In `meta`: the embedder the store was built with (an `EmbedderRecord`).

@@ -18,7 +18,7 @@ use super::records::pb;
 use super::seal::unseal_with;
 use super::users::{TxResult, abort};
 use super::{EncryptionKey, Store, db_error, decode, keys};
-use crate::domain::{Embedding, FaceId, Tenant, UserId};
+use crate::domain::{Embedding, EntryId, FaceId, ListId, ListKind, Tenant, UserId};
 use crate::error::{Error, Result};
 
 /// The key of the counter in the log tree (no sequence number encodes to it).
@@ -37,8 +37,18 @@ pub enum Change {
         other: Option<ModelEmbedding>,
         replaced: Option<FaceId>,
     },
-    /// Faces were deleted.
-    Removed { faces: Vec<FaceId> },
+    /// Faces were deleted; `user`: a deleted user they belonged to (its tags leave the index).
+    Removed { faces: Vec<FaceId>, user: Option<UserId> },
+    /// A face list was created (lists.rs).
+    ListSet { list: ListId, name: String, kind: ListKind, threshold: Option<f32> },
+    /// A face list was deleted with these entries.
+    ListDropped { list: ListId, entries: Vec<EntryId> },
+    /// A list entry was added, embedded by `model`.
+    EntryPut { entry: EntryId, list: ListId, model: String, embedding: Embedding },
+    /// A list entry was deleted.
+    EntryRemoved { entry: EntryId },
+    /// A user's metadata is now `metadata` (empty: none), for SearchFaces' metadata_filter.
+    UserTags { user: UserId, metadata: std::collections::BTreeMap<String, String> },
     /// The store's models changed (models.rs) to the state of `generation`; `active` is the
     /// active model from here on. The entry's tenant means nothing.
     Models { active: String, generation: u64 },
@@ -105,12 +115,13 @@ pub(super) fn put_record(
     }
 }
 
-/// The log record of deleted faces.
-pub(super) fn removed_record(tenant: &Tenant, faces: &[FaceId]) -> pb::ChangeRecord {
+/// The log record of deleted faces (and of their deleted user, if so).
+pub(super) fn removed_record(tenant: &Tenant, faces: &[FaceId], user: Option<UserId>) -> pb::ChangeRecord {
     pb::ChangeRecord {
         tenant: tenant.as_str().to_owned(),
         change: Some(pb::change_record::Change::Removed(pb::FacesRemoved {
             face_ids: faces.iter().map(|f| f.0).collect(),
+            user_id: user.map_or(0, |u| u.0),
         })),
     }
 }
@@ -222,8 +233,34 @@ pub(super) fn decode_entry(encryption: Option<&EncryptionKey>, seq: u64, value: 
             let replaced = (put.replaced_face_id != 0).then_some(FaceId(put.replaced_face_id));
             Change::Put { face, user: owner, model, embedding, other, replaced }
         }
-        Some(pb::change_record::Change::Removed(removed)) => {
-            Change::Removed { faces: removed.face_ids.into_iter().map(FaceId).collect() }
+        Some(pb::change_record::Change::Removed(removed)) => Change::Removed {
+            faces: removed.face_ids.into_iter().map(FaceId).collect(),
+            user: (removed.user_id != 0).then_some(UserId(removed.user_id)),
+        },
+        Some(pb::change_record::Change::ListSet(set)) => Change::ListSet {
+            list: ListId(set.list_id),
+            name: set.name,
+            kind: ListKind::from_number(set.kind).ok_or_else(|| Error::bug("a list entry of an unknown kind"))?,
+            threshold: (set.threshold != 0.0).then_some(set.threshold),
+        },
+        Some(pb::change_record::Change::ListDropped(dropped)) => Change::ListDropped {
+            list: ListId(dropped.list_id),
+            entries: dropped.entry_ids.into_iter().map(EntryId).collect(),
+        },
+        Some(pb::change_record::Change::EntryPut(put)) => {
+            let key = super::lists::entry_key(&tenant, EntryId(put.entry_id));
+            let plain = unseal_with(encryption, keys::LIST_ENTRIES, &key, &put.embedding)?;
+            let (list, model, embedding) = super::lists::decode_entry_embedding(&plain)?;
+            if list.0 != put.list_id {
+                return Err(Error::bug("a change-log entry's embedding belongs to another list"));
+            }
+            Change::EntryPut { entry: EntryId(put.entry_id), list, model, embedding }
+        }
+        Some(pb::change_record::Change::EntryRemoved(removed)) => {
+            Change::EntryRemoved { entry: EntryId(removed.entry_id) }
+        }
+        Some(pb::change_record::Change::UserTags(tags)) => {
+            Change::UserTags { user: UserId(tags.user_id), metadata: tags.metadata.into_iter().collect() }
         }
         Some(pb::change_record::Change::Models(_)) | None => {
             return Err(Error::bug("a change-log entry without a change"));

@@ -11,6 +11,7 @@ mod export;
 mod faces;
 mod files;
 pub mod keys;
+pub(crate) mod lists;
 pub(crate) mod log;
 pub mod models;
 mod pending;
@@ -36,6 +37,7 @@ pub(crate) use export::{Imported, Tally};
 pub use faces::{NewFace, Replace, StoredEmbedding};
 /// Durable directory entries (the index snapshot, app/snapshot, is written like the image files).
 pub(crate) use files::sync_dir;
+pub use lists::{NewListEntry, StoredListEntry, UserTags};
 pub use log::{Change, LogBounds, LogEntry};
 pub use models::{ModelEmbedding, ModelState, ReindexState};
 pub use pending::Pending;
@@ -78,6 +80,10 @@ pub struct Store {
     requests: sled::Tree,
     /// The change log (log.rs).
     log: sled::Tree,
+    /// Face lists, their entries, and each list's entries in order (lists.rs).
+    face_lists: sled::Tree,
+    list_entries: sled::Tree,
+    list_members: sled::Tree,
     /// Originals and thumbnails.
     files: files::FaceFiles,
     /// Where writes become durable (shared by the clones of this store).
@@ -184,6 +190,9 @@ impl Store {
             tokens: tree(keys::TOKENS)?,
             requests: tree(keys::REQUESTS)?,
             log: tree(keys::CHANGE_LOG)?,
+            face_lists: tree(keys::FACE_LISTS)?,
+            list_entries: tree(keys::LIST_ENTRIES)?,
+            list_members: tree(keys::LIST_MEMBERS)?,
             files: if durable_writes { face_files } else { face_files.unsynced() },
             sync: std::sync::Arc::new(durable::GroupSync::new(path.clone())),
             durable_writes,
@@ -403,6 +412,9 @@ impl Store {
             (keys::TOKENS, self.tokens.len()),
             (keys::REQUESTS, self.requests.len()),
             (keys::CHANGE_LOG, self.log.len()),
+            (keys::FACE_LISTS, self.face_lists.len()),
+            (keys::LIST_ENTRIES, self.list_entries.len()),
+            (keys::LIST_MEMBERS, self.list_members.len()),
         ]
     }
 

@@ -114,7 +114,8 @@ pub(super) fn taken(external_id: &str) -> Error {
 impl Store {
     /// Stores a new user under a fresh random id; the external id must be free.
     pub fn create_user(&self, tenant: &Tenant, user: User, request: Option<&RequestStamp<'_, User>>) -> Result<User> {
-        let result = (&self.users, &self.external_ids, &self.requests).transaction(|(users, external, requests)| {
+        let trees = (&self.users, &self.external_ids, &self.requests, &self.log);
+        let result = trees.transaction(|(users, external, requests, log)| {
             let ext_key = keys::external_key(tenant, &user.external_id);
             if external.get(&ext_key)?.is_some() {
                 return abort(taken(&user.external_id));
@@ -126,6 +127,9 @@ impl Store {
             let user = User { id, ..user.clone() };
             users.insert(keys::user_key(tenant, id), records::user_to_record(&user, Vec::new()).encode_to_vec())?;
             external.insert(ext_key, &id.0.to_be_bytes())?;
+            if !user.metadata.is_empty() {
+                super::log::tx_append(log, &super::lists::user_tags_record(tenant, id, &user.metadata))?;
+            }
             requests::tx_record(requests, tenant, request, &user)?;
             Ok(user)
         });
@@ -155,8 +159,8 @@ impl Store {
         patch: &UserPatch,
         request: Option<&RequestStamp<'_, User>>,
     ) -> Result<User> {
-        let trees = (&self.users, &self.external_ids, &self.tokens, &self.requests);
-        let result = trees.transaction(|(users, external, tokens, requests)| {
+        let trees = (&self.users, &self.external_ids, &self.tokens, &self.requests, &self.log);
+        let result = trees.transaction(|(users, external, tokens, requests, log)| {
             let Some(record) = tx_user(users, tenant, id)? else { return abort(Error::user_not_found()) };
             check_version(&record, expected_version)?;
             let mut token_hash = record.reenrollment_token_hash.clone();
@@ -179,7 +183,11 @@ impl Store {
                 tokens.insert(&grant.hash[..], token_record(tenant, id, grant).encode_to_vec())?;
                 token_hash = grant.hash.to_vec();
             }
+            let tags_before = user.metadata.clone();
             apply_patch(&mut user, patch);
+            if user.metadata != tags_before {
+                super::log::tx_append(log, &super::lists::user_tags_record(tenant, id, &user.metadata))?;
+            }
             users.insert(keys::user_key(tenant, id), records::user_to_record(&user, token_hash).encode_to_vec())?;
             requests::tx_record(requests, tenant, request, &user)?;
             Ok(user)
@@ -234,11 +242,11 @@ impl Store {
             let removed = record.face_ids.iter().copied().map(FaceId).collect::<Vec<_>>();
             requests::tx_erase(requests, tenant, id, &owned)?;
             requests::tx_record(requests, tenant, request, &removed)?;
-            // A user without faces changes no face: no entry, nothing for the index to apply.
-            let seq = if removed.is_empty() {
+            // A user without faces or metadata changes nothing the index holds: no entry.
+            let seq = if removed.is_empty() && record.metadata.is_empty() {
                 0
             } else {
-                super::log::tx_append(log, &super::log::removed_record(tenant, &removed))?
+                super::log::tx_append(log, &super::log::removed_record(tenant, &removed, Some(id)))?
             };
             Ok((removed, seq))
         });

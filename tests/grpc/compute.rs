@@ -68,7 +68,8 @@ async fn searches_of_a_large_tenant_never_stall_health_or_another_tenant() {
     let filled = started.elapsed();
 
     let image = bytes::Bytes::from(fixture_bytes("yaoming.jpg"));
-    let request = move || SearchFacesRequest { image: image.clone(), top_k: 10, min_similarity: 0.0 };
+    let request =
+        move || SearchFacesRequest { image: image.clone(), top_k: 10, min_similarity: 0.0, ..Default::default() };
     let mut faces = server.faces_as(ADMIN_A).await;
     let started = Instant::now();
     let reply = faces.search_faces(request()).await.expect("a search alone").into_inner();

@@ -174,7 +174,8 @@ async fn reads_racing_deletes_and_updates_see_one_state() {
         searches.push(tokio::spawn(async move {
             let (mut answers, mut named) = ([0u32; 2], Vec::new());
             while !*done.borrow() {
-                let request = SearchFacesRequest { image: photo.clone(), top_k: 5, min_similarity: 0.0 };
+                let request =
+                    SearchFacesRequest { image: photo.clone(), top_k: 5, min_similarity: 0.0, ..Default::default() };
                 let reply = match faces.search_faces(request).await {
                     Ok(reply) => reply.into_inner(),
                     Err(s) => unexpected("SearchFaces", &s),

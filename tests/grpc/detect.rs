@@ -257,7 +257,12 @@ async fn a_photo_turned_without_exif_is_searched_every_way_up() {
     let listed =
         faces.list_faces(ListFacesRequest { user: crate::users::by_external("sideways") }).await.expect("list");
     assert_eq!(listed.into_inner().faces[0].detection.as_ref().expect("detection").rotation, 270, "stored");
-    let search = SearchFacesRequest { image: fixture_bytes("yaoming.jpg").into(), top_k: 1, min_similarity: 0.0 };
+    let search = SearchFacesRequest {
+        image: fixture_bytes("yaoming.jpg").into(),
+        top_k: 1,
+        min_similarity: 0.0,
+        ..Default::default()
+    };
     let best = faces.search_faces(search).await.expect("search").into_inner().matches;
     assert!(best.first().is_some_and(|m| m.external_id == "sideways" && m.similarity > 0.9), "{best:?}");
 }
@@ -318,14 +323,15 @@ async fn a_small_face_in_a_large_photo_is_found_in_tiles() {
     let err = faces.upload_face(small).await.expect_err("a 28 px face is too small to enroll");
     assert_eq!(crate::common::reason(&err), "FACE_TOO_SMALL", "{err:?}");
     let query = png(&pasted(&yao, 40.0 / side, 4000, 3000, 3100, 300));
-    let search = SearchFacesRequest { image: query.clone().into(), top_k: 1, min_similarity: 0.0 };
+    let search =
+        SearchFacesRequest { image: query.clone().into(), top_k: 1, min_similarity: 0.0, ..Default::default() };
     let best = faces.search_faces(search).await.expect("search in a large photo").into_inner().matches;
     assert!(best.first().is_some_and(|m| m.external_id == "yao" && m.similarity > 0.5), "{best:?}");
 
     let untiled = TestServer::start_keyed_with(|c| c.detect_small_face = 0.0).await;
     assert!(detect_keyed(&untiled, photo).await.is_empty(), "found only by the tiles");
     let mut faces = untiled.faces_as(crate::common::ADMIN_A).await;
-    let search = SearchFacesRequest { image: query.into(), top_k: 1, min_similarity: 0.0 };
+    let search = SearchFacesRequest { image: query.into(), top_k: 1, min_similarity: 0.0, ..Default::default() };
     let err = faces.search_faces(search).await.expect_err("no face without the tiles");
     assert_eq!(crate::common::reason(&err), "NO_FACE_DETECTED");
 }

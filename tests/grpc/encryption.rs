@@ -44,7 +44,8 @@ async fn image(faces: &mut Faces, face_id: &str, kind: ImageKind) -> FaceImage {
 
 /// External id of the best match for another photo of Yao Ming.
 async fn best_match(faces: &mut Faces) -> String {
-    let request = SearchFacesRequest { image: yao_in_players().into(), top_k: 0, min_similarity: 0.0 };
+    let request =
+        SearchFacesRequest { image: yao_in_players().into(), top_k: 0, min_similarity: 0.0, ..Default::default() };
     let reply = faces.search_faces(request).await.expect("SearchFaces").into_inner();
     reply.matches.first().map(|m| m.external_id.clone()).unwrap_or_default()
 }

@@ -394,7 +394,8 @@ async fn remaining_reason_codes_of_the_face_and_user_rpcs() {
     assert_eq!(reason(&faces.get_face_image(image).await.unwrap_err()), "FACE_NOT_FOUND");
 
     let gradient = png(&image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 90])));
-    let search = SearchFacesRequest { image: gradient.clone().into(), top_k: 1, min_similarity: 0.0 };
+    let search =
+        SearchFacesRequest { image: gradient.clone().into(), top_k: 1, min_similarity: 0.0, ..Default::default() };
     assert_eq!(reason(&faces.search_faces(search).await.unwrap_err()), "NO_FACE_DETECTED");
     let verify = VerifyFaceRequest { user: by_external("codes"), image: gradient.into() };
     assert_eq!(reason(&faces.verify_face(verify).await.unwrap_err()), "NO_FACE_DETECTED");
@@ -409,7 +410,12 @@ async fn remaining_reason_codes_of_the_face_and_user_rpcs() {
         ..UpdateFaceRequest::default()
     };
     assert_eq!(reason(&reader.update_face(update).await.unwrap_err()), "SCOPE_MISSING");
-    let search = SearchFacesRequest { image: fixture_bytes("yaoming.jpg").into(), top_k: 1, min_similarity: 0.0 };
+    let search = SearchFacesRequest {
+        image: fixture_bytes("yaoming.jpg").into(),
+        top_k: 1,
+        min_similarity: 0.0,
+        ..Default::default()
+    };
     assert_eq!(reason(&reader.search_faces(search).await.unwrap_err()), "SCOPE_MISSING");
     let listed = reader.list_faces(ListFacesRequest { user: by_external("codes") }).await.expect("faces:read lists");
     assert_eq!(listed.into_inner().faces.len(), 1);
@@ -461,7 +467,12 @@ async fn a_dominant_face_is_enrolled_and_competing_faces_are_refused() {
     let b = stored.face.expect("face").detection.expect("detection").r#box.expect("box");
     let centre = ((b.x_min + b.x_max) / 2.0, (b.y_min + b.y_max) / 2.0);
     assert!((centre.0 - 320.0).abs() < 40.0 && (centre.1 - 240.0).abs() < 60.0, "enrolled the face at {centre:?}");
-    let search = SearchFacesRequest { image: fixture_bytes("yaoming.jpg").into(), top_k: 1, min_similarity: 0.0 };
+    let search = SearchFacesRequest {
+        image: fixture_bytes("yaoming.jpg").into(),
+        top_k: 1,
+        min_similarity: 0.0,
+        ..Default::default()
+    };
     let top = faces.search_faces(search).await.expect("search").into_inner().matches;
     let best = top.first().expect("a match");
     assert_eq!(best.external_id, "dominant");

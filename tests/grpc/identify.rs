@@ -8,7 +8,7 @@ use crate::enroll::{assert_index_equals_store, upload};
 use crate::users::{by_external, create};
 
 async fn search(faces: &mut Faces, image: Vec<u8>) -> SearchFacesResponse {
-    let request = SearchFacesRequest { image: image.into(), top_k: 0, min_similarity: 0.0 };
+    let request = SearchFacesRequest { image: image.into(), top_k: 0, min_similarity: 0.0, ..Default::default() };
     faces.search_faces(request).await.expect("SearchFaces").into_inner()
 }
 
@@ -51,18 +51,34 @@ async fn search_and_verify_find_the_right_person() {
 
     // Every search result above the floor, best first; min_similarity -1 returns everyone.
     let all = faces
-        .search_faces(SearchFacesRequest { image: yao_in_players().into(), top_k: 100, min_similarity: -1.0 })
+        .search_faces(SearchFacesRequest {
+            image: yao_in_players().into(),
+            top_k: 100,
+            min_similarity: -1.0,
+            ..Default::default()
+        })
         .await
         .expect("search")
         .into_inner();
     assert_eq!(all.matches.len(), 7);
     assert!(all.matches.windows(2).all(|w| w[0].similarity >= w[1].similarity));
     let err = faces
-        .search_faces(SearchFacesRequest { image: yao_in_players().into(), top_k: 101, min_similarity: 0.0 })
+        .search_faces(SearchFacesRequest {
+            image: yao_in_players().into(),
+            top_k: 101,
+            min_similarity: 0.0,
+            ..Default::default()
+        })
         .await;
     assert_eq!(reason(&err.unwrap_err()), "TOP_K_INVALID");
-    let err =
-        faces.search_faces(SearchFacesRequest { image: yao_in_players().into(), top_k: 1, min_similarity: 1.5 }).await;
+    let err = faces
+        .search_faces(SearchFacesRequest {
+            image: yao_in_players().into(),
+            top_k: 1,
+            min_similarity: 1.5,
+            ..Default::default()
+        })
+        .await;
     assert_eq!(reason(&err.unwrap_err()), "MIN_SIMILARITY_INVALID");
 
     let verify = |user: &str, image: Vec<u8>| VerifyFaceRequest { user: by_external(user), image: image.into() };

@@ -17,7 +17,7 @@ use crate::common::{ADMIN_A, Faces, READER_A, TestServer, fixture_bytes, key_ent
 use crate::enroll::assert_index_equals_store;
 use crate::users::by_external;
 
-fn item(item_id: &str, external_id: &str, image: Vec<u8>) -> ImportItem {
+pub(crate) fn item(item_id: &str, external_id: &str, image: Vec<u8>) -> ImportItem {
     ImportItem {
         item_id: item_id.into(),
         user: Some(User { external_id: external_id.into(), display_name: "Imported".into(), ..User::default() }),
@@ -27,7 +27,10 @@ fn item(item_id: &str, external_id: &str, image: Vec<u8>) -> ImportItem {
 }
 
 /// Streams `items` and collects the results by item id.
-async fn import(faces: &mut Faces, items: Vec<ImportItem>) -> Result<BTreeMap<String, ImportResult>, tonic::Status> {
+pub(crate) async fn import(
+    faces: &mut Faces,
+    items: Vec<ImportItem>,
+) -> Result<BTreeMap<String, ImportResult>, tonic::Status> {
     let requests = items.into_iter().map(|item| ImportFacesRequest { item: Some(item) }).collect::<Vec<_>>();
     let mut stream = faces.import_faces(tokio_stream::iter(requests)).await?.into_inner();
     let mut results = BTreeMap::new();
@@ -38,12 +41,12 @@ async fn import(faces: &mut Faces, items: Vec<ImportItem>) -> Result<BTreeMap<St
     Ok(results)
 }
 
-fn outcome(result: &ImportResult) -> ImportOutcome {
+pub(crate) fn outcome(result: &ImportResult) -> ImportOutcome {
     ImportOutcome::try_from(result.outcome).expect("a known outcome")
 }
 
 /// The ErrorInfo reason of a FAILED result.
-fn item_reason(result: &ImportResult) -> String {
+pub(crate) fn item_reason(result: &ImportResult) -> String {
     let error = result.error.as_ref().expect("a FAILED result carries its error");
     let status = tonic::Status::with_details(
         Code::from(error.code),

@@ -21,6 +21,7 @@ mod idempotency;
 mod identify;
 mod import;
 mod limits;
+mod lists;
 mod logs;
 mod metrics;
 mod multinode;

@@ -48,7 +48,8 @@ fn upload(user: &str, image: &[u8], policy: DuplicatePolicy) -> UploadFaceReques
 
 /// The external ids SearchFaces on `faces` returns for `image` as a match.
 async fn found(faces: &mut Faces, image: &[u8]) -> Vec<String> {
-    let request = SearchFacesRequest { image: image.to_vec().into(), top_k: 10, min_similarity: 0.0 };
+    let request =
+        SearchFacesRequest { image: image.to_vec().into(), top_k: 10, min_similarity: 0.0, ..Default::default() };
     let reply = faces.search_faces(request).await.expect("SearchFaces").into_inner();
     reply.matches.into_iter().map(|m| m.external_id).collect()
 }

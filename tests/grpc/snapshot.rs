@@ -16,7 +16,7 @@ use crate::users::create;
 
 /// The users found with similarity >= 0.6 (the same photo: about 1).
 async fn found(faces: &mut Faces, image: Vec<u8>) -> Vec<String> {
-    let request = SearchFacesRequest { image: image.into(), top_k: 10, min_similarity: 0.6 };
+    let request = SearchFacesRequest { image: image.into(), top_k: 10, min_similarity: 0.6, ..Default::default() };
     let reply = faces.search_faces(request).await.expect("SearchFaces").into_inner();
     reply.matches.into_iter().map(|m| m.external_id).collect()
 }

@@ -10,7 +10,7 @@ use crate::enroll::upload;
 use crate::users::{by_external, by_id, create};
 
 /// A user with a fresh re-enrollment token: (user_id, token).
-async fn user_with_token(server: &TestServer, external_id: &str) -> (String, String) {
+pub(crate) async fn user_with_token(server: &TestServer, external_id: &str) -> (String, String) {
     let mut users = server.users_as(ADMIN_A).await;
     let user = create(&mut users, external_id).await;
     let token = users

@@ -165,6 +165,10 @@ impl Snapshots {
         }
         let index = FaceIndex::import(snapshot.tenants, exact_max_faces)
             .map_err(|e| Unused { routine: false, reason: format!("the snapshot's rows are inconsistent: {e}") })?;
+        // Lists and tags are not in the snapshot: read from the store now, a state at or after
+        // the snapshot's entry, which the replay below brings to the log's end.
+        let model = store.model_state()?.active_or_unnamed().id.clone();
+        super::load_lists_and_tags(store, &index, &model)?;
         let applied = IndexFeed::new(index.clone(), seq).catch_up(store)?;
         Ok((index, seq, applied))
     }

@@ -6,11 +6,11 @@ use std::time::SystemTime;
 
 use super::PgStore;
 use super::pool::run;
-use crate::domain::{Embedding, Face, FaceId, Tenant, User, UserId};
+use crate::domain::{Embedding, EntryId, Face, FaceId, FaceList, ListEntry, ListId, Tenant, User, UserId};
 use crate::error::Result;
 use crate::storage::{
-    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, Pending, Replace,
-    RequestStamp, SeenRequest, Storage, StoredEmbedding, TenantGuard, UserKey, UserPatch,
+    EmbedderRecord, FaceEmbeddings, Integrity, LogBounds, LogEntry, ModelState, NewFace, NewListEntry, Pending,
+    Replace, RequestStamp, SeenRequest, Storage, StoredEmbedding, StoredListEntry, TenantGuard, UserKey, UserPatch,
 };
 
 impl Storage for PgStore {
@@ -95,6 +95,50 @@ impl Storage for PgStore {
         each: &mut (dyn FnMut(StoredEmbedding) -> Result<()> + Send),
     ) -> Result<(u64, EmbedderRecord)> {
         self.exec(|| PgStore::for_each_embedding(self, each))
+    }
+    fn create_list(&self, tenant: &Tenant, list: &FaceList) -> Result<Pending<FaceList>> {
+        self.write(|| PgStore::create_list(self, tenant, list))
+    }
+    fn get_list(&self, tenant: &Tenant, id: ListId) -> Result<Option<FaceList>> {
+        self.exec(|| PgStore::get_list(self, tenant, id))
+    }
+    fn list_lists(&self, tenant: &Tenant, after: Option<ListId>, limit: usize) -> Result<Vec<FaceList>> {
+        self.exec(|| PgStore::list_lists(self, tenant, after, limit))
+    }
+    fn delete_list_pending(&self, tenant: &Tenant, id: ListId) -> Result<Pending<()>> {
+        self.write(|| PgStore::delete_list(self, tenant, id))
+    }
+    fn put_list_entry_pending(
+        &self,
+        tenant: &Tenant,
+        new: &NewListEntry,
+        request: Option<&RequestStamp<'_, ListEntry>>,
+    ) -> Result<Pending<ListEntry>> {
+        self.write(|| PgStore::put_list_entry(self, tenant, new, request))
+    }
+    fn get_list_entry(&self, tenant: &Tenant, id: EntryId) -> Result<Option<(ListEntry, Vec<u8>)>> {
+        self.exec(|| PgStore::get_list_entry(self, tenant, id))
+    }
+    fn list_entries(
+        &self,
+        tenant: &Tenant,
+        list: ListId,
+        after: Option<EntryId>,
+        limit: usize,
+    ) -> Result<Vec<(ListEntry, Vec<u8>)>> {
+        self.exec(|| PgStore::list_entries(self, tenant, list, after, limit))
+    }
+    fn delete_list_entry_pending(&self, tenant: &Tenant, id: EntryId) -> Result<Pending<()>> {
+        self.write(|| PgStore::delete_list_entry(self, tenant, id))
+    }
+    fn all_lists(&self) -> Result<Vec<(Tenant, FaceList)>> {
+        self.exec(|| PgStore::all_lists(self))
+    }
+    fn all_list_entries(&self) -> Result<Vec<StoredListEntry>> {
+        self.exec(|| PgStore::all_list_entries(self))
+    }
+    fn all_user_tags(&self) -> Result<crate::storage::UserTags> {
+        self.exec(|| PgStore::all_user_tags(self))
     }
     fn token_user(&self, hash: &[u8; 32], max_attempts: u32) -> Result<Option<(Tenant, UserId)>> {
         self.exec(|| PgStore::token_user(self, hash, max_attempts))

@@ -135,7 +135,7 @@ impl PgStore {
         let mut user = records::user_from_record(record);
         face_removed(&mut user, id);
         save_user(&tx, tenant, &user, token_hash).await?;
-        let seq = super::log::append(&tx, tenant, &log::removed_record(tenant, &[id])).await?;
+        let seq = super::log::append(&tx, tenant, &log::removed_record(tenant, &[id], None)).await?;
         super::requests::record(&tx, tenant, request, &user).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(Pending::new(user, seq, || Ok(())))

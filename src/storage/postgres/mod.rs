@@ -21,6 +21,7 @@
 mod backend;
 mod faces;
 mod import;
+mod lists;
 mod log;
 mod models;
 mod pool;

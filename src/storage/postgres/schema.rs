@@ -44,6 +44,15 @@ const MIGRATIONS: &[&str] = &[
          record bytea NOT NULL, PRIMARY KEY (tenant, id));
      CREATE INDEX requests_created ON requests (created_ns);
      CREATE INDEX requests_owner ON requests (tenant, owner) WHERE owner IS NOT NULL;",
+    // 4: face lists and their entries (storage/lists.rs): the records of sled's `face_lists` and
+    // `list_entries` trees (an entry's embedding and thumbnail sealed inside its record); a
+    // list's entries in id order by the index (sled's `list_members`).
+    "CREATE TABLE face_lists (
+         tenant text NOT NULL, id bigint NOT NULL, record bytea NOT NULL, PRIMARY KEY (tenant, id));
+     CREATE TABLE list_entries (
+         tenant text NOT NULL, id bigint NOT NULL, list_id bigint NOT NULL, record bytea NOT NULL,
+         PRIMARY KEY (tenant, id));
+     CREATE INDEX list_entries_list ON list_entries (tenant, list_id, id);",
 ];
 
 /// The advisory lock of migrations (namespace, 0).

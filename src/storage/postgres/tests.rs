@@ -365,3 +365,13 @@ fn a_reindex_writes_both_slots_fences_its_worker_and_clears_only_an_unused_slot(
     let store = db.open();
     crate::storage::models::exercise_reindex_storage(&store);
 }
+
+#[test]
+fn lists_entries_and_user_tags_behave_as_on_sled() {
+    let db = TestDb::new();
+    crate::storage::lists::exercise_lists(&db.open());
+    // And sealed with a key (a database of its own: a store is tied to its key).
+    let sealed = TestDb::new();
+    let key = crate::storage::EncryptionKey::from_bytes(&[5; 32]);
+    crate::storage::lists::exercise_lists(&PgStore::open(&sealed.options(), Some(key)).unwrap());
+}

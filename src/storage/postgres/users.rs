@@ -9,6 +9,7 @@ use tokio_postgres::Transaction;
 use super::{PgStore, from_db, pg_error, to_db};
 use crate::domain::{FaceId, Tenant, User, UserId};
 use crate::error::{Error, Result};
+use crate::storage::lists::user_tags_record;
 use crate::storage::records::{self, pb};
 use crate::storage::users::{apply_patch, taken, token_record, usable_token, version_matches};
 use crate::storage::{Pending, RequestStamp, UserKey, UserPatch, random_id};
@@ -96,6 +97,10 @@ impl PgStore {
                 .await
                 .map_err(|e| if external_id_taken(&e) { taken(&user.external_id) } else { pg_error(e) })?;
             if inserted == 1 {
+                // The log before the request record, as every write (log_head, then requests).
+                if !user.metadata.is_empty() {
+                    super::log::append(&tx, tenant, &user_tags_record(tenant, user.id, &user.metadata)).await?;
+                }
                 super::requests::record(&tx, tenant, request, &user).await?;
                 tx.commit().await.map_err(pg_error)?;
                 return Ok(user);
@@ -149,8 +154,12 @@ impl PgStore {
             .map_err(pg_error)?;
             token_hash = grant.hash.to_vec();
         }
+        let tags_before = user.metadata.clone();
         apply_patch(&mut user, patch);
         save_user(&tx, tenant, &user, token_hash).await?;
+        if user.metadata != tags_before {
+            super::log::append(&tx, tenant, &user_tags_record(tenant, id, &user.metadata)).await?;
+        }
         super::requests::record(&tx, tenant, request, &user).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(user)
@@ -176,15 +185,18 @@ impl PgStore {
                 .map_err(pg_error)?;
         }
         let removed: Vec<FaceId> = record.face_ids.iter().copied().map(FaceId).collect();
-        let seq = if removed.is_empty() {
-            0
-        } else {
+        if !removed.is_empty() {
             let ids: Vec<i64> = record.face_ids.iter().map(|&f| to_db(f)).collect();
             tx.execute("DELETE FROM faces WHERE tenant = $1 AND id = ANY($2)", &[&t, &ids]).await.map_err(pg_error)?;
             tx.execute("DELETE FROM face_images WHERE tenant = $1 AND face_id = ANY($2)", &[&t, &ids])
                 .await
                 .map_err(pg_error)?;
-            super::log::append(&tx, tenant, &crate::storage::log::removed_record(tenant, &removed)).await?
+        }
+        // A user without faces or metadata changes nothing the index holds: no entry.
+        let seq = if removed.is_empty() && record.metadata.is_empty() {
+            0
+        } else {
+            super::log::append(&tx, tenant, &crate::storage::log::removed_record(tenant, &removed, Some(id))).await?
         };
         super::requests::erase(&tx, tenant, id).await?;
         super::requests::record(&tx, tenant, request, &removed).await?;

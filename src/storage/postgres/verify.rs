@@ -29,6 +29,10 @@ const TREES: &[(&str, &str)] = &[
     (keys::CHANGE_LOG, "SELECT seq, record FROM change_log ORDER BY seq"),
     (keys::META, "SELECT key, value FROM meta ORDER BY key"),
     (keys::REQUESTS, "SELECT tenant, id, record FROM requests ORDER BY tenant, id"),
+    (keys::FACE_LISTS, "SELECT tenant, id, record FROM face_lists ORDER BY tenant, id"),
+    (keys::LIST_ENTRIES, "SELECT tenant, id, record FROM list_entries ORDER BY tenant, id"),
+    // sled's index of a list's entries: here the index on (tenant, list_id, id).
+    (keys::LIST_MEMBERS, "SELECT tenant, list_id, id FROM list_entries ORDER BY tenant, list_id, id"),
 ];
 
 /// Calls `each` with every row of `sql`, fetched a batch at a time (a table of millions of
@@ -70,6 +74,13 @@ impl PgStore {
                 keys::META => (row.get::<_, String>(0).into_bytes(), row.get(1)),
                 keys::CHANGE_LOG => ((row.get::<_, i64>(0) as u64).to_be_bytes().to_vec(), row.get(1)),
                 keys::REQUESTS => (crate::storage::requests::record_key(&tenant(row)?, row.get(1)), row.get(2)),
+                keys::LIST_MEMBERS => {
+                    // As sled's key: tenant ‖ 0x00 ‖ list id ‖ entry id, no value.
+                    let mut key = keys::tenant_prefix(&tenant(row)?);
+                    key.extend_from_slice(&from_db(row.get(1)).to_be_bytes());
+                    key.extend_from_slice(&from_db(row.get(2)).to_be_bytes());
+                    (key, Vec::new())
+                }
                 keys::EXTERNAL_IDS => {
                     (keys::external_key(&tenant(row)?, row.get(1)), from_db(row.get(2)).to_be_bytes().to_vec())
                 }
@@ -86,7 +97,8 @@ impl PgStore {
             .query_one(
                 "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM faces), \
                  (SELECT count(*) FROM face_images), (SELECT count(*) FROM tokens), \
-                 (SELECT count(*) FROM change_log), (SELECT count(*) FROM requests)",
+                 (SELECT count(*) FROM change_log), (SELECT count(*) FROM requests), \
+                 (SELECT count(*) FROM face_lists), (SELECT count(*) FROM list_entries)",
                 &[],
             )
             .await
@@ -102,6 +114,9 @@ impl PgStore {
             (keys::TOKENS, n(3)),
             (keys::REQUESTS, n(5)),
             (keys::CHANGE_LOG, n(4)),
+            (keys::FACE_LISTS, n(6)),
+            (keys::LIST_ENTRIES, n(7)),
+            (keys::LIST_MEMBERS, n(7)),
         ])
     }
 

@@ -14,6 +14,7 @@ pub(crate) use database::{Backend, TestDatabase, backend};
 use facevault::Config;
 use facevault::grpc::AppSlot;
 use facevault::grpc::pb::face_service_client::FaceServiceClient;
+use facevault::grpc::pb::list_service_client::ListServiceClient;
 use facevault::grpc::pb::user_service_client::UserServiceClient;
 use image::RgbImage;
 use tokio::net::TcpListener;
@@ -71,8 +72,20 @@ pub(crate) fn bbox(face: &facevault::grpc::pb::DetectedFace) -> [f32; 4] {
 
 /// API keys of the keyed test servers: (name, tenant, scopes, secret).
 pub(crate) const KEYS: &[(&str, &str, &[&str], &str)] = &[
-    ("admin-a", "alpha", &["users:read", "users:write", "faces:read", "faces:write", "faces:search"], "secret-admin-a"),
-    ("admin-b", "beta", &["users:read", "users:write", "faces:read", "faces:write", "faces:search"], "secret-admin-b"),
+    (
+        "admin-a",
+        "alpha",
+        &["users:read", "users:write", "faces:read", "faces:write", "faces:search", "lists:read", "lists:write"],
+        "secret-admin-a",
+    ),
+    (
+        "admin-b",
+        "beta",
+        &["users:read", "users:write", "faces:read", "faces:write", "faces:search", "lists:read", "lists:write"],
+        "secret-admin-b",
+    ),
+    // ListService reads only (tests/grpc/lists.rs).
+    ("lists-reader-a", "alpha", &["lists:read"], "secret-lists-reader-a"),
     ("reader-a", "alpha", &["users:read", "faces:read"], "secret-reader-a"),
     // AdminService (tests/grpc/reindex.rs): the service as a whole; its tenant does not matter.
     ("ops", "alpha", &["admin"], "secret-ops"),
@@ -128,6 +141,7 @@ impl Interceptor for Credentials {
 
 pub(crate) type Faces = FaceServiceClient<InterceptedService<Channel, Credentials>>;
 pub(crate) type Users = UserServiceClient<InterceptedService<Channel, Credentials>>;
+pub(crate) type Lists = ListServiceClient<InterceptedService<Channel, Credentials>>;
 
 /// A running server.
 pub(crate) struct TestServer {
@@ -332,6 +346,10 @@ impl TestServer {
 
     pub(crate) async fn users_as(&self, secret: Option<&str>) -> Users {
         users_client(self.channel().await, secret)
+    }
+
+    pub(crate) async fn lists_as(&self, secret: Option<&str>) -> Lists {
+        ListServiceClient::with_interceptor(self.channel().await, Credentials::key(secret))
     }
 
     async fn wait_serving(&self, timeout: Duration) {
@@ -629,6 +647,7 @@ pub(crate) fn yao_in_players() -> Vec<u8> {
 pub(crate) const ADMIN_A: Option<&str> = Some("secret-admin-a");
 pub(crate) const ADMIN_B: Option<&str> = Some("secret-admin-b");
 pub(crate) const READER_A: Option<&str> = Some("secret-reader-a");
+pub(crate) const LISTS_READER_A: Option<&str> = Some("secret-lists-reader-a");
 
 /// GET `path` from the metrics endpoint at `addr`: the whole HTTP response.
 pub(crate) async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
