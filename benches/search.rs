@@ -146,5 +146,62 @@ fn bench_search(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_search);
+/// The list check of every enrollment and search (`ListIndex::matches`, one exact f16 scan of a
+/// tenant's list entries) at 1k and 10k entries (--max-list-entries' default), and a search
+/// restricted by a metadata filter (`FaceIndex::search_among`) over 100k faces of 100k users of
+/// which the filter admits 10% or 1%, against the unfiltered search.
+fn bench_lists_and_filters(c: &mut Criterion) {
+    use facevault::domain::{EntryId, ListId, ListKind};
+    use facevault::search::{ListIndex, ListInfo};
+    let tenant = Tenant::new("bench").expect("tenant");
+    let raw_queries = random_unit_vectors(QUERIES, 7);
+    let queries: Vec<Embedding> = raw_queries
+        .chunks_exact(EMBEDDING_DIM)
+        .map(|q| Embedding::from_normalized(q.to_vec()).expect("unit"))
+        .collect();
+    let mut group = c.benchmark_group("lists");
+    group.sample_size(10);
+    for (n, label) in [(1_000, "1k"), (10_000, "10k")] {
+        let lists = ListIndex::default();
+        for l in 0..10u64 {
+            let info = ListInfo { name: format!("list {l}"), kind: ListKind::Block, threshold: None };
+            lists.set_list(&tenant, ListId(l), info);
+        }
+        let data = random_unit_vectors(n, 43);
+        for (i, v) in data.chunks_exact(EMBEDDING_DIM).enumerate() {
+            let e = Embedding::from_normalized(v.to_vec()).expect("unit");
+            lists.insert(&tenant, EntryId(i as u64), ListId(i as u64 % 10), &e);
+        }
+        let mut next = 0;
+        group.bench_function(format!("matches/{label} entries"), |b| {
+            b.iter(|| {
+                next = (next + 1) % QUERIES;
+                lists.matches(&tenant, &queries[next], 0.36)
+            })
+        });
+    }
+    let n = 100_000;
+    let data = planted_data(n, &raw_queries);
+    let index = build(&data, usize::MAX, &tenant);
+    for (share, label) in [(10, "10%"), (100, "1%")] {
+        let only: std::collections::HashSet<UserId> = (0..n as u64).filter(|u| u % share == 0).map(UserId).collect();
+        let mut next = 0;
+        group.bench_function(format!("metadata filter {label} of 100k/k=10"), |b| {
+            b.iter(|| {
+                next = (next + 1) % QUERIES;
+                index.search_among(&tenant, &queries[next], 10, FLOOR, None, Some(&only))
+            })
+        });
+    }
+    let mut next = 0;
+    group.bench_function("no filter 100k/k=10", |b| {
+        b.iter(|| {
+            next = (next + 1) % QUERIES;
+            index.search(&tenant, &queries[next], 10, FLOOR, None)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_search, bench_lists_and_filters);
 criterion_main!(benches);

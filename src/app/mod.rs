@@ -187,10 +187,21 @@ pub(crate) fn load_lists_and_tags(store: &dyn Storage, index: &FaceIndex, model:
         let info = crate::search::ListInfo { name: list.name, kind: list.kind, threshold: list.threshold };
         index.lists().set_list(&tenant, list.id, info);
     }
+    let mut other_model = 0usize;
     for entry in store.all_list_entries()? {
         if entry.model == model || model.is_empty() {
             index.lists().insert(&entry.tenant, entry.entry_id, entry.list_id, &entry.embedding);
+        } else {
+            other_model += 1;
         }
+    }
+    if other_model > 0 {
+        // A reindex does not re-embed list entries (README, "Face lists").
+        tracing::warn!(
+            entries = other_model,
+            model,
+            "list entries embedded by another model match nothing: add them again"
+        );
     }
     for (tenant, user, metadata) in store.all_user_tags()? {
         index.tags().set(&tenant, user, metadata);

@@ -44,12 +44,20 @@ async fn the_readme_cookbook_works_as_written() {
         "\"reason\":\"EMAIL_INVALID\"",
         "\"field\":\"user.email\"",
         "\"itemId\": \"row-1\"",
+        "\"listId\": \"lst_",
+        "\"comment\": \"chargeback 2026-11\"",
+        "Code: FailedPrecondition",
+        "\"reason\":\"FACE_IN_BLOCKLIST\"",
+        "\"results\": [",
     ] {
         assert!(text.contains(expected), "cookbook output lacks {expected:?}:\n{text}");
     }
     // The retried CreateUser answered twice, the same user.
     assert_eq!(text.matches("\"externalId\": \"carol-001\"").count(), 2, "{text}");
-    // Only the last call, the error example, fails.
-    assert_eq!(text.matches("ERROR:").count(), 1, "{text}");
+    // The blocklist's entry names the user imported with that photo.
+    let added = text.find("\"comment\": \"chargeback 2026-11\"").expect("the entry");
+    assert!(text[added..].contains("\"externalId\": \"dave-001\""), "{text}");
+    // Only the blocked upload and the error example fail.
+    assert_eq!(text.matches("ERROR:").count(), 2, "{text}");
     assert!(!text.contains("Error invoking method"), "{text}");
 }
