@@ -301,8 +301,9 @@ pub struct Config {
     #[arg(long, env = "FACEVAULT_MAX_LISTS_PER_TENANT", default_value_t = 100)]
     pub max_lists_per_tenant: usize,
 
-    /// Most entries a face list may hold (QUOTA_EXCEEDED beyond). Every entry is held in memory
-    /// (about 1 KiB) and compared with every enrolled face and search query of its tenant.
+    /// Most entries a tenant's face lists may hold together (QUOTA_EXCEEDED beyond). Every entry
+    /// is held in memory (about 1 KiB) and compared with every enrolled face and searched face of
+    /// its tenant.
     #[arg(long, env = "FACEVAULT_MAX_LIST_ENTRIES", default_value_t = 10_000)]
     pub max_list_entries: usize,
 

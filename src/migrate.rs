@@ -131,6 +131,14 @@ pub(crate) fn migrate(args: &MigrateArgs) -> Result<Outcome> {
         connect_timeout: Duration::from_secs(10),
         statement_timeout: Duration::from_secs(600),
     };
+    // Face lists are not copied yet: a migration must not drop a blocklist without a word.
+    let lists = source.all_lists()?.len();
+    if lists > 0 {
+        return Err(refuse(format!(
+            "the source store holds {lists} face list(s), which facevault migrate does not copy yet: note their \
+             entries, delete the lists (DeleteFaceList), migrate, and create them again on PostgreSQL"
+        )));
+    }
     let target = PgStore::open(&options, key)?;
     let nodes = target.live_nodes()?;
     if nodes > 0 && !args.force {
@@ -424,6 +432,27 @@ mod tests {
 
     fn exit_code(words: &[&str]) -> String {
         format!("{:?}", main(words.iter().map(|w| (*w).to_owned())))
+    }
+
+    #[test]
+    fn a_store_with_face_lists_is_refused_rather_than_copied_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        build_source(dir.path(), None);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let list = crate::domain::FaceList {
+                id: crate::domain::ListId(0),
+                name: "blocked".into(),
+                kind: crate::domain::ListKind::Block,
+                threshold: None,
+                entry_count: 0,
+                create_time: std::time::SystemTime::now(),
+            };
+            store.create_list(&tenants()[0], &list).unwrap().durable().unwrap();
+        }
+        let db = TestDb::new();
+        let refused = migrate(&args(dir.path(), &db, None)).unwrap_err().to_string();
+        assert!(refused.contains("1 face list(s)"), "{refused}");
     }
 
     #[test]

@@ -342,7 +342,7 @@ impl App {
         }
         let thresholds = models.thresholds;
         // The tenant's lists first: a BLOCK match refuses the face whatever else holds.
-        let lists = self.list_matches(tenant, &embedding, thresholds.matched);
+        let lists = self.list_matches(tenant, &embedding, thresholds.matched).await?;
         if let Some(hit) = lists.blocked() {
             let error = super::lists::blocked_error(hit);
             // A token holder learns only the reason: no list, entry or similarity.

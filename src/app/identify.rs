@@ -116,7 +116,9 @@ impl App {
 
     /// A stored face of the tenant as a query: its record and its embedding by the model of now.
     async fn stored_query(&self, tenant: &Tenant, face_id: &str, models: &ModelUse) -> Result<AnalyzedFace> {
-        let id = FaceId::parse(face_id).ok_or_else(|| Error::face_not_found().with_meta("face_id", face_id))?;
+        let id = FaceId::parse(face_id).ok_or_else(|| {
+            Error::invalid(Reason::FaceIdInvalid, "face_id", "not a face id: fce_ and 16 lowercase hex digits")
+        })?;
         let (store, tenant, model) = (self.store()?, tenant.clone(), models.main_id.clone());
         let found = blocking(move || {
             let Some(face) = store.get_face(&tenant, id)? else { return Ok(None) };
@@ -170,13 +172,16 @@ impl App {
                 }
             };
             // The filter's users, from the index (never a scan of user records).
-            let only = (!metadata_filter.is_empty())
-                .then(|| std::sync::Arc::new(self.index.tags().matching(&caller.tenant, &metadata_filter)));
+            let only = match metadata_filter.is_empty() {
+                true => None,
+                false => Some(std::sync::Arc::new(self.filter_users(&caller.tenant, &metadata_filter).await?)),
+            };
             let mut results = Vec::with_capacity(faces.len());
             for face in faces {
                 let embedding = face.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
                 let hits = self.search_index_among(&caller.tenant, embedding, k as usize, min, only.clone()).await?;
-                let list_matches = self.list_matches(&caller.tenant, embedding, models.thresholds.matched).matches;
+                let list_matches =
+                    self.list_matches(&caller.tenant, embedding, models.thresholds.matched).await?.matches;
                 results.push((face, hits, list_matches));
             }
             attempts += 1;
@@ -210,6 +215,17 @@ impl App {
         exclude: Option<UserId>,
     ) -> Result<Vec<Hit>> {
         self.scan_index(tenant, query, k, min, exclude, None).await
+    }
+
+    /// The users of the tenant whose metadata holds every pair of `filter`, from the index, on a
+    /// compute thread.
+    async fn filter_users(
+        &self,
+        tenant: &Tenant,
+        filter: &std::collections::BTreeMap<String, String>,
+    ) -> Result<HashSet<UserId>> {
+        let (index, tenant, filter) = (self.index.clone(), tenant.clone(), filter.clone());
+        self.compute.run(move || index.tags().matching(&tenant, &filter)).await
     }
 
     /// `search_index` among the users of `only` (a metadata filter's), when given.

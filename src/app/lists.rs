@@ -18,6 +18,8 @@ use crate::storage::lists::{entry_not_found, list_not_found};
 
 /// Longest list name, in characters.
 const MAX_LIST_NAME: usize = 100;
+/// Most entries one ListListEntries page holds.
+const MAX_ENTRIES_PAGE: i32 = 100;
 /// Enrolled users an AddListEntry reports at most.
 const MAX_ENROLLED_MATCHES: usize = 100;
 
@@ -105,6 +107,13 @@ pub(super) fn to_list_matches(hits: Vec<ListHit>) -> Vec<ListMatch> {
         .collect()
 }
 
+/// FACE_ID_INVALID unless `fce_` and 16 lowercase hex digits.
+fn face_id(text: &str) -> Result<FaceId> {
+    FaceId::parse(text).ok_or_else(|| {
+        Error::invalid(Reason::FaceIdInvalid, "face_id", "not a face id: fce_ and 16 lowercase hex digits")
+    })
+}
+
 fn parse_list(text: &str) -> Result<ListId> {
     ListId::parse(text).ok_or_else(|| list_not_found().with_meta("list_id", text))
 }
@@ -154,14 +163,25 @@ fn validate_threshold(threshold: f32) -> Result<()> {
 }
 
 impl App {
-    /// The lists of the tenant that `embedding` (by the active model) matches, best first.
-    pub(super) fn list_matches(
+    /// The lists of the tenant that `embedding` (by the active model) matches, best first: a
+    /// scan of the tenant's entries, on a compute thread (OVERLOADED when their queue is full).
+    pub(super) async fn list_matches(
         &self,
         tenant: &Tenant,
         embedding: &crate::domain::Embedding,
         matched: f32,
-    ) -> ListCheck {
-        ListCheck { matches: to_list_matches(self.index.lists().matches(tenant, embedding, matched)) }
+    ) -> Result<ListCheck> {
+        let (index, tenant, query) = (self.index.clone(), tenant.clone(), embedding.clone());
+        let (hits, took) = self
+            .compute
+            .run(move || {
+                let started = std::time::Instant::now();
+                let hits = index.lists().matches(&tenant, &query, matched);
+                (hits, started.elapsed())
+            })
+            .await?;
+        crate::metrics::record_stage("lists", took);
+        Ok(ListCheck { matches: to_list_matches(hits) })
     }
 
     /// The threshold a list applies: its own, or the match threshold of the active model.
@@ -175,7 +195,7 @@ impl App {
         let writes = self.lock_tenant_writes(&caller.tenant).await?;
         self.catch_up().await?;
         let max = self.settings.max_lists_per_tenant;
-        if self.index.lists().lists(&caller.tenant).len() >= max {
+        if self.index.lists().list_count(&caller.tenant) >= max {
             return Err(Error::quota_exceeded("face lists", max));
         }
         let list = FaceList {
@@ -241,6 +261,9 @@ impl App {
     ) -> Result<Written<AddedEntry>> {
         super::validate::comment(&comment, "comment")?;
         let id = parse_list(list_id)?;
+        if let EntrySource::Face(text) = &source {
+            face_id(text)?;
+        }
         self.idempotent(&caller.tenant, idem.as_ref(), || async {
             match self.add_list_entry_once(caller, id, source.clone(), comment.clone(), idem.as_ref()).await {
                 Err(e) if crate::storage::models::is_models_changed(&e) => {
@@ -268,8 +291,10 @@ impl App {
             blocking(move || store.get_list(&tenant, list_id)).await?
         }
         .ok_or_else(|| list_not_found().with_meta("list_id", list_id))?;
-        if list.entry_count >= self.settings.max_list_entries as u64 {
-            return Err(Error::quota_exceeded("entries of a face list", self.settings.max_list_entries));
+        let max_entries = self.settings.max_list_entries;
+        // Checked again under the lock; this only saves the inference.
+        if self.index.lists().entry_count(&tenant) >= max_entries {
+            return Err(Error::quota_exceeded("list entries", max_entries));
         }
         let models = self.model_use()?;
         let (detection, quality, embedding, thumbnail, source_face) = match source {
@@ -282,8 +307,7 @@ impl App {
                 (face.detection, face.quality, embedding, thumbnail, None)
             }
             EntrySource::Face(text) => {
-                let face_id =
-                    FaceId::parse(&text).ok_or_else(|| Error::face_not_found().with_meta("face_id", text.as_str()))?;
+                let face_id = face_id(&text)?;
                 let (store, tenant, model) = (self.store()?, tenant.clone(), models.main_id.clone());
                 let found = blocking(move || {
                     let Some((face, thumbnail)) = store.face_with_image(&tenant, face_id, true)? else {
@@ -310,6 +334,11 @@ impl App {
             create_time: SystemTime::now(),
         };
         let writes = self.lock_tenant_writes(&tenant).await?;
+        // The tenant's entries as committed, under the lock: racing adds cannot pass the quota.
+        self.catch_up().await?;
+        if self.index.lists().entry_count(&tenant) >= max_entries {
+            return Err(Error::quota_exceeded("list entries", max_entries));
+        }
         if self.model_use()?.main_id != models.main_id {
             return Err(crate::storage::models::models_changed());
         }
@@ -327,10 +356,31 @@ impl App {
             feed.finish(store.as_ref(), pending)
         })
         .await?;
-        let threshold = self.list_threshold(&list)?;
-        let hits = self.search_index(&tenant, &embedding, MAX_ENROLLED_MATCHES, threshold, None).await?;
-        let enrolled_matches = self.describe_hits(&tenant, &hits, models.thresholds).await?;
+        // The entry is stored: who matches it is reported on a best-effort basis (an error
+        // here must not read as a failed write, which a retry without a request id repeats).
+        let enrolled_matches = match self.enrolled_matches(&tenant, &list, &embedding).await {
+            Ok(matches) => matches,
+            Err(error) => {
+                tracing::warn!(%error, "the enrolled users matching a new list entry were not found");
+                Vec::new()
+            }
+        };
         Ok(AddedEntry { entry, thumbnail: thumb, enrolled_matches })
+    }
+
+    /// The enrolled users whose faces match `embedding` at or above the list's threshold, and
+    /// never below the possible-match threshold (a list's own threshold may be low: it does not
+    /// turn AddListEntry into a listing of the tenant's users), best first.
+    async fn enrolled_matches(
+        &self,
+        tenant: &Tenant,
+        list: &FaceList,
+        embedding: &crate::domain::Embedding,
+    ) -> Result<Vec<FaceMatch>> {
+        let models = self.model_use()?;
+        let threshold = self.list_threshold(list)?.max(models.thresholds.possible);
+        let hits = self.search_index(tenant, embedding, MAX_ENROLLED_MATCHES, threshold, None).await?;
+        self.describe_hits(tenant, &hits, models.thresholds).await
     }
 
     /// The enrolled users who match an entry now (a replayed AddListEntry's), best first.
@@ -339,10 +389,15 @@ impl App {
         let Some((list_id, embedding)) = self.index.lists().entry(&caller.tenant, id) else { return Ok(Vec::new()) };
         let (store, tenant) = (self.store()?, caller.tenant.clone());
         let Some(list) = blocking(move || store.get_list(&tenant, list_id)).await? else { return Ok(Vec::new()) };
-        let models = self.model_use()?;
-        let threshold = self.list_threshold(&list)?;
-        let hits = self.search_index(&caller.tenant, &embedding, MAX_ENROLLED_MATCHES, threshold, None).await?;
-        self.describe_hits(&caller.tenant, &hits, models.thresholds).await
+        self.enrolled_matches(&caller.tenant, &list, &embedding).await
+    }
+
+    /// The stored thumbnail of a list entry, empty when it is gone (a replayed AddListEntry's).
+    pub async fn entry_thumbnail(&self, caller: &Principal, entry_id: &str) -> Result<Vec<u8>> {
+        let Some(id) = EntryId::parse(entry_id) else { return Ok(Vec::new()) };
+        let (store, tenant) = (self.store()?, caller.tenant.clone());
+        let found = blocking(move || store.get_list_entry(&tenant, id)).await?;
+        Ok(found.map(|(_, thumbnail)| thumbnail).unwrap_or_default())
     }
 
     /// A page of a list's entries in id order (each with its thumbnail), and the next token.
@@ -354,7 +409,19 @@ impl App {
         token: &str,
     ) -> Result<(Vec<(ListEntry, Vec<u8>)>, String)> {
         let id = parse_list(list_id)?;
-        let size = page_size(size)?;
+        // Each entry carries its thumbnail: pages stay well under a client's 4 MB message limit.
+        let size = match size {
+            0 => 50,
+            1..=MAX_ENTRIES_PAGE => size as usize,
+            _ => {
+                return Err(Error::invalid(
+                    Reason::PageSizeInvalid,
+                    "page_size",
+                    format!("page_size must be 0 to {MAX_ENTRIES_PAGE}"),
+                )
+                .with_meta("page_size", size));
+            }
+        };
         let after = page_token(token, EntryId::parse)?;
         let (store, tenant) = (self.store()?, caller.tenant.clone());
         let mut entries = blocking(move || store.list_entries(&tenant, id, after, size + 1))

@@ -161,13 +161,27 @@ impl App {
     pub async fn cutover_reindex(&self) -> Result<ModelState> {
         let catalog = self.catalog.clone();
         let store = self.store()?;
-        let complete = blocking(move || {
+        let (complete, stale_entries) = blocking(move || {
             let now = store.model_state()?;
-            Ok(store.faces_without_embedding(now.to_slot, None, 1)?.is_empty())
+            let complete = store.faces_without_embedding(now.to_slot, None, 1)?.is_empty();
+            // A reindex does not re-embed face lists' entries: after a cutover an entry of the
+            // old model would match nothing, a blocklist would let its people in. Refused until
+            // they are gone (README, "Face lists").
+            let target = now.slots[now.to_slot].as_ref().map(|e| e.id.clone()).unwrap_or_default();
+            let stale = store.all_list_entries()?.iter().filter(|e| e.model != target).count();
+            Ok((complete, stale))
         })
         .await?;
         if !complete {
             return Err(precondition(Reason::ReindexNotReady, "some stored faces lack the candidate's embedding"));
+        }
+        if stale_entries > 0 {
+            return Err(precondition(
+                Reason::ReindexNotReady,
+                "face list entries are embedded by the model being replaced, and a reindex does not re-embed \
+                 them: delete them (DeleteListEntry) and add them again once the candidate is active",
+            )
+            .with_meta("list_entries", stale_entries));
         }
         self.change_state(
             move |now| {

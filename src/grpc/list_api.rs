@@ -77,10 +77,15 @@ fn added_response(out: &AddedEntry) -> pb::AddListEntryResponse {
 }
 
 fn list_kind(value: i32) -> Result<ListKind, Error> {
-    ListKind::from_number(value).ok_or_else(|| {
-        Error::invalid(Reason::ListKindInvalid, "list.kind", "kind must be BLOCK, WATCH or ALLOW")
-            .with_meta("kind", value)
-    })
+    match pb::ListKind::try_from(value) {
+        Ok(pb::ListKind::Block) => Ok(ListKind::Block),
+        Ok(pb::ListKind::Watch) => Ok(ListKind::Watch),
+        Ok(pb::ListKind::Allow) => Ok(ListKind::Allow),
+        Ok(pb::ListKind::Unspecified) | Err(_) => {
+            Err(Error::invalid(Reason::ListKindInvalid, "list.kind", "kind must be BLOCK, WATCH or ALLOW")
+                .with_meta("kind", value))
+        }
+    }
 }
 
 /// The ListService implementation.
@@ -155,6 +160,10 @@ impl ListService for ListApi {
     ) -> Result<Response<pb::AddListEntryResponse>, Status> {
         observed("AddListEntry", call_deadline(&request), async move {
             let who = caller(&request, Scope::ListsWrite)?;
+            // Copying a stored face reads it: faces:read too.
+            if matches!(request.get_ref().source, Some(pb::add_list_entry_request::Source::FaceId(_))) {
+                caller(&request, Scope::FacesRead)?;
+            }
             let mut message = request.into_inner();
             let request_id = std::mem::take(&mut message.request_id);
             let idem = idempotency("AddListEntry", request_id, &message, |out: &AddedEntry| added_response(out))?;
@@ -171,10 +180,14 @@ impl ListService for ListApi {
                 Written::Done(out) => Ok(Response::new(added_response(&out))),
                 Written::Replayed(bytes) => {
                     let mut response: pb::AddListEntryResponse = replayed(&bytes)?;
-                    // Who matches the entry now, as a first call would find it.
-                    if let Some(entry) = &response.entry {
+                    // The stored thumbnail, and who matches the entry now, as a first call finds.
+                    if let Some(entry) = &mut response.entry {
                         let matches = app.entry_matches(&who, &entry.entry_id).await?;
                         response.enrolled_matches = matches.into_iter().map(Into::into).collect();
+                        let thumbnail = app.entry_thumbnail(&who, &entry.entry_id).await?;
+                        if let Some(detection) = &mut entry.detection {
+                            detection.thumbnail = thumbnail.into();
+                        }
                     }
                     Ok(Response::new(response))
                 }

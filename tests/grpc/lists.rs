@@ -102,11 +102,12 @@ async fn lists_are_managed_per_tenant_with_scopes_and_clear_errors() {
 
     // Validation.
     for (list, want) in [
-        (FaceList { name: String::new(), ..FaceList::default() }, "LIST_NAME_INVALID"),
-        (FaceList { name: "x".repeat(101), ..FaceList::default() }, "LIST_NAME_INVALID"),
-        (FaceList { name: "ok".into(), threshold: 1.5, ..FaceList::default() }, "THRESHOLD_INVALID"),
-        (FaceList { name: "ok".into(), threshold: -0.2, ..FaceList::default() }, "THRESHOLD_INVALID"),
+        (FaceList { name: String::new(), kind: ListKind::Block as i32, ..FaceList::default() }, "LIST_NAME_INVALID"),
+        (FaceList { name: "x".repeat(101), kind: ListKind::Watch as i32, ..FaceList::default() }, "LIST_NAME_INVALID"),
+        (FaceList { name: "ok".into(), kind: 1, threshold: 1.5, ..FaceList::default() }, "THRESHOLD_INVALID"),
+        (FaceList { name: "ok".into(), kind: 1, threshold: -0.2, ..FaceList::default() }, "THRESHOLD_INVALID"),
         (FaceList { name: "ok".into(), kind: 7, ..FaceList::default() }, "LIST_KIND_INVALID"),
+        (FaceList { name: "no kind".into(), ..FaceList::default() }, "LIST_KIND_INVALID"),
     ] {
         let err = lists.create_face_list(CreateFaceListRequest { list: Some(list) }).await.unwrap_err();
         assert_eq!((err.code(), reason(&err).as_str()), (Code::InvalidArgument, want));
@@ -529,5 +530,106 @@ async fn search_by_face_id_every_face_of_a_group_photo_and_within_a_metadata_fil
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "FACE_NOT_FOUND", "another tenant's face is not found");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_limits_scopes_of_a_copy_and_a_start_without_snapshot() {
+    let server = TestServer::start_keyed_with(|config| {
+        let path = config.data_dir.with_file_name("edited-keys.json");
+        let mut keys = crate::common::keys_json();
+        let writer = crate::common::key_entry("lists-writer", "alpha", &["lists:write"], "secret-lists-writer");
+        keys["keys"].as_array_mut().expect("keys").push(writer);
+        std::fs::write(&path, keys.to_string()).expect("write keys file");
+        config.keys_file = Some(path);
+        config.max_lists_per_tenant = 2;
+        config.max_list_entries = 2;
+        config.index_snapshot_every = 0;
+    })
+    .await;
+    let mut lists = server.lists_as(ADMIN_A).await;
+    let mut faces = server.faces_as(ADMIN_A).await;
+    let block = create_list(&mut lists, "one", ListKind::Block).await;
+    create_list(&mut lists, "two", ListKind::Watch).await;
+    let err = lists
+        .create_face_list(CreateFaceListRequest {
+            list: Some(FaceList { name: "three".into(), kind: ListKind::Allow as i32, ..FaceList::default() }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "QUOTA_EXCEEDED"));
+    // Two entries a tenant, however they race.
+    let mut adds = Vec::new();
+    for photo in people().into_iter().take(4) {
+        let mut lists = lists.clone();
+        let request = from_image(&block, photo);
+        adds.push(tokio::spawn(async move { lists.add_list_entry(request).await }));
+    }
+    let mut added = 0;
+    for add in adds {
+        match add.await.expect("join") {
+            Ok(_) => added += 1,
+            Err(err) => assert_eq!(reason(&err), "QUOTA_EXCEEDED", "{err:?}"),
+        }
+    }
+    assert_eq!(added, 2, "the entry quota holds under racing adds");
+
+    // Copying a stored face needs faces:read besides lists:write; a malformed or foreign face
+    // id is refused.
+    let face_id = enroll(&server, &mut faces, "p8", people()[8].clone()).await;
+    let copy = |face_id: &str| AddListEntryRequest {
+        list_id: block.list_id.clone(),
+        source: Some(Source::FaceId(face_id.to_owned())),
+        ..Default::default()
+    };
+    let mut writer = server.lists_as(Some("secret-lists-writer")).await;
+    let err = writer.add_list_entry(copy(&face_id)).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::PermissionDenied, "SCOPE_MISSING"));
+    let err = lists.add_list_entry(copy("fce_nothex")).await.unwrap_err();
+    assert_eq!(reason(&err), "FACE_ID_INVALID");
+    let err = server.lists_as(ADMIN_B).await.add_list_entry(copy(&face_id)).await.unwrap_err();
+    assert_eq!(reason(&err), "LIST_NOT_FOUND", "beta names alpha's list");
+    let mut other = server.lists_as(ADMIN_B).await;
+    let beta_list = create_list(&mut other, "beta", ListKind::Block).await;
+    let err = other
+        .add_list_entry(AddListEntryRequest {
+            list_id: beta_list.list_id.clone(),
+            source: Some(Source::FaceId(face_id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "FACE_NOT_FOUND", "another tenant's face is not found");
+    let err = lists
+        .list_list_entries(ListListEntriesRequest {
+            list_id: block.list_id.clone(),
+            page_size: 101,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "PAGE_SIZE_INVALID");
+
+    // Without snapshots a start rebuilds the index from the store: lists included.
+    let blocked = lists
+        .list_list_entries(ListListEntriesRequest { list_id: block.list_id.clone(), ..Default::default() })
+        .await
+        .expect("entries")
+        .into_inner()
+        .entries;
+    assert_eq!(blocked.len(), 2);
+    let server = server.restart().await;
+    assert!(matches!(server.app().snapshots().origin(), Some(facevault::app::snapshot::IndexOrigin::Rebuilt { .. })));
+    assert_lists_indexed(&server, "alpha");
+    let mut faces = server.faces_as(ADMIN_A).await;
+    create(&mut server.users_as(ADMIN_A).await, "late").await;
+    let mut refused = 0;
+    for photo in people().into_iter().take(4) {
+        if let Err(err) = faces.upload_face(upload_request("late", photo, false)).await {
+            assert_eq!(reason(&err), "FACE_IN_BLOCKLIST");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2, "the two blocked people, and only they, are refused after the rebuild");
     server.stop().await;
 }

@@ -7,12 +7,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use facevault::grpc::pb::list_service_client::ListServiceClient;
 use facevault::grpc::pb::{
-    CreateUserRequest, DuplicatePolicy, GetUserRequest, ListFacesRequest, SearchFacesRequest, UploadFaceRequest, User,
+    AddListEntryRequest, CreateFaceListRequest, CreateUserRequest, DuplicatePolicy, FaceList, GetUserRequest,
+    ListFacesRequest, ListKind, SearchFacesRequest, UploadFaceRequest, User, add_list_entry_request,
 };
 
 use crate::common::database::TestDatabase;
-use crate::common::{ADMIN_A, ChildServer, Faces, Users, faces_client, people, reason, users_client};
+use crate::common::{
+    ADMIN_A, ChildServer, Credentials, Faces, Users, faces_client, fixture_bytes, people, reason, users_client,
+};
 use crate::users::by_external;
 
 /// `n` nodes on the database `url`, each with its own directory (keys, log).
@@ -134,6 +138,29 @@ async fn multinode_writes_are_searchable_everywhere_and_invariants_hold_across_n
     assert_eq!(reason(&loser), "EXTERNAL_ID_TAKEN");
     let user = users_b.get_user(GetUserRequest { user: by_external("same") }).await.expect("GetUser");
     assert_eq!(user.into_inner().external_id, "same");
+
+    // A blocklist written on A refuses the person on B at once: B's enrollment brings its index
+    // up to the log under the tenant's lock before it checks the lists.
+    let mut lists_a = ListServiceClient::with_interceptor(nodes[0].channel().await, Credentials::key(ADMIN_A));
+    let list = lists_a
+        .create_face_list(CreateFaceListRequest {
+            list: Some(FaceList { name: "blocked".into(), kind: ListKind::Block as i32, ..FaceList::default() }),
+        })
+        .await
+        .expect("CreateFaceList on A")
+        .into_inner();
+    let yao = fixture_bytes("yaoming.jpg");
+    lists_a
+        .add_list_entry(AddListEntryRequest {
+            list_id: list.list_id,
+            source: Some(add_list_entry_request::Source::Image(yao.clone().into())),
+            ..Default::default()
+        })
+        .await
+        .expect("AddListEntry on A");
+    create(&mut users_b, "z").await.expect("CreateUser on B");
+    let refused = faces_b.upload_face(upload("z", &yao, DuplicatePolicy::Report)).await.unwrap_err();
+    assert_eq!(reason(&refused), "FACE_IN_BLOCKLIST", "{refused:?}");
 }
 
 #[tokio::test]

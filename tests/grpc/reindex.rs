@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use facevault::Config;
 use facevault::grpc::pb::admin_service_client::AdminServiceClient;
 use facevault::grpc::pb::{
+    AddListEntryRequest, CreateFaceListRequest, DeleteListEntryRequest, FaceList, ListKind, add_list_entry_request,
+};
+use facevault::grpc::pb::{
     CutoverReindexRequest, FinishReindexRequest, GetReindexRequest, GetStatusRequest, ReindexJob, ReindexState,
     RollbackReindexRequest, SearchFacesRequest, StartReindexRequest, VerifyFaceRequest,
 };
@@ -160,7 +163,33 @@ async fn the_store_moves_to_the_candidate_and_back_across_restarts() {
     // READY survives a restart; then the cutover: the candidate and its thresholds.
     let (server, mut admin, mut faces) = restart(server).await;
     assert_eq!(state(&job(&mut admin).await), ReindexState::Ready);
+    // A list entry of the old model blocks the cutover (a reindex does not re-embed entries,
+    // and a blocklist must not go blind); deleted, the cutover goes ahead, and an entry added
+    // with the new model blocks.
+    let mut lists = server.lists_as(ADMIN_A).await;
+    let list = lists
+        .create_face_list(CreateFaceListRequest {
+            list: Some(FaceList { name: "blocked".into(), kind: ListKind::Block as i32, ..FaceList::default() }),
+        })
+        .await
+        .expect("CreateFaceList")
+        .into_inner();
+    let blocked = people()[8].clone();
+    let add = || AddListEntryRequest {
+        list_id: list.list_id.clone(),
+        source: Some(add_list_entry_request::Source::Image(blocked.clone().into())),
+        ..Default::default()
+    };
+    let entry = lists.add_list_entry(add()).await.expect("AddListEntry").into_inner().entry.expect("entry");
+    let refused = admin.cutover_reindex(CutoverReindexRequest {}).await.expect_err("an old entry");
+    assert_eq!(reason(&refused), "REINDEX_NOT_READY");
+    assert!(refused.message().contains("list entries"), "{}", refused.message());
+    lists.delete_list_entry(DeleteListEntryRequest { entry_id: entry.entry_id }).await.expect("DeleteListEntry");
     let cut = admin.cutover_reindex(CutoverReindexRequest {}).await.expect("CutoverReindex").into_inner();
+    lists.add_list_entry(add()).await.expect("AddListEntry with the new model");
+    create(&mut server.users_as(ADMIN_A).await, "blocked-after-cutover").await;
+    let err = upload(&mut faces, "blocked-after-cutover", blocked.clone()).await.expect_err("blocked");
+    assert_eq!(reason(&err), "FACE_IN_BLOCKLIST");
     assert_eq!(state(&cut), ReindexState::CutOver);
     each_finds_itself(&mut faces, &enrolled).await;
     assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, CANDIDATE_MATCH);
