@@ -310,4 +310,75 @@ mod tests {
         assert!(store.read_log(0, 10).is_err());
         assert!(store.read_log(3, 10).unwrap().is_empty());
     }
+
+    #[test]
+    fn lists_and_tags_follow_the_log_and_a_replay_over_a_newer_state_ends_where_the_log_ends() {
+        use crate::domain::{EntryId, FaceList, ListEntry, ListId, ListKind};
+        use crate::storage::{NewListEntry, UserPatch};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = Tenant::new("t").unwrap();
+        let entry = |list: ListId, id: u64| {
+            let face = new_face(crate::domain::UserId(1), id);
+            NewListEntry {
+                entry: ListEntry {
+                    id: EntryId(id),
+                    list_id: list,
+                    detection: face.face.detection,
+                    quality: face.face.quality,
+                    comment: String::new(),
+                    added_by: "test".into(),
+                    source_face: None,
+                    model: String::new(),
+                    create_time: std::time::SystemTime::now(),
+                },
+                embedding: face.embedding,
+                thumbnail: face.thumbnail,
+            }
+        };
+        let template = FaceList {
+            id: ListId(0),
+            name: "blocked".into(),
+            kind: ListKind::Block,
+            threshold: None,
+            entry_count: 0,
+            create_time: std::time::SystemTime::now(),
+        };
+        // Every kind of list and tag entry, with things that come and go.
+        let kept = store.create_list(&t, &template).unwrap().durable().unwrap();
+        let dropped = store.create_list(&t, &template).unwrap().durable().unwrap();
+        store.put_list_entry_pending(&t, &entry(kept.id, 1), None).unwrap().durable().unwrap();
+        store.put_list_entry_pending(&t, &entry(kept.id, 2), None).unwrap().durable().unwrap();
+        store.put_list_entry_pending(&t, &entry(dropped.id, 3), None).unwrap().durable().unwrap();
+        store.delete_list_entry_pending(&t, EntryId(2)).unwrap().durable().unwrap();
+        store.delete_list_pending(&t, dropped.id).unwrap().durable().unwrap();
+        let mut tagged = User::unenrolled("a", std::time::SystemTime::now());
+        tagged.metadata.insert("group".into(), "a".into());
+        let a = store.create_user(&t, tagged.clone(), None).unwrap();
+        let b = store.create_user(&t, User { external_id: "b".into(), ..tagged }, None).unwrap();
+        let patch = UserPatch { metadata: Some([("group".to_owned(), "b".to_owned())].into()), ..Default::default() };
+        store.update_user(&t, a.id, None, &patch, None).unwrap();
+        store.delete_user(&t, b.id, None).unwrap();
+        let head = store.log_bounds().unwrap().head;
+
+        let check = |index: &FaceIndex, what: &str| {
+            assert_eq!(index.lists().entries(&t), vec![(EntryId(1), kept.id)], "{what}");
+            assert_eq!(index.lists().lists(&t).iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![kept.id], "{what}");
+            let filter = [("group".to_owned(), "b".to_owned())].into();
+            assert_eq!(index.tags().matching(&t, &filter), [a.id].into(), "{what}");
+            assert!(index.tags().get(&t, b.id).is_none(), "{what}");
+        };
+        // Followed from the start.
+        let feed = IndexFeed::new(FaceIndex::new(), 0);
+        assert_eq!(feed.catch_up(&store).unwrap(), head);
+        check(&feed.index, "followed");
+        // Loaded at the end state, then the log replayed from any earlier entry (a snapshot's,
+        // or the head a rebuild read before the state moved on).
+        for from in 0..head {
+            let index = FaceIndex::new();
+            crate::app::load_lists_and_tags(&store, &index, "").unwrap();
+            IndexFeed::new(index.clone(), from).catch_up(&store).unwrap();
+            check(&index, &format!("replayed from {from}"));
+        }
+    }
 }
