@@ -20,10 +20,7 @@ use super::requests::{self, RequestStamp};
 use super::seal::unseal_with;
 use super::users::{abort, tx_decode, tx_error};
 use super::{EncryptionKey, Pending, Store, db_error, decode, keys, log, random_id};
-use crate::domain::{
-    BoundingBox, Detection, Embedding, EntryId, FaceId, FaceList, FaceQuality, ListEntry, ListId, ListKind, Point,
-    Tenant, UserId,
-};
+use crate::domain::{Embedding, EntryId, FaceId, FaceList, ListEntry, ListId, ListKind, Tenant, UserId};
 use crate::error::{Error, Reason, Result};
 
 /// A list entry to store, with its embedding (by `entry.model`) and thumbnail.
@@ -87,65 +84,31 @@ pub(crate) fn list_from_record(r: pb::ListRecord, entry_count: u64) -> Result<Fa
 
 /// The record of `entry` with its embedding and thumbnail as stored (sealed or not).
 pub(crate) fn entry_to_record(entry: &ListEntry, embedding: Vec<u8>, thumbnail: Vec<u8>) -> pb::ListEntryRecord {
-    let d = &entry.detection;
-    let q = &entry.quality;
+    let (bbox, score, landmarks, rotation) = records::detection_fields(&entry.detection);
     pb::ListEntryRecord {
         id: entry.id.0,
         list_id: entry.list_id.0,
-        bbox: vec![d.bbox.x_min, d.bbox.y_min, d.bbox.x_max, d.bbox.y_max],
-        score: d.score,
-        landmarks: d.landmarks.iter().flat_map(|p| [p.x, p.y]).collect(),
-        quality: Some(pb::QualityRecord {
-            face_size: q.face_size,
-            interocular_distance: q.interocular_distance,
-            sharpness: q.sharpness,
-            brightness: q.brightness,
-            yaw: q.yaw,
-            pitch: q.pitch,
-            roll: q.roll,
-            score: q.score,
-        }),
+        bbox,
+        score,
+        landmarks,
+        quality: Some(records::quality_to_record(&entry.quality)),
         comment: entry.comment.clone(),
         added_by: entry.added_by.clone(),
         source_face_id: entry.source_face.map_or(0, |f| f.0),
         model: entry.model.clone(),
         create_time_ns: records::to_nanos(entry.create_time),
-        rotation: u32::from(d.rotation),
+        rotation,
         embedding,
         thumbnail,
     }
 }
 
 pub(crate) fn entry_from_record(r: &pb::ListEntryRecord) -> ListEntry {
-    let b = |i: usize| r.bbox.get(i).copied().unwrap_or(0.0);
-    let mut landmarks = [Point::default(); 5];
-    for (i, p) in landmarks.iter_mut().enumerate() {
-        *p = Point {
-            x: r.landmarks.get(2 * i).copied().unwrap_or(0.0),
-            y: r.landmarks.get(2 * i + 1).copied().unwrap_or(0.0),
-        };
-    }
-    let q = r.quality.unwrap_or_default();
     ListEntry {
         id: EntryId(r.id),
         list_id: ListId(r.list_id),
-        detection: Detection {
-            bbox: BoundingBox { x_min: b(0), y_min: b(1), x_max: b(2), y_max: b(3) },
-            score: r.score,
-            landmarks,
-            rotation: u16::try_from(r.rotation % 360).unwrap_or(0),
-        },
-        quality: FaceQuality {
-            face_size: q.face_size,
-            interocular_distance: q.interocular_distance,
-            sharpness: q.sharpness,
-            brightness: q.brightness,
-            yaw: q.yaw,
-            pitch: q.pitch,
-            roll: q.roll,
-            issues: Vec::new(),
-            score: q.score,
-        },
+        detection: records::detection_from_fields(&r.bbox, r.score, &r.landmarks, r.rotation),
+        quality: records::quality_from_record(r.quality),
         comment: r.comment.clone(),
         added_by: r.added_by.clone(),
         source_face: (r.source_face_id != 0).then_some(FaceId(r.source_face_id)),

@@ -70,25 +70,72 @@ pub(crate) fn user_from_record(r: pb::UserRecord) -> User {
     }
 }
 
+/// A detection as records keep it: bbox (x_min, y_min, x_max, y_max), score, landmarks as five
+/// (x, y) pairs, rotation.
+pub(crate) fn detection_fields(d: &Detection) -> (Vec<f32>, f32, Vec<f32>, u32) {
+    (
+        vec![d.bbox.x_min, d.bbox.y_min, d.bbox.x_max, d.bbox.y_max],
+        d.score,
+        d.landmarks.iter().flat_map(|p| [p.x, p.y]).collect(),
+        u32::from(d.rotation),
+    )
+}
+
+/// The detection of a record's fields (missing values read as 0).
+pub(crate) fn detection_from_fields(bbox: &[f32], score: f32, landmarks: &[f32], rotation: u32) -> Detection {
+    let b = |i: usize| bbox.get(i).copied().unwrap_or(0.0);
+    let mut points = [Point::default(); 5];
+    for (i, p) in points.iter_mut().enumerate() {
+        *p = Point {
+            x: landmarks.get(2 * i).copied().unwrap_or(0.0),
+            y: landmarks.get(2 * i + 1).copied().unwrap_or(0.0),
+        };
+    }
+    Detection {
+        bbox: BoundingBox { x_min: b(0), y_min: b(1), x_max: b(2), y_max: b(3) },
+        score,
+        landmarks: points,
+        rotation: u16::try_from(rotation % 360).unwrap_or(0),
+    }
+}
+
+pub(crate) fn quality_to_record(q: &FaceQuality) -> pb::QualityRecord {
+    pb::QualityRecord {
+        face_size: q.face_size,
+        interocular_distance: q.interocular_distance,
+        sharpness: q.sharpness,
+        brightness: q.brightness,
+        yaw: q.yaw,
+        pitch: q.pitch,
+        roll: q.roll,
+        score: q.score,
+    }
+}
+
+pub(crate) fn quality_from_record(q: Option<pb::QualityRecord>) -> FaceQuality {
+    let q = q.unwrap_or_default();
+    FaceQuality {
+        face_size: q.face_size,
+        interocular_distance: q.interocular_distance,
+        sharpness: q.sharpness,
+        brightness: q.brightness,
+        yaw: q.yaw,
+        pitch: q.pitch,
+        roll: q.roll,
+        issues: Vec::new(),
+        score: q.score,
+    }
+}
+
 pub(crate) fn face_to_record(face: &Face) -> pb::FaceRecord {
-    let d = &face.detection;
-    let q = &face.quality;
+    let (bbox, score, landmarks, rotation) = detection_fields(&face.detection);
     pb::FaceRecord {
         id: face.id.0,
         user_id: face.user_id.0,
-        bbox: vec![d.bbox.x_min, d.bbox.y_min, d.bbox.x_max, d.bbox.y_max],
-        score: d.score,
-        landmarks: d.landmarks.iter().flat_map(|p| [p.x, p.y]).collect(),
-        quality: Some(pb::QualityRecord {
-            face_size: q.face_size,
-            interocular_distance: q.interocular_distance,
-            sharpness: q.sharpness,
-            brightness: q.brightness,
-            yaw: q.yaw,
-            pitch: q.pitch,
-            roll: q.roll,
-            score: q.score,
-        }),
+        bbox,
+        score,
+        landmarks,
+        quality: Some(quality_to_record(&face.quality)),
         comment: face.comment.clone(),
         uploaded_by: face.uploaded_by.clone(),
         create_time_ns: to_nanos(face.create_time),
@@ -96,40 +143,16 @@ pub(crate) fn face_to_record(face: &Face) -> pb::FaceRecord {
         mime_type: face.mime_type.clone(),
         width: face.width,
         height: face.height,
-        rotation: u32::from(d.rotation),
+        rotation,
     }
 }
 
 pub(crate) fn face_from_record(r: pb::FaceRecord) -> Face {
-    let b = |i: usize| r.bbox.get(i).copied().unwrap_or(0.0);
-    let mut landmarks = [Point::default(); 5];
-    for (i, p) in landmarks.iter_mut().enumerate() {
-        *p = Point {
-            x: r.landmarks.get(2 * i).copied().unwrap_or(0.0),
-            y: r.landmarks.get(2 * i + 1).copied().unwrap_or(0.0),
-        };
-    }
-    let q = r.quality.unwrap_or_default();
     Face {
         id: FaceId(r.id),
         user_id: UserId(r.user_id),
-        detection: Detection {
-            bbox: BoundingBox { x_min: b(0), y_min: b(1), x_max: b(2), y_max: b(3) },
-            score: r.score,
-            landmarks,
-            rotation: u16::try_from(r.rotation % 360).unwrap_or(0),
-        },
-        quality: FaceQuality {
-            face_size: q.face_size,
-            interocular_distance: q.interocular_distance,
-            sharpness: q.sharpness,
-            brightness: q.brightness,
-            yaw: q.yaw,
-            pitch: q.pitch,
-            roll: q.roll,
-            issues: Vec::new(),
-            score: q.score,
-        },
+        detection: detection_from_fields(&r.bbox, r.score, &r.landmarks, r.rotation),
+        quality: quality_from_record(r.quality),
         comment: r.comment,
         uploaded_by: r.uploaded_by,
         create_time: from_nanos(r.create_time_ns),
