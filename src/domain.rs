@@ -258,20 +258,21 @@ pub enum ListKind {
 }
 
 impl ListKind {
-    /// The stored and wire number (facevault.v1.ListKind).
+    /// The stored number, as facevault.v1.ListKind's (0 is no kind: a record without one is
+    /// refused, never read as a blocklist).
     pub fn number(self) -> i32 {
         match self {
-            ListKind::Block => 0,
-            ListKind::Watch => 1,
-            ListKind::Allow => 2,
+            ListKind::Block => 1,
+            ListKind::Watch => 2,
+            ListKind::Allow => 3,
         }
     }
 
     pub fn from_number(n: i32) -> Option<Self> {
         match n {
-            0 => Some(ListKind::Block),
-            1 => Some(ListKind::Watch),
-            2 => Some(ListKind::Allow),
+            1 => Some(ListKind::Block),
+            2 => Some(ListKind::Watch),
+            3 => Some(ListKind::Allow),
             _ => None,
         }
     }

@@ -69,12 +69,17 @@ pub(crate) fn apply(index: &FaceIndex, active: &str, entry: &LogEntry) {
             index.lists().set_list(&entry.tenant, *list, info);
         }
         Change::ListDropped { list, entries } => index.lists().drop_list(&entry.tenant, *list, entries),
-        // An entry of another model than the index's cannot be compared with its queries.
-        Change::EntryPut { entry: id, list, model, embedding } => {
-            if model == active || active.is_empty() {
-                index.lists().insert(&entry.tenant, *id, *list, embedding);
+        // The entry's embedding by the index's model; one without it cannot be compared with
+        // the queries (CutoverReindex refuses to leave such entries behind).
+        Change::EntryPut { entry: id, list, model, embedding, other } => {
+            let embedding = if model == active || active.is_empty() {
+                Some(embedding)
             } else {
-                index.lists().remove(&entry.tenant, *id);
+                other.as_ref().filter(|o| o.model == active).map(|o| &o.embedding)
+            };
+            match embedding {
+                Some(embedding) => index.lists().insert(&entry.tenant, *id, *list, embedding),
+                None => index.lists().remove(&entry.tenant, *id),
             }
         }
         Change::EntryRemoved { entry: id } => index.lists().remove(&entry.tenant, *id),
@@ -333,6 +338,7 @@ mod tests {
                     create_time: std::time::SystemTime::now(),
                 },
                 embedding: face.embedding,
+                other: None,
                 thumbnail: face.thumbnail,
             }
         };

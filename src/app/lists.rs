@@ -297,14 +297,26 @@ impl App {
             return Err(Error::quota_exceeded("list entries", max_entries));
         }
         let models = self.model_use()?;
-        let (detection, quality, embedding, thumbnail, source_face) = match source {
+        // While the store keeps two models (a reindex), the entry is embedded by both, as a face
+        // is: it matches under either, whichever is active after a cutover or a rollback.
+        let other_model: Option<String> = models.other.map(|o| self.catalog.models[o].record.id.clone());
+        let (detection, quality, embedding, other, thumbnail, source_face) = match source {
             EntrySource::Image(image) => {
                 let (analysis, picked, _) = self.analyze_for_enrollment(image, MultipleFaces::Reject, &models).await?;
                 let mut faces = analysis.image.faces;
                 let face = faces.swap_remove(picked);
                 let embedding = face.embedding.ok_or_else(|| Error::bug("the entry's face was not embedded"))?;
                 let thumbnail = face.thumbnail.ok_or_else(|| Error::bug("the entry's face has no thumbnail"))?;
-                (face.detection, face.quality, embedding, thumbnail, None)
+                let other = match other_model {
+                    Some(model) => Some(crate::storage::ModelEmbedding {
+                        model,
+                        embedding: face
+                            .other_embedding
+                            .ok_or_else(|| Error::bug("the entry's face lacks its other embedding"))?,
+                    }),
+                    None => None,
+                };
+                (face.detection, face.quality, embedding, other, thumbnail, None)
             }
             EntrySource::Face(text) => {
                 let face_id = face_id(&text)?;
@@ -313,13 +325,22 @@ impl App {
                     let Some((face, thumbnail)) = store.face_with_image(&tenant, face_id, true)? else {
                         return Ok(None);
                     };
-                    let embedding = store.face_embedding(&tenant, face_id, &model)?;
-                    Ok(embedding.map(|e| (face, thumbnail, e)))
+                    let Some(embedding) = store.face_embedding(&tenant, face_id, &model)? else { return Ok(None) };
+                    // A face written during the reindex has both; an older one is re-embedded
+                    // by the reindex (MODELS_CHANGED until it is: the call is retried).
+                    let other = match other_model {
+                        Some(model) => match store.face_embedding(&tenant, face_id, &model)? {
+                            Some(embedding) => Some(crate::storage::ModelEmbedding { model, embedding }),
+                            None => return Err(crate::storage::models::models_changed()),
+                        },
+                        None => None,
+                    };
+                    Ok(Some((face, thumbnail, embedding, other)))
                 })
                 .await?;
-                let (face, thumbnail, embedding) =
+                let (face, thumbnail, embedding, other) =
                     found.ok_or_else(|| Error::face_not_found().with_meta("face_id", face_id))?;
-                (face.detection, face.quality, embedding, thumbnail, Some(face_id))
+                (face.detection, face.quality, embedding, other, thumbnail, Some(face_id))
             }
         };
         let entry = ListEntry {
@@ -339,10 +360,13 @@ impl App {
         if self.index.lists().entry_count(&tenant) >= max_entries {
             return Err(Error::quota_exceeded("list entries", max_entries));
         }
-        if self.model_use()?.main_id != models.main_id {
+        // The models of now, the log caught up: the same as the entry was embedded by, or it is
+        // embedded again (a reindex that started needs the candidate's embedding too).
+        let now = self.model_use()?;
+        if now.main_id != models.main_id || now.other != models.other {
             return Err(crate::storage::models::models_changed());
         }
-        let new = NewListEntry { entry, embedding: embedding.clone(), thumbnail: thumbnail.clone() };
+        let new = NewListEntry { entry, embedding: embedding.clone(), other, thumbnail: thumbnail.clone() };
         let (store, feed, tenant_c) = (self.store()?, self.feed.clone(), tenant.clone());
         let (idem, ttl) = (idem.cloned(), self.settings.request_id_ttl);
         let thumb = thumbnail.clone();

@@ -189,10 +189,9 @@ pub(crate) fn load_lists_and_tags(store: &dyn Storage, index: &FaceIndex, model:
     }
     let mut other_model = 0usize;
     for entry in store.all_list_entries()? {
-        if entry.model == model || model.is_empty() {
-            index.lists().insert(&entry.tenant, entry.entry_id, entry.list_id, &entry.embedding);
-        } else {
-            other_model += 1;
+        match entry.embedding_of(model) {
+            Some(embedding) => index.lists().insert(&entry.tenant, entry.entry_id, entry.list_id, embedding),
+            None => other_model += 1,
         }
     }
     if other_model > 0 {

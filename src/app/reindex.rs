@@ -163,12 +163,15 @@ impl App {
         let store = self.store()?;
         let (complete, stale_entries) = blocking(move || {
             let now = store.model_state()?;
+            if !matches!(now.state, ReindexState::Ready | ReindexState::RolledBack) {
+                return Ok((true, 0)); // refused below, as not ready
+            }
             let complete = store.faces_without_embedding(now.to_slot, None, 1)?.is_empty();
             // A reindex does not re-embed face lists' entries: after a cutover an entry of the
             // old model would match nothing, a blocklist would let its people in. Refused until
             // they are gone (README, "Face lists").
             let target = now.slots[now.to_slot].as_ref().map(|e| e.id.clone()).unwrap_or_default();
-            let stale = store.all_list_entries()?.iter().filter(|e| e.model != target).count();
+            let stale = store.all_list_entries()?.iter().filter(|e| e.embedding_of(&target).is_none()).count();
             Ok((complete, stale))
         })
         .await?;
@@ -178,8 +181,9 @@ impl App {
         if stale_entries > 0 {
             return Err(precondition(
                 Reason::ReindexNotReady,
-                "face list entries are embedded by the model being replaced, and a reindex does not re-embed \
-                 them: delete them (DeleteListEntry) and add them again once the candidate is active",
+                "face list entries added before the reindex started have no embedding by the candidate (a \
+                 reindex does not re-embed them): delete them (DeleteListEntry) and add them again (an entry \
+                 added while the reindex runs is embedded by both models), then cut over",
             )
             .with_meta("list_entries", stale_entries));
         }

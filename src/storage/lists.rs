@@ -15,19 +15,23 @@ use prost::Message;
 use sled::Transactional;
 
 use super::faces::{decode_model_embedding, encode_embedding};
+use super::models::ModelEmbedding;
 use super::records::{self, pb};
 use super::requests::{self, RequestStamp};
-use super::seal::unseal_with;
+use super::seal::{seal_with, unseal_with};
 use super::users::{abort, tx_decode, tx_error};
 use super::{EncryptionKey, Pending, Store, db_error, decode, keys, log, random_id};
 use crate::domain::{Embedding, EntryId, FaceId, FaceList, ListEntry, ListId, ListKind, Tenant, UserId};
 use crate::error::{Error, Reason, Result};
 
-/// A list entry to store, with its embedding (by `entry.model`) and thumbnail.
+/// A list entry to store, with its embedding (by `entry.model`), its embedding by the other
+/// model while the store keeps two (a reindex: the index takes whichever is active), and its
+/// thumbnail.
 #[derive(Clone)]
 pub struct NewListEntry {
     pub entry: ListEntry,
     pub embedding: Embedding,
+    pub other: Option<ModelEmbedding>,
     pub thumbnail: Vec<u8>,
 }
 
@@ -51,6 +55,18 @@ pub struct StoredListEntry {
     pub list_id: ListId,
     pub model: String,
     pub embedding: Embedding,
+    /// By the other model, when the entry was added while the store kept two.
+    pub other: Option<ModelEmbedding>,
+}
+
+impl StoredListEntry {
+    /// The entry's embedding by `model` (empty: whatever it has), if it has one.
+    pub fn embedding_of(&self, model: &str) -> Option<&Embedding> {
+        if self.model == model || model.is_empty() {
+            return Some(&self.embedding);
+        }
+        self.other.as_ref().filter(|o| o.model == model).map(|o| &o.embedding)
+    }
 }
 
 pub(crate) fn list_not_found() -> Error {
@@ -100,6 +116,7 @@ pub(crate) fn entry_to_record(entry: &ListEntry, embedding: Vec<u8>, thumbnail: 
         rotation,
         embedding,
         thumbnail,
+        other_embedding: Vec::new(),
     }
 }
 
@@ -143,12 +160,60 @@ pub(crate) fn open_entry_embedding(
     record: &pb::ListEntryRecord,
 ) -> Result<StoredListEntry> {
     let key = entry_key(tenant, EntryId(record.id));
-    let plain = unseal_with(encryption, keys::LIST_ENTRIES, &key, &record.embedding)?;
-    let (list_id, model, embedding) = decode_entry_embedding(&plain)?;
-    if list_id.0 != record.list_id {
-        return Err(Error::bug("a list entry's embedding belongs to another list"));
-    }
-    Ok(StoredListEntry { tenant: tenant.clone(), entry_id: EntryId(record.id), list_id, model, embedding })
+    let open = |sealed: &[u8]| -> Result<(String, Embedding)> {
+        let plain = unseal_with(encryption, keys::LIST_ENTRIES, &key, sealed)?;
+        let (list_id, model, embedding) = decode_entry_embedding(&plain)?;
+        if list_id.0 != record.list_id {
+            return Err(Error::bug("a list entry's embedding belongs to another list"));
+        }
+        Ok((model, embedding))
+    };
+    let (model, embedding) = open(&record.embedding)?;
+    let other = match record.other_embedding.is_empty() {
+        true => None,
+        false => open(&record.other_embedding).map(|(model, embedding)| Some(ModelEmbedding { model, embedding }))?,
+    };
+    Ok(StoredListEntry {
+        tenant: tenant.clone(),
+        entry_id: EntryId(record.id),
+        list_id: ListId(record.list_id),
+        model,
+        embedding,
+        other,
+    })
+}
+
+/// A new entry as stored (its record, embeddings and thumbnail sealed with `encryption`) and
+/// its change-log record: what both backends write.
+pub(crate) fn sealed_entry(
+    encryption: Option<&EncryptionKey>,
+    tenant: &Tenant,
+    new: &NewListEntry,
+) -> Result<(Vec<u8>, pb::ChangeRecord)> {
+    let entry = &new.entry;
+    let key = entry_key(tenant, entry.id);
+    let seal = |model: &str, embedding: &Embedding| -> Result<Vec<u8>> {
+        let plain = encode_entry_embedding(entry.list_id, model, embedding);
+        Ok(seal_with(encryption, keys::LIST_ENTRIES, &key, &plain)?.into_owned())
+    };
+    let embedding = seal(&entry.model, &new.embedding)?;
+    let other = match &new.other {
+        Some(o) => seal(&o.model, &o.embedding)?,
+        None => Vec::new(),
+    };
+    let thumbnail = seal_with(encryption, keys::LIST_THUMBNAILS, &key, &new.thumbnail)?.into_owned();
+    let record =
+        pb::ListEntryRecord { other_embedding: other.clone(), ..entry_to_record(entry, embedding.clone(), thumbnail) };
+    let log = pb::ChangeRecord {
+        tenant: tenant.as_str().to_owned(),
+        change: Some(pb::change_record::Change::EntryPut(pb::EntryPut {
+            entry_id: entry.id.0,
+            list_id: entry.list_id.0,
+            embedding,
+            other_embedding: other,
+        })),
+    };
+    Ok((record.encode_to_vec(), log))
 }
 
 /// The thumbnail of an entry's record (sealed with `encryption`).
@@ -181,18 +246,6 @@ pub(crate) fn list_dropped_record(tenant: &Tenant, list: ListId, entries: &[Entr
         change: Some(pb::change_record::Change::ListDropped(pb::ListDropped {
             list_id: list.0,
             entry_ids: entries.iter().map(|e| e.0).collect(),
-        })),
-    }
-}
-
-/// `embedding`: as stored in the entry's record (sealed or not).
-pub(crate) fn entry_put_record(tenant: &Tenant, entry: EntryId, list: ListId, embedding: &[u8]) -> pb::ChangeRecord {
-    pb::ChangeRecord {
-        tenant: tenant.as_str().to_owned(),
-        change: Some(pb::change_record::Change::EntryPut(pb::EntryPut {
-            entry_id: entry.0,
-            list_id: list.0,
-            embedding: embedding.to_vec(),
         })),
     }
 }
@@ -333,10 +386,7 @@ impl Store {
     ) -> Result<Pending<ListEntry>> {
         let entry = &new.entry;
         let key = entry_key(tenant, entry.id);
-        let plain = encode_entry_embedding(entry.list_id, &entry.model, &new.embedding);
-        let embedding = self.seal(keys::LIST_ENTRIES, &key, &plain)?.into_owned();
-        let thumbnail = self.seal(keys::LIST_THUMBNAILS, &key, &new.thumbnail)?.into_owned();
-        let record = entry_to_record(entry, embedding.clone(), thumbnail).encode_to_vec();
+        let (record, put) = sealed_entry(self.encryption.as_ref(), tenant, new)?;
         let trees = (&self.face_lists, &self.list_entries, &self.list_members, &self.log, &self.requests);
         let result = trees.transaction(|(lists, entries, members, log, requests)| {
             if lists.get(list_key(tenant, entry.list_id))?.is_none() {
@@ -347,7 +397,7 @@ impl Store {
             }
             entries.insert(key.as_slice(), record.as_slice())?;
             members.insert(member_key(tenant, entry.list_id, entry.id), &[][..])?;
-            let seq = log::tx_append(log, &entry_put_record(tenant, entry.id, entry.list_id, &embedding))?;
+            let seq = log::tx_append(log, &put)?;
             requests::tx_record(requests, tenant, request, entry)?;
             Ok(seq)
         });
@@ -473,6 +523,7 @@ pub(crate) fn exercise_lists(store: &dyn super::Storage) {
                 create_time: SystemTime::now(),
             },
             embedding: face.embedding,
+            other: None,
             thumbnail: face.thumbnail,
         }
     }
@@ -576,7 +627,7 @@ pub(crate) fn exercise_lists(store: &dyn super::Storage) {
     let Change::ListSet { list: id, name, kind, threshold } = &changes[0] else { panic!("{:?}", changes[0]) };
     assert_eq!((*id, name.as_str(), *kind, *threshold), (list.id, "wanted", ListKind::Block, Some(0.5)));
     for (change, new) in changes[1..3].iter().zip([&high, &low]) {
-        let Change::EntryPut { entry, list: id, model, embedding } = change else { panic!("{change:?}") };
+        let Change::EntryPut { entry, list: id, model, embedding, other: None } = change else { panic!("{change:?}") };
         assert_eq!((*entry, *id, model.as_str(), embedding), (new.entry.id, list.id, "w600k_mbf", &new.embedding));
     }
     assert!(matches!(&changes[3], Change::EntryRemoved { entry } if *entry == low.entry.id), "{:?}", changes[3]);

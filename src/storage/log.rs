@@ -43,8 +43,9 @@ pub enum Change {
     ListSet { list: ListId, name: String, kind: ListKind, threshold: Option<f32> },
     /// A face list was deleted with these entries.
     ListDropped { list: ListId, entries: Vec<EntryId> },
-    /// A list entry was added, embedded by `model`.
-    EntryPut { entry: EntryId, list: ListId, model: String, embedding: Embedding },
+    /// A list entry was added, embedded by `model` (and by the other model the store keeps
+    /// during a reindex, if so).
+    EntryPut { entry: EntryId, list: ListId, model: String, embedding: Embedding, other: Option<ModelEmbedding> },
     /// A list entry was deleted.
     EntryRemoved { entry: EntryId },
     /// A user's metadata is now `metadata` (empty: none), for SearchFaces' metadata_filter.
@@ -249,12 +250,23 @@ pub(super) fn decode_entry(encryption: Option<&EncryptionKey>, seq: u64, value: 
         },
         Some(pb::change_record::Change::EntryPut(put)) => {
             let key = super::lists::entry_key(&tenant, EntryId(put.entry_id));
-            let plain = unseal_with(encryption, keys::LIST_ENTRIES, &key, &put.embedding)?;
-            let (list, model, embedding) = super::lists::decode_entry_embedding(&plain)?;
-            if list.0 != put.list_id {
-                return Err(Error::bug("a change-log entry's embedding belongs to another list"));
-            }
-            Change::EntryPut { entry: EntryId(put.entry_id), list, model, embedding }
+            let open = |sealed: &[u8]| -> Result<(String, Embedding)> {
+                let plain = unseal_with(encryption, keys::LIST_ENTRIES, &key, sealed)?;
+                let (list, model, embedding) = super::lists::decode_entry_embedding(&plain)?;
+                if list.0 != put.list_id {
+                    return Err(Error::bug("a change-log entry's embedding belongs to another list"));
+                }
+                Ok((model, embedding))
+            };
+            let (model, embedding) = open(&put.embedding)?;
+            let other = match put.other_embedding.is_empty() {
+                true => None,
+                false => {
+                    let (model, embedding) = open(&put.other_embedding)?;
+                    Some(ModelEmbedding { model, embedding })
+                }
+            };
+            Change::EntryPut { entry: EntryId(put.entry_id), list: ListId(put.list_id), model, embedding, other }
         }
         Some(pb::change_record::Change::EntryRemoved(removed)) => {
             Change::EntryRemoved { entry: EntryId(removed.entry_id) }

@@ -106,6 +106,22 @@ async fn restart(server: TestServer) -> (TestServer, Admin, Faces) {
     (server, admin, faces)
 }
 
+/// AddListEntry of the blocked person (person 8, enrolled nowhere) to `list`.
+fn add_blocked(list: &str) -> AddListEntryRequest {
+    AddListEntryRequest {
+        list_id: list.to_owned(),
+        source: Some(add_list_entry_request::Source::Image(people()[8].clone().into())),
+        ..Default::default()
+    }
+}
+
+/// A new user `name` cannot enroll the blocked person.
+async fn assert_blocked(server: &TestServer, name: &str) {
+    create(&mut server.users_as(ADMIN_A).await, name).await;
+    let err = upload(&mut server.faces_as(ADMIN_A).await, name, people()[8].clone()).await.expect_err("blocked");
+    assert_eq!(reason(&err), "FACE_IN_BLOCKLIST", "{name}");
+}
+
 #[tokio::test]
 async fn the_store_moves_to_the_candidate_and_back_across_restarts() {
     let server = TestServer::start_keyed_with(with_candidate).await;
@@ -133,6 +149,27 @@ async fn the_store_moves_to_the_candidate_and_back_across_restarts() {
     let refused = admin.rollback_reindex(RollbackReindexRequest {}).await.expect_err("no reindex");
     assert_eq!(reason(&refused), "REINDEX_NOT_CUT_OVER");
     assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, 0.40);
+
+    // A blocklist entry of the old model.
+    let list = server
+        .lists_as(ADMIN_A)
+        .await
+        .create_face_list(CreateFaceListRequest {
+            list: Some(FaceList { name: "blocked".into(), kind: ListKind::Block as i32, ..FaceList::default() }),
+        })
+        .await
+        .expect("CreateFaceList")
+        .into_inner();
+    let old_entry = server
+        .lists_as(ADMIN_A)
+        .await
+        .add_list_entry(add_blocked(&list.list_id))
+        .await
+        .expect("AddListEntry")
+        .into_inner()
+        .entry
+        .expect("entry");
+    assert_blocked(&server, "blocked-before").await;
 
     // Started, and the server restarted at once: the job resumes.
     let started = admin.start_reindex(StartReindexRequest {}).await.expect("StartReindex").into_inner();
@@ -163,33 +200,17 @@ async fn the_store_moves_to_the_candidate_and_back_across_restarts() {
     // READY survives a restart; then the cutover: the candidate and its thresholds.
     let (server, mut admin, mut faces) = restart(server).await;
     assert_eq!(state(&job(&mut admin).await), ReindexState::Ready);
-    // A list entry of the old model blocks the cutover (a reindex does not re-embed entries,
-    // and a blocklist must not go blind); deleted, the cutover goes ahead, and an entry added
-    // with the new model blocks.
+    // The entry added before the reindex has no candidate embedding: it blocks the cutover (a
+    // blocklist must not go blind). Added again while the store keeps both models, it is
+    // embedded by both and blocks under either.
     let mut lists = server.lists_as(ADMIN_A).await;
-    let list = lists
-        .create_face_list(CreateFaceListRequest {
-            list: Some(FaceList { name: "blocked".into(), kind: ListKind::Block as i32, ..FaceList::default() }),
-        })
-        .await
-        .expect("CreateFaceList")
-        .into_inner();
-    let blocked = people()[8].clone();
-    let add = || AddListEntryRequest {
-        list_id: list.list_id.clone(),
-        source: Some(add_list_entry_request::Source::Image(blocked.clone().into())),
-        ..Default::default()
-    };
-    let entry = lists.add_list_entry(add()).await.expect("AddListEntry").into_inner().entry.expect("entry");
     let refused = admin.cutover_reindex(CutoverReindexRequest {}).await.expect_err("an old entry");
     assert_eq!(reason(&refused), "REINDEX_NOT_READY");
     assert!(refused.message().contains("list entries"), "{}", refused.message());
-    lists.delete_list_entry(DeleteListEntryRequest { entry_id: entry.entry_id }).await.expect("DeleteListEntry");
+    lists.delete_list_entry(DeleteListEntryRequest { entry_id: old_entry.entry_id }).await.expect("DeleteListEntry");
+    lists.add_list_entry(add_blocked(&list.list_id)).await.expect("AddListEntry while both models are kept");
     let cut = admin.cutover_reindex(CutoverReindexRequest {}).await.expect("CutoverReindex").into_inner();
-    lists.add_list_entry(add()).await.expect("AddListEntry with the new model");
-    create(&mut server.users_as(ADMIN_A).await, "blocked-after-cutover").await;
-    let err = upload(&mut faces, "blocked-after-cutover", blocked.clone()).await.expect_err("blocked");
-    assert_eq!(reason(&err), "FACE_IN_BLOCKLIST");
+    assert_blocked(&server, "blocked-after-cutover").await;
     assert_eq!(state(&cut), ReindexState::CutOver);
     each_finds_itself(&mut faces, &enrolled).await;
     assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, CANDIDATE_MATCH);
@@ -211,6 +232,7 @@ async fn the_store_moves_to_the_candidate_and_back_across_restarts() {
     let back = admin.rollback_reindex(RollbackReindexRequest {}).await.expect("RollbackReindex").into_inner();
     assert_eq!(state(&back), ReindexState::RolledBack);
     each_finds_itself(&mut faces, &enrolled).await;
+    assert_blocked(&server, "blocked-after-rollback").await;
     assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, 0.40);
 
     // ROLLED_BACK survives a restart; cut over again and finish: the old embeddings go.
@@ -232,6 +254,7 @@ async fn the_store_moves_to_the_candidate_and_back_across_restarts() {
     let (server, mut admin, mut faces) = restart(server).await;
     assert_eq!(state(&job(&mut admin).await), ReindexState::Finished);
     each_finds_itself(&mut faces, &enrolled).await;
+    assert_blocked(&server, "blocked-after-finish").await;
     assert_eq!(verify_threshold(&mut faces, "person-0", &enrolled[0].1).await, CANDIDATE_MATCH);
     assert!(server.app().store().expect("store").verify(5).expect("verify").problems.is_empty());
     drop(server);

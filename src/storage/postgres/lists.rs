@@ -10,13 +10,11 @@ use super::{PgStore, from_db, pg_error, read_snapshot, to_db};
 use crate::domain::{EntryId, FaceList, ListEntry, ListId, Tenant, UserId};
 use crate::error::{Error, Result};
 use crate::storage::lists::{
-    entry_from_record, entry_key, entry_not_found, entry_put_record, entry_removed_record, entry_to_record,
-    list_dropped_record, list_from_record, list_not_found, list_set_record, list_to_record, open_entry_embedding,
-    open_entry_thumbnail,
+    entry_from_record, entry_not_found, entry_removed_record, list_dropped_record, list_from_record, list_not_found,
+    list_set_record, list_to_record, open_entry_embedding, open_entry_thumbnail,
 };
 use crate::storage::records::pb;
-use crate::storage::seal::seal_with;
-use crate::storage::{NewListEntry, Pending, RequestStamp, StoredListEntry, keys, random_id};
+use crate::storage::{NewListEntry, Pending, RequestStamp, StoredListEntry, random_id};
 
 /// Rows fetched at a time by the scans that load the index.
 const SCAN_BATCH: i32 = 1024;
@@ -149,13 +147,8 @@ impl PgStore {
         request: Option<&RequestStamp<'_, ListEntry>>,
     ) -> Result<Pending<ListEntry>> {
         let entry = &new.entry;
-        let key = entry_key(tenant, entry.id);
-        let enc = self.encryption.as_ref();
         // Sealed before the transaction: no crypto while rows are locked.
-        let plain = crate::storage::lists::encode_entry_embedding(entry.list_id, &entry.model, &new.embedding);
-        let embedding = seal_with(enc, keys::LIST_ENTRIES, &key, &plain)?.into_owned();
-        let thumbnail = seal_with(enc, keys::LIST_THUMBNAILS, &key, &new.thumbnail)?.into_owned();
-        let record = entry_to_record(entry, embedding.clone(), thumbnail).encode_to_vec();
+        let (record, put) = crate::storage::lists::sealed_entry(self.encryption.as_ref(), tenant, new)?;
         let t = tenant.as_str();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_error)?;
@@ -182,8 +175,7 @@ impl PgStore {
         if inserted == 0 {
             return Err(Error::bug("a list entry id was taken"));
         }
-        let seq =
-            super::log::append(&tx, tenant, &entry_put_record(tenant, entry.id, entry.list_id, &embedding)).await?;
+        let seq = super::log::append(&tx, tenant, &put).await?;
         super::requests::record(&tx, tenant, request, entry).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(Pending::new(entry.clone(), seq, || Ok(())))
