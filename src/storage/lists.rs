@@ -683,4 +683,48 @@ mod tests {
         let store = Store::open_with_key(dir.path(), Some(EncryptionKey::from_bytes(&[5; 32]))).unwrap();
         super::exercise_lists(&store);
     }
+
+    #[test]
+    fn an_entry_written_during_a_reindex_keeps_both_embeddings_in_its_record_and_its_log_entry() {
+        use crate::domain::{EntryId, FaceList, ListEntry, ListId, ListKind, Tenant, UserId};
+        use crate::storage::{Change, ModelEmbedding, NewListEntry};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_key(dir.path(), Some(EncryptionKey::from_bytes(&[6; 32]))).unwrap();
+        let t = Tenant::new("t").unwrap();
+        let template = FaceList {
+            id: ListId(0),
+            name: "l".into(),
+            kind: ListKind::Watch,
+            threshold: None,
+            entry_count: 0,
+            create_time: std::time::SystemTime::now(),
+        };
+        let list = store.create_list(&t, &template).unwrap().durable().unwrap();
+        let (a, b) = (crate::storage::test_face(UserId(1), 1, 0.1), crate::storage::test_face(UserId(1), 2, 0.7));
+        let new = NewListEntry {
+            entry: ListEntry {
+                id: EntryId(9),
+                list_id: list.id,
+                detection: a.face.detection.clone(),
+                quality: a.face.quality.clone(),
+                comment: String::new(),
+                added_by: "k".into(),
+                source_face: None,
+                model: "old".into(),
+                create_time: std::time::SystemTime::now(),
+            },
+            embedding: a.embedding.clone(),
+            other: Some(ModelEmbedding { model: "new".into(), embedding: b.embedding.clone() }),
+            thumbnail: a.thumbnail.clone(),
+        };
+        let seq = store.put_list_entry_pending(&t, &new, None).unwrap().seq();
+        let stored = store.all_list_entries().unwrap().pop().unwrap();
+        assert_eq!(stored.embedding_of("old"), Some(&a.embedding));
+        assert_eq!(stored.embedding_of("new"), Some(&b.embedding));
+        assert_eq!(stored.embedding_of("third"), None);
+        let logged = store.read_log(seq - 1, 1).unwrap().pop().unwrap();
+        let Change::EntryPut { model, embedding, other: Some(other), .. } = logged.change else { panic!("{logged:?}") };
+        assert_eq!((model.as_str(), &embedding), ("old", &a.embedding));
+        assert_eq!((other.model.as_str(), &other.embedding), ("new", &b.embedding));
+    }
 }
