@@ -171,6 +171,9 @@ impl App {
         embedding: &crate::domain::Embedding,
         matched: f32,
     ) -> Result<ListCheck> {
+        if self.index.lists().entry_count(tenant) == 0 {
+            return Ok(ListCheck::default()); // most tenants: no compute round trip
+        }
         let (index, tenant, query) = (self.index.clone(), tenant.clone(), embedding.clone());
         let (hits, took) = self
             .compute
