@@ -474,23 +474,38 @@ impl App {
         hits: &[crate::search::Hit],
         thresholds: crate::search::similarity::Thresholds,
     ) -> Result<Vec<FaceMatch>> {
-        let (store, tenant, hits) = (self.store()?, tenant.clone(), hits.to_vec());
+        let mut described = self.describe_hit_groups(tenant, vec![hits.to_vec()], thresholds).await?;
+        Ok(described.pop().unwrap_or_default())
+    }
+
+    /// `describe_hits` of several searches (the faces of one image) with one store read.
+    pub(super) async fn describe_hit_groups(
+        &self,
+        tenant: &Tenant,
+        groups: Vec<Vec<crate::search::Hit>>,
+        thresholds: crate::search::similarity::Thresholds,
+    ) -> Result<Vec<Vec<FaceMatch>>> {
+        let (store, tenant) = (self.store()?, tenant.clone());
         blocking(move || {
             // The index is read before the store: a hit whose face (or user) was deleted since
             // the scan is left out, as if the scan had come after the delete.
-            let pairs: Vec<(UserId, FaceId)> = hits.iter().map(|h| (h.user_id, h.face_id)).collect();
-            let owners = store.hit_owners(&tenant, &pairs)?;
-            Ok(hits
+            let pairs: Vec<(UserId, FaceId)> = groups.iter().flatten().map(|h| (h.user_id, h.face_id)).collect();
+            let mut owners = store.hit_owners(&tenant, &pairs)?.into_iter();
+            Ok(groups
                 .into_iter()
-                .zip(owners)
-                .filter_map(|(hit, owner)| {
-                    Some(FaceMatch {
-                        user_id: hit.user_id,
-                        external_id: owner?,
-                        face_id: hit.face_id,
-                        similarity: hit.similarity,
-                        decision: thresholds.decide(hit.similarity),
-                    })
+                .map(|hits| {
+                    hits.into_iter()
+                        .zip(owners.by_ref())
+                        .filter_map(|(hit, owner)| {
+                            Some(FaceMatch {
+                                user_id: hit.user_id,
+                                external_id: owner?,
+                                face_id: hit.face_id,
+                                similarity: hit.similarity,
+                                decision: thresholds.decide(hit.similarity),
+                            })
+                        })
+                        .collect()
                 })
                 .collect())
         })

@@ -116,9 +116,7 @@ impl App {
 
     /// A stored face of the tenant as a query: its record and its embedding by the model of now.
     async fn stored_query(&self, tenant: &Tenant, face_id: &str, models: &ModelUse) -> Result<AnalyzedFace> {
-        let id = FaceId::parse(face_id).ok_or_else(|| {
-            Error::invalid(Reason::FaceIdInvalid, "face_id", "not a face id: fce_ and 16 lowercase hex digits")
-        })?;
+        let id = super::validate::face_id(face_id, "face_id")?;
         let (store, tenant, model) = (self.store()?, tenant.clone(), models.main_id.clone());
         let found = blocking(move || {
             let Some(face) = store.get_face(&tenant, id)? else { return Ok(None) };
@@ -179,7 +177,7 @@ impl App {
             let mut results = Vec::with_capacity(faces.len());
             for face in faces {
                 let embedding = face.embedding.as_ref().ok_or_else(|| Error::bug("the query face was not embedded"))?;
-                let hits = self.search_index_among(&caller.tenant, embedding, k as usize, min, only.clone()).await?;
+                let hits = self.scan_index(&caller.tenant, embedding, k as usize, min, None, only.clone()).await?;
                 let list_matches =
                     self.list_matches(&caller.tenant, embedding, models.thresholds.matched).await?.matches;
                 results.push((face, hits, list_matches));
@@ -188,11 +186,14 @@ impl App {
             if self.model_use()?.main_id != models.main_id && attempts < 2 {
                 continue;
             }
-            let mut described = Vec::with_capacity(results.len());
-            for (face, hits, list_matches) in results {
-                let matches = self.describe_hits(&caller.tenant, &hits, models.thresholds).await?;
-                described.push(FaceResult { query: face, matches, list_matches });
-            }
+            let (searched, hits): (Vec<_>, Vec<_>) =
+                results.into_iter().map(|(face, hits, list_matches)| ((face, list_matches), hits)).unzip();
+            let matches = self.describe_hit_groups(&caller.tenant, hits, models.thresholds).await?;
+            let described: Vec<FaceResult> = searched
+                .into_iter()
+                .zip(matches)
+                .map(|((query, list_matches), matches)| FaceResult { query, matches, list_matches })
+                .collect();
             let first = described.first().cloned().ok_or_else(|| Error::bug("a search without a query face"))?;
             return Ok(SearchOutcome {
                 query: first.query,
@@ -229,17 +230,6 @@ impl App {
     }
 
     /// `search_index` among the users of `only` (a metadata filter's), when given.
-    async fn search_index_among(
-        &self,
-        tenant: &Tenant,
-        query: &Embedding,
-        k: usize,
-        min: f32,
-        only: Option<std::sync::Arc<HashSet<UserId>>>,
-    ) -> Result<Vec<Hit>> {
-        self.scan_index(tenant, query, k, min, None, only).await
-    }
-
     async fn scan_index(
         &self,
         tenant: &Tenant,

@@ -7,9 +7,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::requests::{Idempotency, Written, stamped};
-use super::{App, blocking};
+use super::{App, blocking, validate};
 use crate::domain::{
-    EntryId, FaceId, FaceList, FaceMatch, ListEntry, ListId, ListKind, ListMatch, MultipleFaces, Principal, Tenant,
+    EntryId, FaceList, FaceMatch, ListEntry, ListId, ListKind, ListMatch, MultipleFaces, Principal, Tenant,
 };
 use crate::error::{Error, Reason, Result};
 use crate::search::ListHit;
@@ -107,33 +107,8 @@ pub(super) fn to_list_matches(hits: Vec<ListHit>) -> Vec<ListMatch> {
         .collect()
 }
 
-/// FACE_ID_INVALID unless `fce_` and 16 lowercase hex digits.
-fn face_id(text: &str) -> Result<FaceId> {
-    FaceId::parse(text).ok_or_else(|| {
-        Error::invalid(Reason::FaceIdInvalid, "face_id", "not a face id: fce_ and 16 lowercase hex digits")
-    })
-}
-
 fn parse_list(text: &str) -> Result<ListId> {
     ListId::parse(text).ok_or_else(|| list_not_found().with_meta("list_id", text))
-}
-
-fn page_size(page_size: i32) -> Result<usize> {
-    match page_size {
-        0 => Ok(50),
-        1..=1000 => Ok(page_size as usize),
-        _ => Err(Error::invalid(Reason::PageSizeInvalid, "page_size", "page_size must be 0 to 1000")
-            .with_meta("page_size", page_size)),
-    }
-}
-
-fn page_token<T>(token: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    parse(token).map(Some).ok_or_else(|| {
-        Error::invalid(Reason::PageTokenInvalid, "page_token", "page_token is not one this server issued")
-    })
 }
 
 /// LIST_NAME_INVALID unless 1-100 characters without control characters (and not only spaces).
@@ -226,8 +201,8 @@ impl App {
 
     /// A page of lists in id order, and the token of the next page.
     pub async fn list_face_lists(&self, caller: &Principal, size: i32, token: &str) -> Result<(Vec<FaceList>, String)> {
-        let size = page_size(size)?;
-        let after = page_token(token, ListId::parse)?;
+        let size = validate::page_size(size, 50, 1000)?;
+        let after = validate::page_token(token, ListId::parse)?;
         let (store, tenant) = (self.store()?, caller.tenant.clone());
         let mut lists = blocking(move || store.list_lists(&tenant, after, size + 1)).await?;
         let next = if lists.len() > size {
@@ -262,10 +237,10 @@ impl App {
         comment: String,
         idem: Option<Idempotency<AddedEntry>>,
     ) -> Result<Written<AddedEntry>> {
-        super::validate::comment(&comment, "comment")?;
+        validate::comment(&comment, "comment")?;
         let id = parse_list(list_id)?;
         if let EntrySource::Face(text) = &source {
-            face_id(text)?;
+            validate::face_id(text, "face_id")?;
         }
         self.idempotent(&caller.tenant, idem.as_ref(), || async {
             match self.add_list_entry_once(caller, id, source.clone(), comment.clone(), idem.as_ref()).await {
@@ -322,7 +297,7 @@ impl App {
                 (face.detection, face.quality, embedding, other, thumbnail, None)
             }
             EntrySource::Face(text) => {
-                let face_id = face_id(&text)?;
+                let face_id = validate::face_id(&text, "face_id")?;
                 let (store, tenant, model) = (self.store()?, tenant.clone(), models.main_id.clone());
                 let found = blocking(move || {
                     let Some((face, thumbnail)) = store.face_with_image(&tenant, face_id, true)? else {
@@ -437,19 +412,8 @@ impl App {
     ) -> Result<(Vec<(ListEntry, Vec<u8>)>, String)> {
         let id = parse_list(list_id)?;
         // Each entry carries its thumbnail: pages stay well under a client's 4 MB message limit.
-        let size = match size {
-            0 => 50,
-            1..=MAX_ENTRIES_PAGE => size as usize,
-            _ => {
-                return Err(Error::invalid(
-                    Reason::PageSizeInvalid,
-                    "page_size",
-                    format!("page_size must be 0 to {MAX_ENTRIES_PAGE}"),
-                )
-                .with_meta("page_size", size));
-            }
-        };
-        let after = page_token(token, EntryId::parse)?;
+        let size = validate::page_size(size, 50, MAX_ENTRIES_PAGE)?;
+        let after = validate::page_token(token, EntryId::parse)?;
         let (store, tenant) = (self.store()?, caller.tenant.clone());
         let mut entries = blocking(move || store.list_entries(&tenant, id, after, size + 1))
             .await

@@ -323,21 +323,8 @@ impl App {
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<User>, String)> {
-        let size = match page_size {
-            0 => 50,
-            1..=1000 => page_size as usize,
-            _ => {
-                return Err(Error::invalid(Reason::PageSizeInvalid, "page_size", "page_size must be 0 to 1000")
-                    .with_meta("page_size", page_size));
-            }
-        };
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            Some(UserId::parse(page_token).ok_or_else(|| {
-                Error::invalid(Reason::PageTokenInvalid, "page_token", "page_token is not one this server issued")
-            })?)
-        };
+        let size = validate::page_size(page_size, 50, 1000)?;
+        let after = validate::page_token(page_token, UserId::parse)?;
         let (store, tenant) = (self.store()?, caller.tenant.clone());
         let mut users = blocking(move || store.list_users(&tenant, after, size + 1)).await?;
         let next = if users.len() > size {

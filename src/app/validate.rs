@@ -120,6 +120,32 @@ pub fn metadata(value: &BTreeMap<String, String>, field: &'static str) -> Result
     Ok(())
 }
 
+/// A page size of 0 (`default`) to `max`; PAGE_SIZE_INVALID otherwise.
+pub fn page_size(value: i32, default: usize, max: i32) -> Result<usize> {
+    match value {
+        0 => Ok(default),
+        1.. if value <= max => Ok(value as usize),
+        _ => Err(Error::invalid(Reason::PageSizeInvalid, "page_size", format!("page_size must be 0 to {max}"))
+            .with_meta("page_size", value)),
+    }
+}
+
+/// The id a page token names (none for an empty token); PAGE_TOKEN_INVALID when `parse` refuses it.
+pub fn page_token<T>(token: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    parse(token).map(Some).ok_or_else(|| {
+        Error::invalid(Reason::PageTokenInvalid, "page_token", "page_token is not one this server issued")
+    })
+}
+
+/// FACE_ID_INVALID unless `fce_` and 16 lowercase hex digits.
+pub fn face_id(text: &str, field: &'static str) -> Result<crate::domain::FaceId> {
+    crate::domain::FaceId::parse(text)
+        .ok_or_else(|| Error::invalid(Reason::FaceIdInvalid, field, "not a face id: fce_ and 16 lowercase hex digits"))
+}
+
 pub fn comment(value: &str, field: &'static str) -> Result<()> {
     let count = value.chars().count();
     if count <= MAX_COMMENT {

@@ -194,8 +194,7 @@ pub(super) fn user_ref(value: Option<pb::UserRef>, field: &'static str) -> Resul
 
 /// A face id as this server writes it: `fce_` and 16 lowercase hex digits.
 pub(super) fn face_id(text: &str, field: &'static str) -> Result<FaceId> {
-    FaceId::parse(text)
-        .ok_or_else(|| Error::invalid(Reason::FaceIdInvalid, field, "not a face id: fce_ and 16 lowercase hex digits"))
+    crate::app::validate::face_id(text, field)
 }
 
 /// UploadFace's and UpdateFace's duplicate_policy: true for REJECT. A value the proto does not
