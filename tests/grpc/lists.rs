@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use facevault::domain::Tenant;
 use facevault::grpc::pb::import_result::ImportOutcome;
+use facevault::grpc::pb::list_service_client::ListServiceClient;
 use facevault::grpc::pb::{
     AddListEntryRequest, CreateFaceListRequest, CreateUserRequest, DeleteFaceListRequest, DeleteListEntryRequest,
     DuplicatePolicy, FaceList, GetFaceListRequest, GetUserRequest, ListFaceListsRequest, ListFacesRequest, ListKind,
@@ -18,7 +19,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::common::{
-    ADMIN_A, ADMIN_B, Faces, LISTS_READER_A, Lists, READER_A, TestServer, fixture_bytes, people, reason, yao_in_players,
+    ADMIN_A, ADMIN_B, Credentials, Faces, LISTS_READER_A, Lists, READER_A, TestServer, fixture_bytes, people, reason,
+    yao_in_players,
 };
 use crate::enroll::assert_index_equals_store;
 use crate::import::{import, item, item_reason, outcome};
@@ -631,5 +633,56 @@ async fn list_limits_scopes_of_a_copy_and_a_start_without_snapshot() {
         }
     }
     assert_eq!(refused, 2, "the two blocked people, and only they, are refused after the rebuild");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_scopeless_key_and_a_reenrollment_token_reach_no_list_rpc() {
+    let server = TestServer::start_keyed_json(|file| {
+        let nothing = crate::common::key_entry("nothing", "alpha", &[], "secret-nothing");
+        file["keys"].as_array_mut().expect("keys").push(nothing);
+    })
+    .await;
+    let list = create_list(&mut server.lists_as(ADMIN_A).await, "blocked", ListKind::Block).await;
+    let (_, token) = user_with_token(&server, "holder").await;
+    let scopeless = server.lists_as(Some("secret-nothing")).await;
+    let bearer = ListServiceClient::with_interceptor(server.channel().await, Credentials::bearer(&token));
+    for (mut lists, want) in [
+        (scopeless, (Code::PermissionDenied, "SCOPE_MISSING")),
+        (bearer, (Code::Unauthenticated, "REENROLLMENT_TOKEN_INVALID")),
+    ] {
+        let id = list.list_id.clone();
+        let calls: Vec<(&str, tonic::Status)> = vec![
+            (
+                "CreateFaceList",
+                lists.create_face_list(CreateFaceListRequest { list: Some(list.clone()) }).await.unwrap_err(),
+            ),
+            ("GetFaceList", lists.get_face_list(GetFaceListRequest { list_id: id.clone() }).await.unwrap_err()),
+            ("ListFaceLists", lists.list_face_lists(ListFaceListsRequest::default()).await.unwrap_err()),
+            ("AddListEntry", lists.add_list_entry(from_image(&list, people()[0].clone())).await.unwrap_err()),
+            (
+                "ListListEntries",
+                lists
+                    .list_list_entries(ListListEntriesRequest { list_id: id.clone(), ..Default::default() })
+                    .await
+                    .unwrap_err(),
+            ),
+            (
+                "DeleteListEntry",
+                lists
+                    .delete_list_entry(DeleteListEntryRequest { entry_id: "ent_0000000000000001".into() })
+                    .await
+                    .unwrap_err(),
+            ),
+            ("DeleteFaceList", lists.delete_face_list(DeleteFaceListRequest { list_id: id }).await.unwrap_err()),
+        ];
+        for (rpc, err) in calls {
+            assert_eq!((err.code(), reason(&err).as_str()), want, "{rpc}");
+            assert!(!err.message().contains(&list.list_id), "{rpc} names the list: {}", err.message());
+        }
+    }
+    let still =
+        server.lists_as(ADMIN_A).await.get_face_list(GetFaceListRequest { list_id: list.list_id.clone() }).await;
+    assert_eq!(still.expect("the list is untouched").into_inner().entry_count, 0);
     server.stop().await;
 }
